@@ -1,0 +1,467 @@
+//! Kernel selection: CPU features are detected once per process and the matching table of
+//! function pointers is built; `SPILLWAY_KERNELS=scalar|neon|dotprod|avx2` forces a path.
+//!
+//! [`Kernels`] is the only way to reach the SIMD code. Its constructor verifies that the CPU
+//! has every feature the chosen path was compiled for, which is the safety argument for
+//! each `unsafe` call below.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use crate::dot::scalar;
+use crate::formats::*;
+use crate::ops;
+
+/// Environment variable that forces a kernel path.
+pub const ENV_KERNELS: &str = "SPILLWAY_KERNELS";
+
+/// A family of kernels compiled for one instruction-set level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelPath {
+    /// Portable Rust, the reference every other path is tested against.
+    Scalar,
+    /// x86_64 with AVX2, FMA and F16C.
+    Avx2,
+    /// aarch64 Advanced SIMD (every ARMv8-A core: Cortex-A53/A72, Pi 3/4).
+    Neon,
+    /// aarch64 NEON plus the ARMv8.2 dot-product instructions (Cortex-A55/A76/A78: Pi 5,
+    /// RK3588, Jetson Orin).
+    Dotprod,
+}
+
+impl KernelPath {
+    /// Every path, slowest first.
+    pub const ALL: [KernelPath; 4] = [
+        KernelPath::Scalar,
+        KernelPath::Neon,
+        KernelPath::Dotprod,
+        KernelPath::Avx2,
+    ];
+
+    /// The name used by `SPILLWAY_KERNELS` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPath::Scalar => "scalar",
+            KernelPath::Avx2 => "avx2",
+            KernelPath::Neon => "neon",
+            KernelPath::Dotprod => "dotprod",
+        }
+    }
+
+    /// Parses a `SPILLWAY_KERNELS` value.
+    pub fn from_name(name: &str) -> Option<KernelPath> {
+        KernelPath::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        match self {
+            KernelPath::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "aarch64")]
+            KernelPath::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            KernelPath::Dotprod => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The paths this CPU supports, slowest first.
+    pub fn supported() -> Vec<KernelPath> {
+        KernelPath::ALL
+            .into_iter()
+            .filter(|p| p.is_supported())
+            .collect()
+    }
+
+    /// The fastest path this CPU supports.
+    pub fn best() -> KernelPath {
+        KernelPath::supported()
+            .pop()
+            .expect("the scalar path is always supported")
+    }
+
+    /// What the path needs from the CPU, for error messages.
+    fn requirement(self) -> &'static str {
+        match self {
+            KernelPath::Scalar => "nothing",
+            KernelPath::Avx2 => "an x86_64 CPU with AVX2, FMA and F16C",
+            KernelPath::Neon => "an aarch64 CPU (NEON)",
+            KernelPath::Dotprod => "an aarch64 CPU with the dot-product extension (ARMv8.2+)",
+        }
+    }
+}
+
+impl fmt::Display for KernelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a kernel path could not be selected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DispatchError {
+    #[error("{ENV_KERNELS}={value:?} is not a kernel path (expected one of scalar, neon, dotprod, avx2)")]
+    UnknownPath { value: String },
+    #[error("kernel path {path} needs {needs}; this CPU ({cpu}) does not have it (supported here: {supported})")]
+    Unsupported {
+        path: KernelPath,
+        needs: &'static str,
+        cpu: String,
+        supported: String,
+    },
+}
+
+/// One path's functions. The pointers are `unsafe fn` because the SIMD ones require CPU
+/// features; [`Kernels::new`] only builds a table whose features are present.
+#[derive(Clone, Copy)]
+struct Table {
+    dot_f32: unsafe fn(&[f32], &[f32]) -> f32,
+    dot_f16: unsafe fn(&[f16], &[f32]) -> f32,
+    dot_bf16: unsafe fn(&[bf16], &[f32]) -> f32,
+    dot_q8_0: unsafe fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
+    dot_q4_0: unsafe fn(&[BlockQ4_0], &[BlockQ8_0]) -> f32,
+    dot_q4_k: unsafe fn(&[BlockQ4K], &[BlockQ8K]) -> f32,
+    dot_q5_k: unsafe fn(&[BlockQ5K], &[BlockQ8K]) -> f32,
+    dot_q6_k: unsafe fn(&[BlockQ6K], &[BlockQ8K]) -> f32,
+    quantize_q8_0: unsafe fn(&[f32], &mut [BlockQ8_0]),
+    quantize_q8_k: unsafe fn(&[f32], &mut [BlockQ8K]),
+    rmsnorm: unsafe fn(&[f32], &[f32], f32, &mut [f32]),
+    softmax: unsafe fn(&mut [f32]),
+    silu_mul: unsafe fn(&mut [f32], &[f32]),
+}
+
+const SCALAR: Table = Table {
+    dot_f32: scalar::dot_f32,
+    dot_f16: scalar::dot_f16,
+    dot_bf16: scalar::dot_bf16,
+    dot_q8_0: scalar::dot_q8_0,
+    dot_q4_0: scalar::dot_q4_0,
+    dot_q4_k: scalar::dot_q4_k,
+    dot_q5_k: scalar::dot_q5_k,
+    dot_q6_k: scalar::dot_q6_k,
+    quantize_q8_0: scalar::quantize_q8_0,
+    quantize_q8_k: scalar::quantize_q8_k,
+    rmsnorm: ops::reference::rmsnorm,
+    softmax: ops::reference::softmax,
+    silu_mul: ops::reference::silu_mul,
+};
+
+#[cfg(target_arch = "x86_64")]
+const AVX2: Table = {
+    use crate::dot::x86_64::avx2;
+    Table {
+        dot_f32: avx2::dot_f32,
+        dot_f16: avx2::dot_f16,
+        dot_bf16: avx2::dot_bf16,
+        dot_q8_0: avx2::dot_q8_0,
+        dot_q4_0: avx2::dot_q4_0,
+        dot_q4_k: avx2::dot_q4_k,
+        dot_q5_k: avx2::dot_q5_k,
+        dot_q6_k: avx2::dot_q6_k,
+        quantize_q8_0: avx2::quantize_q8_0,
+        quantize_q8_k: avx2::quantize_q8_k,
+        rmsnorm: ops::avx2::rmsnorm,
+        softmax: ops::avx2::softmax,
+        silu_mul: ops::avx2::silu_mul,
+    }
+};
+
+#[cfg(target_arch = "aarch64")]
+const NEON: Table = {
+    use crate::dot::aarch64::neon;
+    Table {
+        dot_f32: neon::dot_f32,
+        dot_f16: neon::dot_f16,
+        dot_bf16: neon::dot_bf16,
+        dot_q8_0: neon::dot_q8_0,
+        dot_q4_0: neon::dot_q4_0,
+        dot_q4_k: neon::dot_q4_k,
+        dot_q5_k: neon::dot_q5_k,
+        dot_q6_k: neon::dot_q6_k,
+        quantize_q8_0: neon::quantize_q8_0,
+        quantize_q8_k: neon::quantize_q8_k,
+        rmsnorm: ops::fast::rmsnorm,
+        softmax: ops::fast::softmax,
+        silu_mul: ops::fast::silu_mul,
+    }
+};
+
+#[cfg(target_arch = "aarch64")]
+const DOTPROD: Table = {
+    use crate::dot::aarch64::dotprod;
+    Table {
+        dot_q8_0: dotprod::dot_q8_0,
+        dot_q4_0: dotprod::dot_q4_0,
+        dot_q4_k: dotprod::dot_q4_k,
+        dot_q5_k: dotprod::dot_q5_k,
+        dot_q6_k: dotprod::dot_q6_k,
+        ..NEON
+    }
+};
+
+/// The kernels of one path, safe to call: built only when the CPU supports the path.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    path: KernelPath,
+    table: Table,
+}
+
+impl fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernels").field("path", &self.path).finish()
+    }
+}
+
+/// A short description of the CPU's relevant features, for reports and errors.
+pub fn cpu_summary() -> String {
+    let mut feats: Vec<&str> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (name, on) in [
+            ("sse4.2", std::arch::is_x86_feature_detected!("sse4.2")),
+            ("avx", std::arch::is_x86_feature_detected!("avx")),
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+            ("avx512vnni", std::arch::is_x86_feature_detected!("avx512vnni")),
+        ] {
+            if on {
+                feats.push(name);
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        for (name, on) in [
+            ("neon", std::arch::is_aarch64_feature_detected!("neon")),
+            ("fp16", std::arch::is_aarch64_feature_detected!("fp16")),
+            ("dotprod", std::arch::is_aarch64_feature_detected!("dotprod")),
+            ("i8mm", std::arch::is_aarch64_feature_detected!("i8mm")),
+            ("sve", std::arch::is_aarch64_feature_detected!("sve")),
+        ] {
+            if on {
+                feats.push(name);
+            }
+        }
+    }
+    format!("{} [{}]", std::env::consts::ARCH, feats.join(" "))
+}
+
+impl Kernels {
+    /// The kernels of `path`, or an error naming what the CPU lacks.
+    pub fn new(path: KernelPath) -> Result<Kernels, DispatchError> {
+        if !path.is_supported() {
+            return Err(DispatchError::Unsupported {
+                path,
+                needs: path.requirement(),
+                cpu: cpu_summary(),
+                supported: KernelPath::supported()
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let table = match path {
+            KernelPath::Scalar => SCALAR,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => AVX2,
+            #[cfg(target_arch = "aarch64")]
+            KernelPath::Neon => NEON,
+            #[cfg(target_arch = "aarch64")]
+            KernelPath::Dotprod => DOTPROD,
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("is_supported() is false for paths of other architectures"),
+        };
+        Ok(Kernels { path, table })
+    }
+
+    /// The scalar reference kernels.
+    pub fn scalar() -> Kernels {
+        Kernels {
+            path: KernelPath::Scalar,
+            table: SCALAR,
+        }
+    }
+
+    /// The fastest kernels this CPU supports.
+    pub fn best() -> Kernels {
+        Kernels::new(KernelPath::best()).expect("best() only returns supported paths")
+    }
+
+    /// Kernels for the path named by `value` (a `SPILLWAY_KERNELS` value), or the best path
+    /// when `value` is `None` or empty.
+    pub fn from_override(value: Option<&str>) -> Result<Kernels, DispatchError> {
+        match value.map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(Kernels::best()),
+            Some(v) => {
+                let path = KernelPath::from_name(v).ok_or_else(|| DispatchError::UnknownPath {
+                    value: v.to_string(),
+                })?;
+                Kernels::new(path)
+            }
+        }
+    }
+
+    /// Which path these kernels belong to.
+    pub fn path(&self) -> KernelPath {
+        self.path
+    }
+}
+
+/// The process-wide kernels: chosen once, on first call, from CPU features and
+/// `SPILLWAY_KERNELS`. Later calls return the same table (or the same error).
+pub fn select() -> Result<&'static Kernels, DispatchError> {
+    static SELECTED: OnceLock<Result<Kernels, DispatchError>> = OnceLock::new();
+    SELECTED
+        .get_or_init(|| Kernels::from_override(std::env::var(ENV_KERNELS).ok().as_deref()))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+// SAFETY (for every `unsafe` call in this impl): `self.table` was chosen by `Kernels::new`
+// (or is the scalar table, which has no requirements) only after `is_supported()` confirmed
+// the CPU has the features the table's functions were compiled for. The functions' other
+// precondition, equal lengths, is asserted right before each call.
+impl Kernels {
+    #[inline]
+    pub fn dot_f32(&self, w: &[f32], x: &[f32]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.dot_f32)(w, x) }
+    }
+
+    #[inline]
+    pub fn dot_f16(&self, w: &[f16], x: &[f32]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.dot_f16)(w, x) }
+    }
+
+    #[inline]
+    pub fn dot_bf16(&self, w: &[bf16], x: &[f32]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.dot_bf16)(w, x) }
+    }
+
+    #[inline]
+    pub fn dot_q8_0(&self, w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.dot_q8_0)(w, x) }
+    }
+
+    #[inline]
+    pub fn dot_q4_0(&self, w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.dot_q4_0)(w, x) }
+    }
+
+    #[inline]
+    pub fn dot_q4_k(&self, w: &[BlockQ4K], x: &[BlockQ8K]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.dot_q4_k)(w, x) }
+    }
+
+    #[inline]
+    pub fn dot_q5_k(&self, w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.dot_q5_k)(w, x) }
+    }
+
+    #[inline]
+    pub fn dot_q6_k(&self, w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.dot_q6_k)(w, x) }
+    }
+
+    /// Quantizes activations to Q8_0 (`x.len() == 32 * y.len()`).
+    #[inline]
+    pub fn quantize_q8_0(&self, x: &[f32], y: &mut [BlockQ8_0]) {
+        assert_eq!(x.len(), QK * y.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.quantize_q8_0)(x, y) }
+    }
+
+    /// Quantizes activations to Q8_K (`x.len() == 256 * y.len()`).
+    #[inline]
+    pub fn quantize_q8_k(&self, x: &[f32], y: &mut [BlockQ8K]) {
+        assert_eq!(x.len(), QK_K * y.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.quantize_q8_k)(x, y) }
+    }
+
+    /// `out = x / sqrt(mean(x^2) + eps) * weight`.
+    #[inline]
+    pub fn rmsnorm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+        assert!(x.len() == weight.len() && x.len() == out.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.rmsnorm)(x, weight, eps, out) }
+    }
+
+    /// In-place softmax. `-inf` entries (masked positions) become exactly 0.
+    #[inline]
+    pub fn softmax(&self, x: &mut [f32]) {
+        // SAFETY: see the impl comment (no length precondition).
+        unsafe { (self.table.softmax)(x) }
+    }
+
+    /// `gate = silu(gate) * up`, the SwiGLU combination.
+    #[inline]
+    pub fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
+        assert_eq!(gate.len(), up.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.silu_mul)(gate, up) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for p in KernelPath::ALL {
+            assert_eq!(KernelPath::from_name(p.name()), Some(p));
+        }
+        assert_eq!(KernelPath::from_name(" AVX2 "), Some(KernelPath::Avx2));
+        assert_eq!(KernelPath::from_name("sse"), None);
+    }
+
+    #[test]
+    fn override_is_validated() {
+        assert_eq!(Kernels::from_override(None).unwrap().path(), KernelPath::best());
+        assert_eq!(Kernels::from_override(Some("")).unwrap().path(), KernelPath::best());
+        assert_eq!(
+            Kernels::from_override(Some("scalar")).unwrap().path(),
+            KernelPath::Scalar
+        );
+        let err = Kernels::from_override(Some("sse9")).unwrap_err();
+        assert!(matches!(err, DispatchError::UnknownPath { .. }), "{err}");
+        // A path of the other architecture is always refused, with a reason.
+        #[cfg(target_arch = "x86_64")]
+        let foreign = "dotprod";
+        #[cfg(target_arch = "aarch64")]
+        let foreign = "avx2";
+        let err = Kernels::from_override(Some(foreign)).unwrap_err();
+        assert!(err.to_string().contains("needs"), "{err}");
+    }
+}

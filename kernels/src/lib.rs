@@ -1,0 +1,28 @@
+//! Spillway's compute kernels: GGML block formats and the SIMD code that multiplies them.
+//!
+//! Token generation reads every weight once per token, so it is bound by memory bandwidth;
+//! these kernels exist to stream GGUF weight blocks as fast as the memory delivers them, on
+//! Cortex-A53/A72 (NEON), Cortex-A76/A78 (NEON + dot product) and x86_64 (AVX2).
+//!
+//! - [`formats`]: the GGML type table, `#[repr(C)]` blocks, dequantization, reference
+//!   quantizers (bit-exact with GGML).
+//! - [`dot`]: per-format dot products, scalar reference and SIMD paths.
+//! - [`dispatch`]: picks a path once from CPU features (`SPILLWAY_KERNELS` overrides) and is
+//!   the only safe door to the SIMD code.
+//! - [`matmul`]: matrix–vector and matrix–matrix products split over a [`pool`] of
+//!   persistent threads.
+//! - [`ops`]: RMSNorm, RoPE/YaRN, softmax, SiLU·mul, residual add.
+//!
+//! No I/O, no async, no allocation in the per-token paths.
+
+pub mod dispatch;
+pub mod dot;
+pub mod formats;
+pub mod matmul;
+pub mod ops;
+pub mod pool;
+
+pub use dispatch::{KernelPath, Kernels};
+pub use formats::{GgmlType, Weights};
+pub use matmul::{ActFormat, Activations, Matrix, matmul, matvec};
+pub use pool::{PoolConfig, ThreadPool};

@@ -1,0 +1,327 @@
+//! Matrix–vector (decode) and matrix–matrix (prefill) products over weight rows, split
+//! across a [`ThreadPool`].
+//!
+//! `y[t][r] = dot(W[r], x[t])` for weight rows `r` and tokens `t`. Rows are handed out in
+//! chunks from a shared counter, so faster cores take more chunks (big.LITTLE) and no thread
+//! waits on a fixed share. In a product with several tokens, each chunk of rows is small
+//! enough to stay in cache while every token passes over it: the weights, the expensive
+//! part, stream from memory once per call whatever the number of tokens.
+//!
+//! Activations are quantized once per call into an [`Activations`] buffer sized up front,
+//! so nothing here allocates.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::dispatch::Kernels;
+use crate::formats::*;
+use crate::pool::ThreadPool;
+
+/// The activation format a weight format is multiplied with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActFormat {
+    /// Float weights (F32, F16, BF16) take f32 activations.
+    F32,
+    /// Q4_0 and Q8_0 weights take Q8_0 activations.
+    Q8_0,
+    /// The k-quants take Q8_K activations.
+    Q8K,
+}
+
+impl ActFormat {
+    /// The activation format for weights of type `ty` (`None` if `ty` is unsupported).
+    pub fn for_weights(ty: GgmlType) -> Option<ActFormat> {
+        Some(match ty {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ActFormat::F32,
+            GgmlType::Q8_0 | GgmlType::Q4_0 => ActFormat::Q8_0,
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => ActFormat::Q8K,
+            _ => return None,
+        })
+    }
+
+    /// Values per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            ActFormat::F32 => 1,
+            ActFormat::Q8_0 => QK,
+            ActFormat::Q8K => QK_K,
+        }
+    }
+
+    /// Bytes per row of `cols` values.
+    pub fn row_bytes(self, cols: usize) -> usize {
+        let block = match self {
+            ActFormat::F32 => size_of::<f32>(),
+            ActFormat::Q8_0 => size_of::<BlockQ8_0>(),
+            ActFormat::Q8K => size_of::<BlockQ8K>(),
+        };
+        cols / self.block_elems() * block
+    }
+}
+
+/// A weight matrix: `rows` rows of `cols` values, row-major, in a supported format.
+#[derive(Clone, Copy, Debug)]
+pub struct Matrix<'a> {
+    weights: Weights<'a>,
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> Matrix<'a> {
+    /// Checks that `weights` holds exactly `rows` rows of `cols` values, whole blocks each.
+    pub fn new(weights: Weights<'a>, rows: usize, cols: usize) -> Result<Self, FormatError> {
+        let ty = weights.ggml_type();
+        let block = ty.block_elems();
+        if cols == 0 || cols % block != 0 {
+            return Err(FormatError::RowLength { ty, cols, block });
+        }
+        let want = rows.checked_mul(cols / block);
+        if want != Some(weights.n_blocks()) {
+            return Err(FormatError::Shape {
+                ty,
+                blocks: weights.n_blocks(),
+                have: weights.n_elements(),
+                rows,
+                cols,
+            });
+        }
+        Ok(Matrix {
+            weights,
+            rows,
+            cols,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn weights(&self) -> Weights<'a> {
+        self.weights
+    }
+
+    /// The activation format this matrix multiplies.
+    pub fn act_format(&self) -> ActFormat {
+        ActFormat::for_weights(self.weights.ggml_type()).expect("Weights are always supported")
+    }
+
+    /// Row `r` alone, as a one-row matrix.
+    pub fn row(&self, r: usize) -> Matrix<'a> {
+        let bpr = self.cols / self.weights.ggml_type().block_elems();
+        Matrix {
+            weights: self.weights.slice_blocks(r * bpr, (r + 1) * bpr),
+            rows: 1,
+            cols: self.cols,
+        }
+    }
+}
+
+/// Activation rows in the format some weights need, in a buffer allocated once for up to
+/// `capacity` rows of `cols` values.
+#[derive(Clone, Debug)]
+pub struct Activations {
+    format: ActFormat,
+    cols: usize,
+    capacity: usize,
+    len: usize,
+    f32s: Vec<f32>,
+    q8_0: Vec<BlockQ8_0>,
+    q8k: Vec<BlockQ8K>,
+}
+
+impl Activations {
+    /// A buffer for up to `capacity` rows of `cols` values in `format`.
+    /// Panics if `cols` is not a multiple of the format's block size.
+    pub fn new(format: ActFormat, cols: usize, capacity: usize) -> Activations {
+        assert!(
+            cols % format.block_elems() == 0,
+            "{cols} values are not whole {format:?} blocks"
+        );
+        let blocks = cols / format.block_elems() * capacity;
+        let zero8 = BlockQ8_0 {
+            d: f16::ZERO,
+            qs: [0; QK],
+        };
+        Activations {
+            format,
+            cols,
+            capacity,
+            len: 0,
+            f32s: if format == ActFormat::F32 {
+                vec![0.0; blocks]
+            } else {
+                Vec::new()
+            },
+            q8_0: if format == ActFormat::Q8_0 {
+                vec![zero8; blocks]
+            } else {
+                Vec::new()
+            },
+            q8k: if format == ActFormat::Q8K {
+                vec![bytemuck::Zeroable::zeroed(); blocks]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    pub fn format(&self) -> ActFormat {
+        self.format
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Rows currently held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes the buffer occupies (for memory plans).
+    pub fn footprint(&self) -> usize {
+        self.format.row_bytes(self.cols) * self.capacity
+    }
+
+    /// Replaces the contents with the rows of `x` (`n * cols` values), quantized with the
+    /// kernels' activation quantizer.
+    pub fn set(&mut self, kernels: &Kernels, x: &[f32]) {
+        assert!(
+            x.len() % self.cols == 0 && x.len() / self.cols <= self.capacity,
+            "{} values are not at most {} rows of {}",
+            x.len(),
+            self.capacity,
+            self.cols
+        );
+        let n = x.len() / self.cols;
+        let blocks = n * self.cols / self.format.block_elems();
+        match self.format {
+            ActFormat::F32 => self.f32s[..x.len()].copy_from_slice(x),
+            ActFormat::Q8_0 => kernels.quantize_q8_0(x, &mut self.q8_0[..blocks]),
+            ActFormat::Q8K => kernels.quantize_q8_k(x, &mut self.q8k[..blocks]),
+        }
+        self.len = n;
+    }
+}
+
+/// Raw access to an output buffer for threads that each write a disjoint set of indices.
+struct DisjointOut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the pointer comes from a `&mut [f32]` held for 'a; `DisjointOut` only writes
+// through `write`, whose callers guarantee that no two threads write the same index.
+unsafe impl Sync for DisjointOut<'_> {}
+
+impl<'a> DisjointOut<'a> {
+    fn new(y: &'a mut [f32]) -> Self {
+        DisjointOut {
+            ptr: y.as_mut_ptr(),
+            len: y.len(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// # Safety
+    /// No other thread may write index `i` during the borrow.
+    #[inline(always)]
+    unsafe fn write(&self, i: usize, v: f32) {
+        assert!(i < self.len);
+        // SAFETY: in bounds (checked), and exclusive by the caller's guarantee.
+        unsafe { self.ptr.add(i).write(v) }
+    }
+}
+
+/// Rows per chunk: small enough to balance threads and to keep a chunk of weights in cache
+/// across tokens, large enough that claiming chunks costs nothing.
+fn chunk_rows(rows: usize, threads: usize, tokens: usize) -> usize {
+    if tokens > 1 {
+        16
+    } else {
+        (rows / (threads * 8)).clamp(16, 4096)
+    }
+}
+
+/// The generic row loop: `y[t * rows + r] = dot(w row r, x row t)`.
+#[allow(clippy::too_many_arguments)]
+fn product<W: Sync, A: Sync>(
+    pool: &ThreadPool,
+    w: &[W],
+    w_per_row: usize,
+    rows: usize,
+    x: &[A],
+    x_per_row: usize,
+    tokens: usize,
+    y: &mut [f32],
+    dot: impl Fn(&[W], &[A]) -> f32 + Sync,
+) {
+    assert_eq!(y.len(), rows * tokens, "output must hold tokens x rows values");
+    let chunk = chunk_rows(rows, pool.threads(), tokens);
+    let n_chunks = rows.div_ceil(chunk);
+    let next = AtomicUsize::new(0);
+    let out = DisjointOut::new(y);
+    pool.run(|_, _| {
+        loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= n_chunks {
+                break;
+            }
+            let rows_here = c * chunk..((c + 1) * chunk).min(rows);
+            for t in 0..tokens {
+                let xt = &x[t * x_per_row..(t + 1) * x_per_row];
+                for r in rows_here.clone() {
+                    let v = dot(&w[r * w_per_row..(r + 1) * w_per_row], xt);
+                    // SAFETY: chunk `c` was claimed by this thread alone (fetch_add), and
+                    // the index `t * rows + r` with `r` in chunk `c` belongs to no other
+                    // chunk.
+                    unsafe { out.write(t * rows + r, v) };
+                }
+            }
+        }
+    });
+}
+
+/// `y = W x` for the rows of `x` (one for decode, several for prefill): `y` holds
+/// `x.len()` rows of `w.rows()` values.
+pub fn matmul(pool: &ThreadPool, kernels: &Kernels, w: &Matrix<'_>, x: &Activations, y: &mut [f32]) {
+    assert_eq!(
+        x.format,
+        w.act_format(),
+        "activations are {:?}, {} weights need {:?}",
+        x.format,
+        w.weights.ggml_type(),
+        w.act_format()
+    );
+    assert_eq!(x.cols, w.cols, "activation rows must be as long as weight rows");
+    let k = kernels;
+    let (rows, n) = (w.rows, x.len);
+    let xb = x.cols / x.format.block_elems();
+    let wb = w.cols / w.weights.ggml_type().block_elems();
+    let (f32s, q8_0, q8k) = (&x.f32s[..], &x.q8_0[..], &x.q8k[..]);
+    match w.weights {
+        Weights::F32(ws) => product(pool, ws, wb, rows, f32s, xb, n, y, |a, b| k.dot_f32(a, b)),
+        Weights::F16(ws) => product(pool, ws, wb, rows, f32s, xb, n, y, |a, b| k.dot_f16(a, b)),
+        Weights::BF16(ws) => product(pool, ws, wb, rows, f32s, xb, n, y, |a, b| k.dot_bf16(a, b)),
+        Weights::Q8_0(ws) => product(pool, ws, wb, rows, q8_0, xb, n, y, |a, b| k.dot_q8_0(a, b)),
+        Weights::Q4_0(ws) => product(pool, ws, wb, rows, q8_0, xb, n, y, |a, b| k.dot_q4_0(a, b)),
+        Weights::Q4K(ws) => product(pool, ws, wb, rows, q8k, xb, n, y, |a, b| k.dot_q4_k(a, b)),
+        Weights::Q5K(ws) => product(pool, ws, wb, rows, q8k, xb, n, y, |a, b| k.dot_q5_k(a, b)),
+        Weights::Q6K(ws) => product(pool, ws, wb, rows, q8k, xb, n, y, |a, b| k.dot_q6_k(a, b)),
+    }
+}
+
+/// `y = W x` for a single activation row (decode): [`matmul`] with one token.
+pub fn matvec(pool: &ThreadPool, kernels: &Kernels, w: &Matrix<'_>, x: &Activations, y: &mut [f32]) {
+    assert_eq!(x.len, 1, "matvec takes exactly one activation row");
+    matmul(pool, kernels, w, x, y)
+}

@@ -1,0 +1,376 @@
+//! A persistent pool of worker threads for the matrix kernels.
+//!
+//! Threads are created once. [`ThreadPool::run`] hands every thread (the caller is thread 0)
+//! the same closure and returns when all have finished it: one job, one barrier. Between jobs
+//! workers spin for a while (decode calls arrive microseconds apart) and then park on a
+//! condition variable, so an idle daemon uses no CPU. Nothing is allocated per job.
+//!
+//! Worker threads can be pinned to CPUs (the big cores of a big.LITTLE SoC); the calling
+//! thread is left as it is, use [`pin_current_thread`] for it.
+
+use std::cell::UnsafeCell;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+/// How a pool is built.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Threads taking part in each job, the caller included (at least 1).
+    pub threads: usize,
+    /// CPUs to pin workers to: worker `i` (1-based; the caller is 0) goes to
+    /// `cpus[i % cpus.len()]`. `None` leaves placement to the OS.
+    pub cpus: Option<Vec<usize>>,
+    /// Busy-wait iterations before an idle thread parks.
+    pub spin_iterations: u32,
+}
+
+impl PoolConfig {
+    /// `threads` threads, no pinning, the default spin.
+    pub fn with_threads(threads: usize) -> PoolConfig {
+        PoolConfig {
+            threads,
+            cpus: None,
+            spin_iterations: DEFAULT_SPIN,
+        }
+    }
+}
+
+/// Roughly 50-100 microseconds of spinning on current cores: longer than the gap between
+/// two matrix products of one token, far shorter than the gap between requests.
+const DEFAULT_SPIN: u32 = 1 << 14;
+
+/// A job as the workers see it: the caller's closure with its lifetime erased.
+type Job = &'static (dyn Fn(usize, usize) + Sync);
+
+struct Shared {
+    /// Bumped once per job (and once at shutdown); workers run the job when it changes.
+    generation: AtomicU64,
+    /// The current job. Written only by the caller while no job is running, read by workers
+    /// only between seeing a new generation and decrementing `remaining`.
+    job: UnsafeCell<Option<Job>>,
+    /// Workers that have not yet finished the current job.
+    remaining: AtomicUsize,
+    /// Workers parked (or about to park) on `wake`.
+    sleepers: AtomicUsize,
+    sleep_lock: Mutex<()>,
+    wake: Condvar,
+    /// Whether the caller is parked (or about to park) on `done`.
+    caller_waiting: AtomicBool,
+    done_lock: Mutex<()>,
+    done: Condvar,
+    worker_panicked: AtomicBool,
+    shutdown: AtomicBool,
+    n_threads: usize,
+    spin: u32,
+}
+
+// SAFETY: all fields but `job` are Sync. `job` is only written by the caller in `run` (which
+// `caller_lock` serializes) at times when no worker may read it: before the generation bump
+// that publishes it (Release/Acquire on `generation`) and after `remaining` reached 0, when
+// every worker has finished reading it (AcqRel/Acquire on `remaining`).
+unsafe impl Sync for Shared {}
+
+/// A fixed set of threads that run jobs together.
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    caller_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadPool")
+            .field("threads", &self.shared.n_threads)
+            .finish()
+    }
+}
+
+impl ThreadPool {
+    /// Starts `config.threads - 1` workers.
+    pub fn new(config: PoolConfig) -> io::Result<ThreadPool> {
+        let n_threads = config.threads.max(1);
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(0),
+            job: UnsafeCell::new(None),
+            remaining: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            sleep_lock: Mutex::new(()),
+            wake: Condvar::new(),
+            caller_waiting: AtomicBool::new(false),
+            done_lock: Mutex::new(()),
+            done: Condvar::new(),
+            worker_panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            n_threads,
+            spin: config.spin_iterations,
+        });
+        let mut pool = ThreadPool {
+            shared: Arc::clone(&shared),
+            workers: Vec::with_capacity(n_threads - 1),
+            caller_lock: Mutex::new(()),
+        };
+        for index in 1..n_threads {
+            let cpu = config
+                .cpus
+                .as_ref()
+                .filter(|c| !c.is_empty())
+                .map(|c| c[index % c.len()]);
+            let shared = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("spillway-kern-{index}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        // Pinning is an optimisation: a refused mask (e.g. a CPU outside the
+                        // cgroup's cpuset) leaves the thread unpinned rather than failing.
+                        let _ = pin_current_thread(cpu);
+                    }
+                    worker_loop(&shared, index)
+                })?;
+            pool.workers.push(handle);
+        }
+        Ok(pool)
+    }
+
+    /// Threads taking part in each job, the caller included.
+    pub fn threads(&self) -> usize {
+        self.shared.n_threads
+    }
+
+    /// Runs `job(thread_index, n_threads)` on every thread (the caller is index 0) and
+    /// returns when all calls have returned. A panic in any of them is re-raised here after
+    /// the others finish. Concurrent callers are serialized.
+    pub fn run<F>(&self, job: F)
+    where
+        F: Fn(usize, usize) + Sync,
+    {
+        let n = self.shared.n_threads;
+        if n == 1 {
+            job(0, 1);
+            return;
+        }
+        let _serial = self
+            .caller_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let shared = &*self.shared;
+        let job_ref: &(dyn Fn(usize, usize) + Sync) = &job;
+        // SAFETY: the 'static is a lie told only to `shared.job`, which is cleared below
+        // before this function returns, and every worker stops using the reference before it
+        // decrements `remaining`, which this function waits to reach zero (even if `job`
+        // panics on this thread: the panic is caught first). So the closure outlives every
+        // use.
+        let job_static: Job = unsafe { std::mem::transmute(job_ref) };
+        // SAFETY: no job is running (the previous `run` waited for `remaining == 0`, and
+        // `caller_lock` excludes other callers), so no worker reads the slot now.
+        unsafe { *shared.job.get() = Some(job_static) };
+        shared.remaining.store(n - 1, Ordering::Relaxed);
+        shared.generation.fetch_add(1, Ordering::SeqCst);
+        if shared.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = shared
+                .sleep_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            shared.wake.notify_all();
+        }
+
+        let mine = catch_unwind(AssertUnwindSafe(|| job(0, n)));
+
+        let mut spins = 0u32;
+        while shared.remaining.load(Ordering::Acquire) != 0 {
+            if spins < shared.spin {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut g = shared
+                .done_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            shared.caller_waiting.store(true, Ordering::SeqCst);
+            while shared.remaining.load(Ordering::SeqCst) != 0 {
+                g = shared.done.wait(g).unwrap_or_else(PoisonError::into_inner);
+            }
+            shared.caller_waiting.store(false, Ordering::SeqCst);
+        }
+        // SAFETY: `remaining == 0`: every worker is done with the job (see `Shared`).
+        unsafe { *shared.job.get() = None };
+
+        if let Err(payload) = mine {
+            resume_unwind(payload);
+        }
+        if shared.worker_panicked.swap(false, Ordering::AcqRel) {
+            panic!("a kernel worker thread panicked (its message was printed above)");
+        }
+    }
+}
+
+fn worker_loop(shared: &Shared, index: usize) {
+    let mut seen = 0u64;
+    loop {
+        let mut spins = 0u32;
+        loop {
+            if shared.generation.load(Ordering::Acquire) != seen {
+                break;
+            }
+            if spins < shared.spin {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut g = shared
+                .sleep_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            shared.sleepers.fetch_add(1, Ordering::SeqCst);
+            while shared.generation.load(Ordering::SeqCst) == seen {
+                g = shared.wake.wait(g).unwrap_or_else(PoisonError::into_inner);
+            }
+            shared.sleepers.fetch_sub(1, Ordering::SeqCst);
+            break;
+        }
+        seen = shared.generation.load(Ordering::Acquire);
+        if shared.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: a new generation was published after the slot was written (Acquire above
+        // pairs with the caller's SeqCst bump), and the caller will not touch the slot until
+        // this worker decrements `remaining` below.
+        let job = unsafe { *shared.job.get() };
+        if let Some(job) = job {
+            if catch_unwind(AssertUnwindSafe(|| job(index, shared.n_threads))).is_err() {
+                shared.worker_panicked.store(true, Ordering::Release);
+            }
+        }
+        if shared.remaining.fetch_sub(1, Ordering::SeqCst) == 1
+            && shared.caller_waiting.load(Ordering::SeqCst)
+        {
+            let _g = shared
+                .done_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            shared.done.notify_one();
+        }
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        {
+            let _g = self
+                .shared
+                .sleep_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Pins the calling thread to one CPU (Linux; elsewhere returns `Unsupported`).
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cpu {cpu} is beyond CPU_SETSIZE"),
+            ));
+        }
+        // SAFETY: `cpu_set_t` is plain data for which all-zero is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `cpu < CPU_SETSIZE` was checked, so CPU_SET stays inside `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: pid 0 is the calling thread; the pointer and size describe `set`.
+        let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = cpu;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "CPU pinning is only implemented on Linux",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn every_thread_runs_each_job_once() {
+        for threads in [1, 2, 3, 5] {
+            let pool = ThreadPool::new(PoolConfig::with_threads(threads)).unwrap();
+            for _ in 0..200 {
+                let hits: Vec<AtomicUsize> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(|i, n| {
+                    assert_eq!(n, threads);
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
+        }
+    }
+
+    #[test]
+    fn parked_workers_wake_up() {
+        let cfg = PoolConfig {
+            threads: 3,
+            cpus: None,
+            spin_iterations: 0,
+        };
+        let pool = ThreadPool::new(cfg).unwrap();
+        let total = AtomicUsize::new(0);
+        for _ in 0..50 {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            pool.run(|_, _| {
+                total.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 150);
+    }
+
+    #[test]
+    fn a_worker_panic_reaches_the_caller_and_the_pool_survives() {
+        let pool = ThreadPool::new(PoolConfig::with_threads(2)).unwrap();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(|i, _| {
+                if i == 1 {
+                    panic!("boom");
+                }
+            })
+        }));
+        assert!(r.is_err());
+        let ran = AtomicUsize::new(0);
+        pool.run(|_, _| {
+            ran.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(ran.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn pinning_to_cpu_zero_works() {
+        let cfg = PoolConfig {
+            threads: 2,
+            cpus: Some(vec![0]),
+            spin_iterations: DEFAULT_SPIN,
+        };
+        let pool = ThreadPool::new(cfg).unwrap();
+        pool.run(|_, _| {});
+        assert!(pin_current_thread(usize::MAX).is_err());
+    }
+}
