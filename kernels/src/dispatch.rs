@@ -112,9 +112,13 @@ impl fmt::Display for KernelPath {
 /// Why a kernel path could not be selected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DispatchError {
-    #[error("{ENV_KERNELS}={value:?} is not a kernel path (expected one of scalar, neon, dotprod, avx2)")]
+    #[error(
+        "{ENV_KERNELS}={value:?} is not a kernel path (expected one of scalar, neon, dotprod, avx2)"
+    )]
     UnknownPath { value: String },
-    #[error("kernel path {path} needs {needs}; this CPU ({cpu}) does not have it (supported here: {supported})")]
+    #[error(
+        "kernel path {path} needs {needs}; this CPU ({cpu}) does not have it (supported here: {supported})"
+    )]
     Unsupported {
         path: KernelPath,
         needs: &'static str,
@@ -236,7 +240,10 @@ pub fn cpu_summary() -> String {
             ("fma", std::arch::is_x86_feature_detected!("fma")),
             ("f16c", std::arch::is_x86_feature_detected!("f16c")),
             ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
-            ("avx512vnni", std::arch::is_x86_feature_detected!("avx512vnni")),
+            (
+                "avx512vnni",
+                std::arch::is_x86_feature_detected!("avx512vnni"),
+            ),
         ] {
             if on {
                 feats.push(name);
@@ -248,7 +255,10 @@ pub fn cpu_summary() -> String {
         for (name, on) in [
             ("neon", std::arch::is_aarch64_feature_detected!("neon")),
             ("fp16", std::arch::is_aarch64_feature_detected!("fp16")),
-            ("dotprod", std::arch::is_aarch64_feature_detected!("dotprod")),
+            (
+                "dotprod",
+                std::arch::is_aarch64_feature_detected!("dotprod"),
+            ),
             ("i8mm", std::arch::is_aarch64_feature_detected!("i8mm")),
             ("sve", std::arch::is_aarch64_feature_detected!("sve")),
         ] {
@@ -448,8 +458,14 @@ mod tests {
 
     #[test]
     fn override_is_validated() {
-        assert_eq!(Kernels::from_override(None).unwrap().path(), KernelPath::best());
-        assert_eq!(Kernels::from_override(Some("")).unwrap().path(), KernelPath::best());
+        assert_eq!(
+            Kernels::from_override(None).unwrap().path(),
+            KernelPath::best()
+        );
+        assert_eq!(
+            Kernels::from_override(Some("")).unwrap().path(),
+            KernelPath::best()
+        );
         assert_eq!(
             Kernels::from_override(Some("scalar")).unwrap().path(),
             KernelPath::Scalar

@@ -237,8 +237,10 @@ impl<'a> DisjointOut<'a> {
     #[inline(always)]
     unsafe fn write(&self, i: usize, v: f32) {
         assert!(i < self.len);
-        // SAFETY: in bounds (checked), and exclusive by the caller's guarantee.
-        unsafe { self.ptr.add(i).write(v) }
+        // SAFETY: `i < len`, so the pointer stays inside the borrowed slice.
+        let p = unsafe { self.ptr.add(i) };
+        // SAFETY: in bounds, and no other thread writes index `i` (caller's guarantee).
+        unsafe { p.write(v) }
     }
 }
 
@@ -265,7 +267,11 @@ fn product<W: Sync, A: Sync>(
     y: &mut [f32],
     dot: impl Fn(&[W], &[A]) -> f32 + Sync,
 ) {
-    assert_eq!(y.len(), rows * tokens, "output must hold tokens x rows values");
+    assert_eq!(
+        y.len(),
+        rows * tokens,
+        "output must hold tokens x rows values"
+    );
     let chunk = chunk_rows(rows, pool.threads(), tokens);
     let n_chunks = rows.div_ceil(chunk);
     let next = AtomicUsize::new(0);
@@ -293,7 +299,13 @@ fn product<W: Sync, A: Sync>(
 
 /// `y = W x` for the rows of `x` (one for decode, several for prefill): `y` holds
 /// `x.len()` rows of `w.rows()` values.
-pub fn matmul(pool: &ThreadPool, kernels: &Kernels, w: &Matrix<'_>, x: &Activations, y: &mut [f32]) {
+pub fn matmul(
+    pool: &ThreadPool,
+    kernels: &Kernels,
+    w: &Matrix<'_>,
+    x: &Activations,
+    y: &mut [f32],
+) {
     assert_eq!(
         x.format,
         w.act_format(),
@@ -302,7 +314,10 @@ pub fn matmul(pool: &ThreadPool, kernels: &Kernels, w: &Matrix<'_>, x: &Activati
         w.weights.ggml_type(),
         w.act_format()
     );
-    assert_eq!(x.cols, w.cols, "activation rows must be as long as weight rows");
+    assert_eq!(
+        x.cols, w.cols,
+        "activation rows must be as long as weight rows"
+    );
     let k = kernels;
     let (rows, n) = (w.rows, x.len);
     let xb = x.cols / x.format.block_elems();
@@ -321,7 +336,13 @@ pub fn matmul(pool: &ThreadPool, kernels: &Kernels, w: &Matrix<'_>, x: &Activati
 }
 
 /// `y = W x` for a single activation row (decode): [`matmul`] with one token.
-pub fn matvec(pool: &ThreadPool, kernels: &Kernels, w: &Matrix<'_>, x: &Activations, y: &mut [f32]) {
+pub fn matvec(
+    pool: &ThreadPool,
+    kernels: &Kernels,
+    w: &Matrix<'_>,
+    x: &Activations,
+    y: &mut [f32],
+) {
     assert_eq!(x.len, 1, "matvec takes exactly one activation row");
     matmul(pool, kernels, w, x, y)
 }

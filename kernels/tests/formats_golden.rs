@@ -4,8 +4,8 @@
 
 mod support;
 
-use spillway_kernels::formats::{Weights, quantize_to_bytes};
 use spillway_kernels::GgmlType;
+use spillway_kernels::formats::{Weights, quantize_to_bytes};
 use support::*;
 
 #[test]
@@ -35,7 +35,10 @@ fn dequantization_equals_gguf_py_bit_for_bit() {
             .zip(&want)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
-        assert_eq!(mismatches, 0, "{golden}: {mismatches} values differ in their bits");
+        assert_eq!(
+            mismatches, 0,
+            "{golden}: {mismatches} values differ in their bits"
+        );
     }
     for ty in ["F16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"] {
         assert!(seen_types.contains(ty), "no golden covered {ty}");
@@ -57,15 +60,16 @@ fn reference_quantizers_reproduce_llama_quantize() {
             }
             let src = &f32_model[name];
             assert_eq!(src.dims, t.dims, "{variant} {name}");
-            let x: Vec<f32> = src.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let x: Vec<f32> = src
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             let ours = quantize_to_bytes(ty, &x).unwrap();
-            let differing = ours
-                .iter()
-                .zip(&t.data)
-                .filter(|(a, b)| a != b)
-                .count();
+            let differing = ours.iter().zip(&t.data).filter(|(a, b)| a != b).count();
             assert_eq!(
-                differing, 0,
+                differing,
+                0,
                 "{variant} {name} ({ty}): {differing} of {} bytes differ from llama-quantize",
                 ours.len()
             );
@@ -73,6 +77,9 @@ fn reference_quantizers_reproduce_llama_quantize() {
         }
     }
     for ty in ["F16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"] {
-        assert!(checked.contains_key(ty), "no tensor of type {ty} was checked: {checked:?}");
+        assert!(
+            checked.contains_key(ty),
+            "no tensor of type {ty} was checked: {checked:?}"
+        );
     }
 }

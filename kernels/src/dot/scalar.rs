@@ -36,12 +36,11 @@ pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
 pub fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     let mut sumf = 0.0f32;
     for (a, b) in w.iter().zip(x) {
-        let sumi: i32 = a
-            .qs
-            .iter()
-            .zip(&b.qs)
-            .map(|(&p, &q)| i32::from(p) * i32::from(q))
-            .sum();
+        let sumi: i32 =
+            a.qs.iter()
+                .zip(&b.qs)
+                .map(|(&p, &q)| i32::from(p) * i32::from(q))
+                .sum();
         sumf += sumi as f32 * (a.d.to_f32() * b.d.to_f32());
     }
     sumf

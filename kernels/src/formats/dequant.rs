@@ -57,7 +57,11 @@ pub fn dequantize_q4_k(x: &[BlockQ4K], y: &mut [f32]) {
     for (b, out) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
         let d = b.d.to_f32();
         let min = b.dmin.to_f32();
-        for (pair, (q, out)) in b.qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+        for (pair, (q, out)) in
+            b.qs.chunks_exact(32)
+                .zip(out.chunks_exact_mut(64))
+                .enumerate()
+        {
             let (sc, m) = scale_min_k4(2 * pair, &b.scales);
             let (d1, m1) = (d * f32::from(sc), min * f32::from(m));
             let (sc, m) = scale_min_k4(2 * pair + 1, &b.scales);
@@ -75,7 +79,11 @@ pub fn dequantize_q5_k(x: &[BlockQ5K], y: &mut [f32]) {
     for (b, out) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
         let d = b.d.to_f32();
         let min = b.dmin.to_f32();
-        for (pair, (ql, out)) in b.qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+        for (pair, (ql, out)) in
+            b.qs.chunks_exact(32)
+                .zip(out.chunks_exact_mut(64))
+                .enumerate()
+        {
             let u1 = 1u8 << (2 * pair);
             let u2 = 2u8 << (2 * pair);
             let (sc, m) = scale_min_k4(2 * pair, &b.scales);

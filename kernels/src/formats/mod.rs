@@ -19,14 +19,24 @@ pub use types::GgmlType;
 /// Why bytes could not be viewed as, or converted to, a given format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
-    #[error("type {0} has no kernels in Spillway (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)")]
+    #[error(
+        "type {0} has no kernels in Spillway (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)"
+    )]
     Unsupported(GgmlType),
     #[error("{ty}: {len} bytes is not a whole number of {block}-byte blocks")]
-    Length { ty: GgmlType, len: usize, block: usize },
+    Length {
+        ty: GgmlType,
+        len: usize,
+        block: usize,
+    },
     #[error("{ty}: data is not aligned to {align} bytes")]
     Alignment { ty: GgmlType, align: usize },
     #[error("{ty}: row length {cols} is not a multiple of the block size {block}")]
-    RowLength { ty: GgmlType, cols: usize, block: usize },
+    RowLength {
+        ty: GgmlType,
+        cols: usize,
+        block: usize,
+    },
     #[error("{ty}: {blocks} blocks hold {have} values, not {rows} rows x {cols}")]
     Shape {
         ty: GgmlType,
@@ -50,7 +60,7 @@ pub enum Weights<'a> {
     Q6K(&'a [BlockQ6K]),
 }
 
-fn cast<'a, T: WeightBlock>(bytes: &'a [u8]) -> Result<&'a [T], FormatError> {
+fn cast<T: WeightBlock>(bytes: &[u8]) -> Result<&[T], FormatError> {
     bytemuck::try_cast_slice(bytes).map_err(|e| match e {
         bytemuck::PodCastError::TargetAlignmentGreaterAndInputNotAligned => {
             FormatError::Alignment {

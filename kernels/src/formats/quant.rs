@@ -281,7 +281,11 @@ fn quantize_k4_superblock(
             max_min = mins[j];
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -391,8 +395,8 @@ pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6K]) {
         }
         let iscale = -128.0 / max_scale;
         b.d = f16::from_f32(1.0 / iscale);
-        for ib in 0..QK_K / 16 {
-            b.scales[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        for (s, &scale) in b.scales.iter_mut().zip(&scales) {
+            *s = nearest_int(iscale * scale).min(127) as i8;
         }
         for j in 0..QK_K / 16 {
             let d = b.d.to_f32() * f32::from(b.scales[j]);

@@ -179,7 +179,10 @@ mod tests {
 
     #[test]
     fn byte_sizes() {
-        assert_eq!(GgmlType::Q4_K.bytes_for(3072 * 4096), Some(3072 * 4096 / 256 * 144));
+        assert_eq!(
+            GgmlType::Q4_K.bytes_for(3072 * 4096),
+            Some(3072 * 4096 / 256 * 144)
+        );
         assert_eq!(GgmlType::Q4_0.bytes_for(33), None);
         assert_eq!(GgmlType::F32.bytes_for(u64::MAX), None);
     }

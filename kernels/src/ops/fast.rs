@@ -20,11 +20,10 @@ pub fn exp_fast(x: f32) -> f32 {
     let t = xc * LOG2E + MAGIC;
     let n = t - MAGIC;
     let r = xc - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let y = p * (r * r) + r + 1.0;
     let n_int = t.to_bits() as i32 - MAGIC.to_bits() as i32;
     let scale = f32::from_bits(((n_int + 127) << 23) as u32);
@@ -62,7 +61,11 @@ pub fn softmax(x: &mut [f32]) {
             mx[i] = mx[i].max(c[i]);
         }
     }
-    let max = tail.iter().chain(&mx).copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = tail
+        .iter()
+        .chain(&mx)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         x.fill(0.0);
         return;

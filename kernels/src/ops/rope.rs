@@ -10,7 +10,9 @@
 pub enum RopeScaling {
     None,
     /// Positions are divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// YaRN: interpolate low frequencies by `1/factor`, keep high ones, ramp between the
     /// dimensions where a wavelength spans `beta_fast` and `beta_slow` rotations of the
     /// original context.
@@ -186,7 +188,11 @@ mod tests {
         assert!((theta(0) - want0).abs() < 1e-3);
         // Pair 63 is above `high`: pure interpolation, theta = pos * base^(-126/128) / 16.
         let want63 = pos as f32 * 1e6f32.powf(-126.0 / 128.0) / 16.0;
-        assert!((theta(63) - want63).abs() < 1e-5, "{} vs {want63}", theta(63));
+        assert!(
+            (theta(63) - want63).abs() < 1e-5,
+            "{} vs {want63}",
+            theta(63)
+        );
     }
 
     #[test]

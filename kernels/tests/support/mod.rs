@@ -67,7 +67,7 @@ pub fn read_gguf_tensors(path: &std::path::Path) -> HashMap<String, FixtureTenso
                 }
                 None
             }
-            4 => Some(u32::from_le_bytes(take(4).try_into().unwrap()) as u64),
+            4 => Some(u64::from(u32::from_le_bytes(take(4).try_into().unwrap()))),
             t => {
                 take(fixed(t).unwrap());
                 None
@@ -94,7 +94,6 @@ pub fn read_gguf_tensors(path: &std::path::Path) -> HashMap<String, FixtureTenso
         let off = u64_(&take_vec(8));
         infos.push((name, dims, ty, off));
     }
-    drop(take_vec);
     let data_start = (pos as u64).div_ceil(alignment) * alignment;
     let mut offsets: Vec<u64> = infos.iter().map(|i| i.3).collect();
     offsets.push(buf.len() as u64 - data_start);

@@ -1,0 +1,609 @@
+//! Every kernel path this CPU supports, held to the scalar reference.
+//!
+//! Property tests draw random sizes (single blocks, odd counts, tails of the float dots),
+//! random bit patterns for the packed quants, and scales from subnormal to the f16 maximum.
+//! Fixed cases cover the 3B model's row lengths. The integer parts of the quantized dots are
+//! exact, so the budgets only cover f32 summation order:
+//!
+//! | kernel | budget: abs(path - scalar) <= |
+//! |---|---|
+//! | F32/F16/BF16 · F32 | 2e-5 x sum(abs(w_i x_i)) (scalar sums in f64, SIMD in f32 lanes) |
+//! | Q8_0/Q4_0 · Q8_0 | 1e-5 x sum over blocks of abs(d_w d_x sumi) |
+//! | Q4_K/Q5_K · Q8_K | 1e-5 x sum over blocks of (abs(d d_x sumi) + abs(dmin d_x summins)) |
+//! | Q6_K · Q8_K | 1e-5 x sum over blocks of abs(d d_x sumi) |
+//! | activation quantizers | scales within 1 ulp of f16/f32, each quant within 1 |
+//! | rmsnorm, softmax, silu_mul | see `ops` below |
+//!
+//! Set `SPILLWAY_EXPECT_PATH` to assert which path the dispatcher picks (the qemu runs use
+//! it: cortex-a53 must pick `neon`, cortex-a76 `dotprod`).
+
+use proptest::prelude::*;
+use spillway_kernels::dispatch::{self, KernelPath, Kernels};
+use spillway_kernels::formats::*;
+
+fn simd_paths() -> Vec<Kernels> {
+    KernelPath::supported()
+        .into_iter()
+        .filter(|&p| p != KernelPath::Scalar)
+        .map(|p| Kernels::new(p).unwrap())
+        .collect()
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+// ---------------------------------------------------------------- generators
+
+/// A finite f16 scale: mostly ordinary magnitudes, sometimes extreme (subnormal, maximum),
+/// sometimes zero or negative.
+fn scale_f16() -> impl Strategy<Value = f16> {
+    prop_oneof![
+        8 => (1e-4f32..1.0).prop_map(f16::from_f32),
+        1 => (-1.0f32..-1e-4).prop_map(f16::from_f32),
+        1 => Just(f16::from_f32(65504.0)),
+        1 => Just(f16::from_bits(1)), // smallest subnormal
+        1 => Just(f16::ZERO),
+    ]
+}
+
+fn bytes<const N: usize>() -> impl Strategy<Value = [u8; N]> {
+    proptest::collection::vec(any::<u8>(), N).prop_map(|v| v.try_into().unwrap())
+}
+
+fn q4_0_block() -> impl Strategy<Value = BlockQ4_0> {
+    (scale_f16(), bytes::<16>()).prop_map(|(d, qs)| BlockQ4_0 { d, qs })
+}
+
+fn q8_0_block() -> impl Strategy<Value = BlockQ8_0> {
+    (scale_f16(), bytes::<32>()).prop_map(|(d, qs)| BlockQ8_0 {
+        d,
+        qs: qs.map(|b| b as i8),
+    })
+}
+
+fn q4_k_block() -> impl Strategy<Value = BlockQ4K> {
+    (scale_f16(), scale_f16(), bytes::<12>(), bytes::<128>()).prop_map(|(d, dmin, scales, qs)| {
+        BlockQ4K {
+            d,
+            dmin,
+            scales,
+            qs,
+        }
+    })
+}
+
+fn q5_k_block() -> impl Strategy<Value = BlockQ5K> {
+    (
+        scale_f16(),
+        scale_f16(),
+        bytes::<12>(),
+        bytes::<32>(),
+        bytes::<128>(),
+    )
+        .prop_map(|(d, dmin, scales, qh, qs)| BlockQ5K {
+            d,
+            dmin,
+            scales,
+            qh,
+            qs,
+        })
+}
+
+fn q6_k_block() -> impl Strategy<Value = BlockQ6K> {
+    (scale_f16(), bytes::<128>(), bytes::<64>(), bytes::<16>()).prop_map(|(d, ql, qh, sc)| {
+        BlockQ6K {
+            ql,
+            qh,
+            scales: sc.map(|b| b as i8),
+            d,
+        }
+    })
+}
+
+/// Q8_K activations as the quantizer makes them: values in [-127, 127] with consistent
+/// `bsums`, any scale.
+fn q8_k_block() -> impl Strategy<Value = BlockQ8K> {
+    (
+        prop_oneof![4 => 1e-4f32..10.0, 1 => Just(1e-30f32), 1 => Just(1e6f32)],
+        proptest::collection::vec(-127i8..=127, 256),
+    )
+        .prop_map(|(d, qs)| {
+            let qs: [i8; 256] = qs.try_into().unwrap();
+            let mut bsums = [0i16; 16];
+            for (s, c) in bsums.iter_mut().zip(qs.chunks_exact(16)) {
+                *s = c.iter().map(|&q| i16::from(q)).sum();
+            }
+            BlockQ8K { d, qs, bsums }
+        })
+}
+
+/// Blocks of a weight format paired with activation blocks, `1..=max` of each.
+fn pairs<W: std::fmt::Debug, A: std::fmt::Debug>(
+    w: impl Strategy<Value = W>,
+    a: impl Strategy<Value = A>,
+    max: usize,
+) -> impl Strategy<Value = Vec<(W, A)>> {
+    proptest::collection::vec((w, a), 1..=max)
+}
+
+/// Float vectors of any length 1..=`max` (tails of every SIMD width), NaN-free, with
+/// magnitudes from tiny to large.
+fn floats(max: usize) -> impl Strategy<Value = (Vec<f32>, Vec<f32>)> {
+    (1..=max).prop_flat_map(|n| {
+        let v = || {
+            proptest::collection::vec(
+                prop_oneof![
+                    6 => -2.0f32..2.0,
+                    1 => -1e15f32..1e15,
+                    1 => -1e-20f32..1e-20,
+                    1 => Just(0.0f32),
+                ],
+                n,
+            )
+        };
+        (v(), v())
+    })
+}
+
+// ---------------------------------------------------------------- budgets
+
+fn close(path: KernelPath, what: &str, got: f32, want: f32, magnitude: f64, rel: f64) {
+    let err = (f64::from(got) - f64::from(want)).abs();
+    let budget = rel * magnitude + 1e-30;
+    assert!(
+        err <= budget,
+        "{path} {what}: got {got}, scalar {want}, error {err:e} > budget {budget:e} (magnitude {magnitude:e})"
+    );
+}
+
+fn mag_q8_0_like(w: &[(f32, i32)]) -> f64 {
+    // (d_w * d_x, integer sum) per block
+    w.iter()
+        .map(|&(d, s)| (f64::from(d) * f64::from(s)).abs())
+        .sum()
+}
+
+fn isum(a: &[i8], b: &[i8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+        .sum()
+}
+
+// ---------------------------------------------------------------- dot products
+
+fn check_q4_0(k: &Kernels, blocks: &[(BlockQ4_0, BlockQ8_0)]) {
+    let (w, x): (Vec<_>, Vec<_>) = blocks.iter().copied().unzip();
+    let got = k.dot_q4_0(&w, &x);
+    let want = Kernels::scalar().dot_q4_0(&w, &x);
+    let mag = mag_q8_0_like(
+        &blocks
+            .iter()
+            .map(|(a, b)| {
+                let vals: Vec<i8> = (0..32)
+                    .map(|j| {
+                        let q = if j < 16 {
+                            a.qs[j] & 0xF
+                        } else {
+                            a.qs[j - 16] >> 4
+                        };
+                        q as i8 - 8
+                    })
+                    .collect();
+                (a.d.to_f32() * b.d.to_f32(), isum(&vals, &b.qs))
+            })
+            .collect::<Vec<_>>(),
+    );
+    close(k.path(), "Q4_0·Q8_0", got, want, mag, 1e-5);
+}
+
+fn check_q8_0(k: &Kernels, blocks: &[(BlockQ8_0, BlockQ8_0)]) {
+    let (w, x): (Vec<_>, Vec<_>) = blocks.iter().copied().unzip();
+    let got = k.dot_q8_0(&w, &x);
+    let want = Kernels::scalar().dot_q8_0(&w, &x);
+    let mag = mag_q8_0_like(
+        &blocks
+            .iter()
+            .map(|(a, b)| (a.d.to_f32() * b.d.to_f32(), isum(&a.qs, &b.qs)))
+            .collect::<Vec<_>>(),
+    );
+    close(k.path(), "Q8_0·Q8_0", got, want, mag, 1e-5);
+}
+
+/// Magnitude of the two halves of a k4 (Q4_K/Q5_K) dot: values `v` (0..31) per element.
+fn mag_k4(d: f16, dmin: f16, scales: &[u8; 12], v: &[i8; 256], b: &BlockQ8K) -> f64 {
+    let (sc, mn) = scales_mins_k4(scales);
+    let mut sumi = 0i64;
+    for j in 0..8 {
+        sumi += i64::from(sc[j])
+            * i64::from(isum(&v[32 * j..32 * j + 32], &b.qs[32 * j..32 * j + 32])).abs();
+    }
+    let summ: i64 = (0..16)
+        .map(|j| (i64::from(b.bsums[j]) * i64::from(mn[j / 2])).abs())
+        .sum();
+    (f64::from(d.to_f32()) * f64::from(b.d) * sumi as f64).abs()
+        + (f64::from(dmin.to_f32()) * f64::from(b.d) * summ as f64).abs()
+}
+
+fn check_q4_k(k: &Kernels, blocks: &[(BlockQ4K, BlockQ8K)]) {
+    let (w, x): (Vec<_>, Vec<_>) = blocks.iter().copied().unzip();
+    let got = k.dot_q4_k(&w, &x);
+    let want = Kernels::scalar().dot_q4_k(&w, &x);
+    let mag: f64 = blocks
+        .iter()
+        .map(|(a, b)| {
+            let mut v = [0i8; 256];
+            for (p, q) in a.qs.chunks_exact(32).enumerate() {
+                for l in 0..32 {
+                    v[64 * p + l] = (q[l] & 0xF) as i8;
+                    v[64 * p + 32 + l] = (q[l] >> 4) as i8;
+                }
+            }
+            mag_k4(a.d, a.dmin, &a.scales, &v, b)
+        })
+        .sum();
+    close(k.path(), "Q4_K·Q8_K", got, want, mag, 1e-5);
+}
+
+fn check_q5_k(k: &Kernels, blocks: &[(BlockQ5K, BlockQ8K)]) {
+    let (w, x): (Vec<_>, Vec<_>) = blocks.iter().copied().unzip();
+    let got = k.dot_q5_k(&w, &x);
+    let want = Kernels::scalar().dot_q5_k(&w, &x);
+    let mag: f64 = blocks
+        .iter()
+        .map(|(a, b)| {
+            let mut f = vec![0.0f32; 256];
+            dequantize_q5_k(std::slice::from_ref(a), &mut f);
+            let mut v = [0i8; 256];
+            for (p, q) in a.qs.chunks_exact(32).enumerate() {
+                for l in 0..32 {
+                    let h1 = (a.qh[l] >> (2 * p)) & 1;
+                    let h2 = (a.qh[l] >> (2 * p + 1)) & 1;
+                    v[64 * p + l] = ((q[l] & 0xF) | (h1 << 4)) as i8;
+                    v[64 * p + 32 + l] = ((q[l] >> 4) | (h2 << 4)) as i8;
+                }
+            }
+            mag_k4(a.d, a.dmin, &a.scales, &v, b)
+        })
+        .sum();
+    close(k.path(), "Q5_K·Q8_K", got, want, mag, 1e-5);
+}
+
+fn check_q6_k(k: &Kernels, blocks: &[(BlockQ6K, BlockQ8K)]) {
+    let (w, x): (Vec<_>, Vec<_>) = blocks.iter().copied().unzip();
+    let got = k.dot_q6_k(&w, &x);
+    let want = Kernels::scalar().dot_q6_k(&w, &x);
+    let mag: f64 = blocks
+        .iter()
+        .map(|(a, b)| {
+            // Dequantized with d = 1 gives scale * (q - 32) per element.
+            let mut unit = *a;
+            unit.d = f16::ONE;
+            let mut f = vec![0.0f32; 256];
+            dequantize_q6_k(std::slice::from_ref(&unit), &mut f);
+            let s: f64 = f
+                .iter()
+                .zip(&b.qs)
+                .map(|(&v, &q)| (f64::from(v) * f64::from(q)).abs())
+                .sum();
+            (f64::from(a.d.to_f32()) * f64::from(b.d)).abs() * s
+        })
+        .sum();
+    close(k.path(), "Q6_K·Q8_K", got, want, mag, 1e-5);
+}
+
+fn float_mag(w: &[f32], x: &[f32]) -> f64 {
+    w.iter()
+        .zip(x)
+        .map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs())
+        .sum()
+}
+
+fn check_floats(k: &Kernels, w: &[f32], x: &[f32]) {
+    let s = Kernels::scalar();
+    close(
+        k.path(),
+        "F32·F32",
+        k.dot_f32(w, x),
+        s.dot_f32(w, x),
+        float_mag(w, x),
+        2e-5,
+    );
+    let h: Vec<f16> = w
+        .iter()
+        .map(|&v| f16::from_f32(v.clamp(-65504.0, 65504.0)))
+        .collect();
+    let hw: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+    close(
+        k.path(),
+        "F16·F32",
+        k.dot_f16(&h, x),
+        s.dot_f16(&h, x),
+        float_mag(&hw, x),
+        2e-5,
+    );
+    let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+    let bw: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+    close(
+        k.path(),
+        "BF16·F32",
+        k.dot_bf16(&b, x),
+        s.dot_bf16(&b, x),
+        float_mag(&bw, x),
+        2e-5,
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn q4_0(blocks in pairs(q4_0_block(), q8_0_block(), 40)) {
+        for k in simd_paths() { check_q4_0(&k, &blocks) }
+    }
+
+    #[test]
+    fn q8_0(blocks in pairs(q8_0_block(), q8_0_block(), 40)) {
+        for k in simd_paths() { check_q8_0(&k, &blocks) }
+    }
+
+    #[test]
+    fn q4_k(blocks in pairs(q4_k_block(), q8_k_block(), 14)) {
+        for k in simd_paths() { check_q4_k(&k, &blocks) }
+    }
+
+    #[test]
+    fn q5_k(blocks in pairs(q5_k_block(), q8_k_block(), 14)) {
+        for k in simd_paths() { check_q5_k(&k, &blocks) }
+    }
+
+    #[test]
+    fn q6_k(blocks in pairs(q6_k_block(), q8_k_block(), 14)) {
+        for k in simd_paths() { check_q6_k(&k, &blocks) }
+    }
+
+    #[test]
+    fn float_dots((w, x) in floats(600)) {
+        for k in simd_paths() { check_floats(&k, &w, &x) }
+    }
+
+    #[test]
+    fn activation_quantizers(x in (1usize..=12).prop_flat_map(|n| proptest::collection::vec(
+        prop_oneof![8 => -3.0f32..3.0, 1 => -1e6f32..1e6, 1 => Just(0.0f32)], n * 256))) {
+        for k in simd_paths() { check_quantizers(&k, &x) }
+    }
+}
+
+fn check_quantizers(k: &Kernels, x: &[f32]) {
+    let s = Kernels::scalar();
+    let n0 = x.len() / QK;
+    let zero0 = BlockQ8_0 {
+        d: f16::ZERO,
+        qs: [0; 32],
+    };
+    let (mut a, mut b) = (vec![zero0; n0], vec![zero0; n0]);
+    k.quantize_q8_0(x, &mut a);
+    s.quantize_q8_0(x, &mut b);
+    for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+        let ulp = (i32::from(p.d.to_bits() as i16) - i32::from(q.d.to_bits() as i16)).abs();
+        assert!(
+            ulp <= 1,
+            "{} Q8_0 block {i}: d {} vs {}",
+            k.path(),
+            p.d,
+            q.d
+        );
+        for (u, v) in p.qs.iter().zip(&q.qs) {
+            assert!(
+                (i16::from(*u) - i16::from(*v)).abs() <= 1,
+                "{} Q8_0 block {i}: {:?} vs {:?}",
+                k.path(),
+                p.qs,
+                q.qs
+            );
+        }
+    }
+    let nk = x.len() / QK_K;
+    let zk: BlockQ8K = bytemuck::Zeroable::zeroed();
+    let (mut a, mut b) = (vec![zk; nk], vec![zk; nk]);
+    k.quantize_q8_k(x, &mut a);
+    s.quantize_q8_k(x, &mut b);
+    for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+        let ulp = (i64::from(p.d.to_bits() as i32) - i64::from(q.d.to_bits() as i32)).abs();
+        assert!(
+            ulp <= 1,
+            "{} Q8_K block {i}: d {} vs {}",
+            k.path(),
+            p.d,
+            q.d
+        );
+        for (u, v) in p.qs.iter().zip(&q.qs) {
+            assert!(
+                (i16::from(*u) - i16::from(*v)).abs() <= 1,
+                "{} Q8_K block {i}",
+                k.path()
+            );
+        }
+        // bsums must describe this path's own quants exactly.
+        for (j, c) in p.qs.chunks_exact(16).enumerate() {
+            let sum: i16 = c.iter().map(|&q| i16::from(q)).sum();
+            assert_eq!(p.bsums[j], sum, "{} Q8_K block {i} bsum {j}", k.path());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- fixed cases
+
+/// A deterministic pseudo-random stream (xorshift), for reproducible fixed cases.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+/// Rows as the 3B model has them (3072, 4096 and 9216 wide), quantized the way the model
+/// and the activations really are, through the reference quantizers.
+#[test]
+fn model_row_lengths_realistic_data() {
+    let mut rng = Rng(0x5eed);
+    for cols in [256, 3072, 4096, 9216] {
+        let w = rng.vec(cols);
+        let x = rng.vec(cols);
+        for k in simd_paths() {
+            let s = Kernels::scalar();
+            let bq = |ty| quantize_to_bytes(ty, &w).unwrap();
+            let mut x8 = vec![
+                BlockQ8_0 {
+                    d: f16::ZERO,
+                    qs: [0; 32]
+                };
+                cols / 32
+            ];
+            s.quantize_q8_0(&x, &mut x8);
+            let mut xk = vec![bytemuck::Zeroable::zeroed(); cols / 256];
+            s.quantize_q8_k(&x, &mut xk);
+            let q4_0 = bq(GgmlType::Q4_0);
+            let q8_0 = bq(GgmlType::Q8_0);
+            let q4_k = bq(GgmlType::Q4_K);
+            let q5_k = bq(GgmlType::Q5_K);
+            let q6_k = bq(GgmlType::Q6_K);
+            let q4_0: &[BlockQ4_0] = bytemuck::cast_slice(&q4_0);
+            let q8_0: &[BlockQ8_0] = bytemuck::cast_slice(&q8_0);
+            let q4_k: &[BlockQ4K] = bytemuck::cast_slice(&q4_k);
+            let q5_k: &[BlockQ5K] = bytemuck::cast_slice(&q5_k);
+            let q6_k: &[BlockQ6K] = bytemuck::cast_slice(&q6_k);
+            check_q4_0(
+                &k,
+                &q4_0
+                    .iter()
+                    .copied()
+                    .zip(x8.iter().copied())
+                    .collect::<Vec<_>>(),
+            );
+            check_q8_0(
+                &k,
+                &q8_0
+                    .iter()
+                    .copied()
+                    .zip(x8.iter().copied())
+                    .collect::<Vec<_>>(),
+            );
+            check_q4_k(
+                &k,
+                &q4_k
+                    .iter()
+                    .copied()
+                    .zip(xk.iter().copied())
+                    .collect::<Vec<_>>(),
+            );
+            check_q5_k(
+                &k,
+                &q5_k
+                    .iter()
+                    .copied()
+                    .zip(xk.iter().copied())
+                    .collect::<Vec<_>>(),
+            );
+            check_q6_k(
+                &k,
+                &q6_k
+                    .iter()
+                    .copied()
+                    .zip(xk.iter().copied())
+                    .collect::<Vec<_>>(),
+            );
+            check_floats(&k, &w, &x);
+            check_quantizers(&k, &x);
+        }
+    }
+}
+
+/// Saturated values: every nibble 15 / 0, every quant at +-127, the largest scales.
+#[test]
+fn extremes() {
+    for k in simd_paths() {
+        for (nib, q) in [(0xFFu8, 127i8), (0x00, -127), (0xF0, 127), (0x0F, -128)] {
+            let big = f16::from_f32(65504.0);
+            let w = BlockQ4_0 {
+                d: big,
+                qs: [nib; 16],
+            };
+            let x = BlockQ8_0 {
+                d: big,
+                qs: [q; 32],
+            };
+            check_q4_0(&k, &[(w, x); 3]);
+            check_q8_0(
+                &k,
+                &[(
+                    BlockQ8_0 {
+                        d: big,
+                        qs: [q; 32],
+                    },
+                    x,
+                ); 3],
+            );
+            let mut bsums = [0i16; 16];
+            bsums.fill(16 * i16::from(q));
+            let xk = BlockQ8K {
+                d: 1e6,
+                qs: [q; 256],
+                bsums,
+            };
+            let w4 = BlockQ4K {
+                d: big,
+                dmin: big,
+                scales: [0xFF; 12],
+                qs: [nib; 128],
+            };
+            check_q4_k(&k, &[(w4, xk); 2]);
+            let w5 = BlockQ5K {
+                d: big,
+                dmin: big,
+                scales: [0xFF; 12],
+                qh: [nib; 32],
+                qs: [nib; 128],
+            };
+            check_q5_k(&k, &[(w5, xk); 2]);
+            let w6 = BlockQ6K {
+                ql: [nib; 128],
+                qh: [nib; 64],
+                scales: [q; 16],
+                d: big,
+            };
+            check_q6_k(&k, &[(w6, xk); 2]);
+        }
+    }
+}
+
+#[test]
+fn dispatcher_picks_the_expected_path() {
+    let best = KernelPath::best();
+    if let Ok(want) = std::env::var("SPILLWAY_EXPECT_PATH") {
+        assert_eq!(best.name(), want, "cpu: {}", dispatch::cpu_summary());
+    }
+    // The process-wide choice honours SPILLWAY_KERNELS when set, and is the best otherwise.
+    let selected = dispatch::select();
+    match std::env::var(dispatch::ENV_KERNELS) {
+        Ok(v) if !v.trim().is_empty() => match KernelPath::from_name(&v) {
+            Some(p) if p.is_supported() => assert_eq!(selected.unwrap().path(), p),
+            _ => assert!(selected.is_err()),
+        },
+        _ => assert_eq!(selected.unwrap().path(), best),
+    }
+    eprintln!("cpu {} -> {best}", dispatch::cpu_summary());
+}
