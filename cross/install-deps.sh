@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the aarch64 cross toolchain and qemu-user on Debian 12 (run as root).
 set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
 dpkg --add-architecture arm64
 apt-get update -q
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-    rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user
+apt-get install -y -q --no-install-recommends \
+    rustc-web cargo-web libstd-rust-web-dev:arm64 rust-web-clippy \
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user python3

@@ -1,1 +1,10 @@
-//! placeholder
+//! Spillway: runs Mistral's Ministral 3 (3B, int4, memory-mapped) on ARM boards under a
+//! strict RAM budget, and spills requests to a cloud router when the board is too hot,
+//! short of memory or too busy. Prompts arrive over MQTT; answers stream back.
+//!
+//! This crate is the daemon and its command-line tools. The compute kernels live in
+//! [`spillway_kernels`]. Module map (see `docs/architecture.md` in the shared docs):
+//!
+//! - [`cli`]: one module per subcommand; `main.rs` only parses and dispatches.
+
+pub mod cli;

@@ -21,6 +21,7 @@ pub mod formats;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
+pub mod probe;
 
 pub use dispatch::{KernelPath, Kernels};
 pub use formats::{GgmlType, Weights};

@@ -1,1 +1,62 @@
-//! placeholder
+//! Helpers for Spillway's end-to-end tests: build the real `spillway` binary once and run
+//! it as a user would. Later issues add real brokers and servers here (mosquitto on a free
+//! loopback port, a local HTTPS server speaking the router's protocol, a fake /sys tree).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// Path of the `spillway` binary, built (once per test process) with the same cargo and
+/// profile-independent release settings the README uses.
+pub fn spillway_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["build", "--release", "-p", "spillway", "--bin", "spillway"])
+            .args(["--message-format=json-render-diagnostics"])
+            .output()
+            .expect("running cargo build");
+        assert!(
+            out.status.success(),
+            "building spillway failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "spillway")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported the spillway executable")
+    })
+}
+
+/// Runs `spillway ARGS` with extra environment variables, capturing its output.
+pub fn run_spillway(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(spillway_bin());
+    cmd.args(args).env_remove("SPILLWAY_KERNELS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("spawning spillway")
+}
+
+/// Standard output as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Standard error as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

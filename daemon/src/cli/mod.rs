@@ -1,0 +1,58 @@
+//! Command-line interface: the argument types and one module per subcommand.
+
+mod kernels;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Spillway runs Ministral 3 on ARM boards under a RAM budget and spills requests to the
+/// cloud when the board is too hot, short of memory or too busy.
+#[derive(Debug, Parser)]
+#[command(name = "spillway", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). `SPILLWAY_LOG` (tracing's filter syntax,
+    /// e.g. `spillway=debug`) takes precedence.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report the CPU's kernel paths, self-check them against the scalar reference, and
+    /// optionally measure matrix–vector bandwidth against the memory's read roofline.
+    Kernels(kernels::KernelsArgs),
+}
+
+/// Logs go to stderr as plain lines (no colours when not a terminal, no timestamps under
+/// systemd, which adds its own), filtered by `SPILLWAY_LOG` or the `-v` count.
+pub fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "spillway=info,spillway_kernels=info",
+        1 => "spillway=debug,spillway_kernels=debug",
+        _ => "trace",
+    };
+    let filter =
+        EnvFilter::try_from_env("SPILLWAY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if under_systemd {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Kernels(args) => kernels::run(args),
+    }
+}

@@ -1,0 +1,153 @@
+//! Matrix products over the thread pool: every output equals the single-row dot product of
+//! the same kernels bit for bit, whatever the thread count, chunking and number of tokens;
+//! and the products agree with an f64 evaluation of the dequantized operands.
+
+use spillway_kernels::dispatch::{KernelPath, Kernels};
+use spillway_kernels::formats::*;
+use spillway_kernels::matmul::{ActFormat, Activations, Matrix, matmul, matvec};
+use spillway_kernels::pool::{PoolConfig, ThreadPool};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+const TYPES: [GgmlType; 8] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// One row's dot product through the kernels' single-row entry points.
+fn row_dot(k: &Kernels, w: &Matrix<'_>, r: usize, x: &Activations, t: usize, xf: &[f32]) -> f32 {
+    let row = w.row(r).weights();
+    let cols = w.cols();
+    // Re-quantize token t alone: quantization is per block, so this equals its slice.
+    let mut one = Activations::new(x.format(), cols, 1);
+    one.set(k, &xf[t * cols..(t + 1) * cols]);
+    let mut y = [0.0f32];
+    let single = ThreadPool::new(PoolConfig::with_threads(1)).unwrap();
+    let m = Matrix::new(row, 1, cols).unwrap();
+    matvec(&single, k, &m, &one, &mut y);
+    y[0]
+}
+
+#[test]
+fn products_equal_row_dots_for_any_threads_and_tokens() {
+    let mut rng = Rng(42);
+    for k in KernelPath::supported()
+        .into_iter()
+        .map(|p| Kernels::new(p).unwrap())
+    {
+        for ty in TYPES {
+            let cols = 512;
+            for (rows, tokens, threads) in
+                [(1, 1, 1), (37, 1, 2), (100, 3, 3), (65, 7, 2), (300, 1, 4)]
+            {
+                let wf = rng.vec(rows * cols);
+                let bytes = quantize_to_bytes(ty, &wf).unwrap();
+                let w = Matrix::new(Weights::from_bytes(ty, &bytes).unwrap(), rows, cols).unwrap();
+                let xf = rng.vec(tokens * cols);
+                let mut x = Activations::new(w.act_format(), cols, tokens);
+                x.set(&k, &xf);
+                let pool = ThreadPool::new(PoolConfig::with_threads(threads)).unwrap();
+                let mut y = vec![f32::NAN; rows * tokens];
+                matmul(&pool, &k, &w, &x, &mut y);
+                for t in 0..tokens {
+                    for r in [0, rows / 2, rows - 1] {
+                        let want = row_dot(&k, &w, r, &x, t, &xf);
+                        assert_eq!(
+                            y[t * rows + r].to_bits(),
+                            want.to_bits(),
+                            "{} {ty} rows={rows} tokens={tokens} threads={threads} t={t} r={r}",
+                            k.path()
+                        );
+                    }
+                }
+                assert!(y.iter().all(|v| v.is_finite()), "every output was written");
+            }
+        }
+    }
+}
+
+#[test]
+fn products_match_dequantized_f64_evaluation() {
+    let mut rng = Rng(7);
+    let k = Kernels::best();
+    let pool = ThreadPool::new(PoolConfig::with_threads(2)).unwrap();
+    let (rows, cols, tokens) = (48, 768, 2);
+    for ty in TYPES {
+        let wf = rng.vec(rows * cols);
+        let bytes = quantize_to_bytes(ty, &wf).unwrap();
+        let weights = Weights::from_bytes(ty, &bytes).unwrap();
+        let w = Matrix::new(weights, rows, cols).unwrap();
+        let mut wd = vec![0.0f32; rows * cols];
+        weights.dequantize(&mut wd);
+        let xf = rng.vec(tokens * cols);
+        let mut x = Activations::new(w.act_format(), cols, tokens);
+        x.set(&k, &xf);
+        let mut y = vec![0.0; rows * tokens];
+        matmul(&pool, &k, &w, &x, &mut y);
+        // Activation quantization (8-bit) bounds the error: ~0.4% of the magnitude.
+        let rel = if w.act_format() == ActFormat::F32 {
+            1e-5
+        } else {
+            1e-2
+        };
+        for t in 0..tokens {
+            for r in 0..rows {
+                let (mut exact, mut mag) = (0.0f64, 0.0f64);
+                for c in 0..cols {
+                    let p = f64::from(wd[r * cols + c]) * f64::from(xf[t * cols + c]);
+                    exact += p;
+                    mag += p.abs();
+                }
+                let got = f64::from(y[t * rows + r]);
+                assert!(
+                    (got - exact).abs() <= rel * mag,
+                    "{ty} t={t} r={r}: {got} vs {exact} (magnitude {mag})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn shapes_are_validated() {
+    let data = vec![0.0f32; 12];
+    let w = Weights::F32(&data);
+    assert!(Matrix::new(w, 3, 4).is_ok());
+    assert!(Matrix::new(w, 4, 4).is_err());
+    assert!(Matrix::new(w, 3, 0).is_err());
+    let q = vec![0u8; 18 * 2];
+    let wq = Weights::from_bytes(GgmlType::Q4_0, &q).unwrap();
+    assert!(Matrix::new(wq, 1, 64).is_ok());
+    assert!(
+        Matrix::new(wq, 2, 48).is_err(),
+        "48 is not a whole number of 32-blocks"
+    );
+    assert!(Weights::from_bytes(GgmlType::Q4_0, &q[..35]).is_err());
+    assert!(Weights::from_bytes(GgmlType::IQ2_XXS, &q).is_err());
+    let f = [0.0f32; 3];
+    let misaligned = &bytemuck::cast_slice::<f32, u8>(&f)[1..9];
+    assert!(matches!(
+        Weights::from_bytes(GgmlType::F32, misaligned),
+        Err(FormatError::Alignment { .. })
+    ));
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run installs the prerequisites, then runs
+# this): formatting, clippy with warnings denied (x86_64 and aarch64), every native test
+# (unit, property, golden, end-to-end), then the kernel suite on aarch64 under qemu-user as a
+# Cortex-A53 (NEON) and a Cortex-A76 (NEON + dot product).
+#
+# Prerequisites on Debian 12: rustup's stable toolchain, `sudo cross/install-deps.sh`, and
+# ../shared/fixtures beside the checkout.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+step() { printf '\n==== %s\n' "$*"; }
+
+missing=()
+for tool in /usr/bin/cargo /usr/bin/rustc qemu-aarch64 aarch64-linux-gnu-gcc python3; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+[ -d ../shared/fixtures ] || [ -n "${SPILLWAY_FIXTURES:-}" ] || missing+=("../shared/fixtures")
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "missing: ${missing[*]} (run: sudo cross/install-deps.sh; put shared/ beside the checkout)" >&2
+    exit 2
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (x86_64, warnings denied)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (native)"
+cargo test --workspace --locked
+
+step "cargo clippy (aarch64, warnings denied)"
+(
+    # shellcheck source=cross/env.sh
+    source cross/env.sh
+    # Debian's cargo-clippy must come first on PATH: rustup's has no aarch64 std.
+    PATH="/usr/bin:$PATH" /usr/bin/cargo clippy --locked --target aarch64-unknown-linux-gnu \
+        -p spillway-kernels --all-targets -- -D warnings
+)
+
+step "kernel tests on aarch64 under qemu (cortex-a53: neon, cortex-a76: dotprod)"
+cross/test-aarch64.sh
+
+step "all tests passed"
