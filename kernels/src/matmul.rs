@@ -72,7 +72,7 @@ impl<'a> Matrix<'a> {
     pub fn new(weights: Weights<'a>, rows: usize, cols: usize) -> Result<Self, FormatError> {
         let ty = weights.ggml_type();
         let block = ty.block_elems();
-        if cols == 0 || cols % block != 0 {
+        if cols == 0 || !cols.is_multiple_of(block) {
             return Err(FormatError::RowLength { ty, cols, block });
         }
         let want = rows.checked_mul(cols / block);
@@ -138,7 +138,7 @@ impl Activations {
     /// Panics if `cols` is not a multiple of the format's block size.
     pub fn new(format: ActFormat, cols: usize, capacity: usize) -> Activations {
         assert!(
-            cols % format.block_elems() == 0,
+            cols.is_multiple_of(format.block_elems()),
             "{cols} values are not whole {format:?} blocks"
         );
         let blocks = cols / format.block_elems() * capacity;
@@ -195,7 +195,7 @@ impl Activations {
     /// kernels' activation quantizer.
     pub fn set(&mut self, kernels: &Kernels, x: &[f32]) {
         assert!(
-            x.len() % self.cols == 0 && x.len() / self.cols <= self.capacity,
+            x.len().is_multiple_of(self.cols) && x.len() / self.cols <= self.capacity,
             "{} values are not at most {} rows of {}",
             x.len(),
             self.capacity,

@@ -239,10 +239,10 @@ fn worker_loop(shared: &Shared, index: usize) {
         // pairs with the caller's SeqCst bump), and the caller will not touch the slot until
         // this worker decrements `remaining` below.
         let job = unsafe { *shared.job.get() };
-        if let Some(job) = job {
-            if catch_unwind(AssertUnwindSafe(|| job(index, shared.n_threads))).is_err() {
-                shared.worker_panicked.store(true, Ordering::Release);
-            }
+        if let Some(job) = job
+            && catch_unwind(AssertUnwindSafe(|| job(index, shared.n_threads))).is_err()
+        {
+            shared.worker_panicked.store(true, Ordering::Release);
         }
         if shared.remaining.fetch_sub(1, Ordering::SeqCst) == 1
             && shared.caller_waiting.load(Ordering::SeqCst)

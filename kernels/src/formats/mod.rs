@@ -178,7 +178,7 @@ impl<'a> Weights<'a> {
 /// (`spillway synth`, tests). Returns the bytes exactly as GGML would store them.
 pub fn quantize_to_bytes(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>, FormatError> {
     fn run<T: WeightBlock>(x: &[f32], f: fn(&[f32], &mut [T])) -> Result<Vec<u8>, FormatError> {
-        if x.len() % T::ELEMS != 0 {
+        if !x.len().is_multiple_of(T::ELEMS) {
             return Err(FormatError::RowLength {
                 ty: T::TYPE,
                 cols: x.len(),

@@ -128,7 +128,7 @@ impl GgmlType {
     /// of blocks or the size overflows.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let per_block = self.block_elems() as u64;
-        if n_elements % per_block != 0 {
+        if !n_elements.is_multiple_of(per_block) {
             return None;
         }
         (n_elements / per_block).checked_mul(self.block_bytes() as u64)

@@ -87,7 +87,7 @@ impl RopeParams {
 /// Rotates each head of `x` (`n_heads * head_dim` values) by the angles of one position:
 /// pairs `(2i, 2i+1)` for `i < cos.len()`; dimensions past `2 * cos.len()` are untouched.
 pub fn apply_rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
-    assert!(head_dim > 0 && x.len() % head_dim == 0 && 2 * cos.len() <= head_dim);
+    assert!(head_dim > 0 && x.len().is_multiple_of(head_dim) && 2 * cos.len() <= head_dim);
     assert_eq!(cos.len(), sin.len());
     for head in x.chunks_exact_mut(head_dim) {
         for (i, (&c, &s)) in cos.iter().zip(sin).enumerate() {
