@@ -4,8 +4,9 @@
 # (unit, property, golden, end-to-end), then the kernel suite on aarch64 under qemu-user as a
 # Cortex-A53 (NEON) and a Cortex-A76 (NEON + dot product).
 #
-# Prerequisites on Debian 12: rustup's stable toolchain, `sudo cross/install-deps.sh`, and
-# ../shared/fixtures beside the checkout.
+# Prerequisites on Debian 12: rustup's stable toolchain, `sudo cross/install-deps.sh`,
+# `pip install gguf` (llama.cpp's reference reader, for comparisons), and ../shared/fixtures
+# beside the checkout.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -16,6 +17,7 @@ for tool in /usr/bin/cargo /usr/bin/rustc qemu-aarch64 aarch64-linux-gnu-gcc pyt
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 [ -d ../shared/fixtures ] || [ -n "${SPILLWAY_FIXTURES:-}" ] || missing+=("../shared/fixtures")
+python3 -c 'import gguf' 2>/dev/null || missing+=("python3 gguf module (pip install gguf)")
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "missing: ${missing[*]} (run: sudo cross/install-deps.sh; put shared/ beside the checkout)" >&2
     exit 2

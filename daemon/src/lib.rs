@@ -5,6 +5,11 @@
 //! This crate is the daemon and its command-line tools. The compute kernels live in
 //! [`spillway_kernels`]. Module map (see `docs/architecture.md` in the shared docs):
 //!
+//! - [`model`]: hyperparameters from GGUF metadata, validated against the tensors; memory
+//!   figures.
 //! - [`cli`]: one module per subcommand; `main.rs` only parses and dispatches.
+//!
+//! GGUF reading and writing live in the `spillway-gguf` crate.
 
 pub mod cli;
+pub mod model;

@@ -14,6 +14,18 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `../shared/fixtures` (or `SPILLWAY_FIXTURES`).
+pub fn fixtures() -> PathBuf {
+    [
+        std::env::var_os("SPILLWAY_FIXTURES").map(PathBuf::from),
+        Some(workspace_root().join("../shared/fixtures")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.join("README.md").exists())
+    .expect("fixtures not found: set SPILLWAY_FIXTURES or put shared/ beside the checkout")
+}
+
 /// Path of the `spillway` binary, built (once per test process) with the same cargo and
 /// profile-independent release settings the README uses.
 pub fn spillway_bin() -> &'static Path {

@@ -1,5 +1,6 @@
 //! Command-line interface: the argument types and one module per subcommand.
 
+mod inspect;
 mod kernels;
 
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ pub enum Command {
     /// Report the CPU's kernel paths, self-check them against the scalar reference, and
     /// optionally measure matrix–vector bandwidth against the memory's read roofline.
     Kernels(kernels::KernelsArgs),
+    /// Show what a GGUF model file holds (hyperparameters, tokenizer, tensors) and what it
+    /// needs in memory; `--json` for a machine-readable dump. Exits 1 on an invalid file.
+    Inspect(inspect::InspectArgs),
 }
 
 /// Logs go to stderr as plain lines (no colours when not a terminal, no timestamps under
@@ -54,5 +58,6 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Kernels(args) => kernels::run(args),
+        Command::Inspect(args) => inspect::run(args),
     }
 }
