@@ -7,9 +7,11 @@
 //!
 //! - [`model`]: hyperparameters from GGUF metadata, validated against the tensors; memory
 //!   figures.
+//! - [`synth`]: random-weight models with the real shapes, for tests and benchmarks.
 //! - [`cli`]: one module per subcommand; `main.rs` only parses and dispatches.
 //!
 //! GGUF reading and writing live in the `spillway-gguf` crate.
 
 pub mod cli;
 pub mod model;
+pub mod synth;

@@ -137,6 +137,8 @@ pub struct GgufWriter<W: Write> {
     alignment: u64,
     plans: Vec<(TensorPlan, u64)>,
     next: usize,
+    /// Bytes of the next tensor already written (by `write_part`).
+    part_written: u64,
     /// Bytes written so far (for padding).
     pos: u64,
 }
@@ -218,6 +220,7 @@ impl<W: Write> GgufWriter<W> {
             alignment,
             plans,
             next: 0,
+            part_written: 0,
             pos: head.len() as u64,
         };
         w.pad()?;
@@ -242,6 +245,46 @@ impl<W: Write> GgufWriter<W> {
 
     /// Writes the data of the next tensor, which must be named `name` and be exactly its size.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<(), GgufError> {
+        if self.part_written != 0 {
+            return Err(GgufError::Write(format!(
+                "{name}: a partial tensor is pending"
+            )));
+        }
+        let expected = self.expect(name)?;
+        if expected != data.len() as u64 {
+            return Err(GgufError::Write(format!(
+                "{name}: {} bytes given, {expected} expected",
+                data.len()
+            )));
+        }
+        self.write_part(name, data)
+    }
+
+    /// Appends `part` to the data of the next tensor, `name`: large tensors can be produced
+    /// and written in pieces. The tensor is complete when its size has been written.
+    pub fn write_part(&mut self, name: &str, part: &[u8]) -> Result<(), GgufError> {
+        let expected = self.expect(name)?;
+        let total = self.part_written + part.len() as u64;
+        if total > expected {
+            return Err(GgufError::Write(format!(
+                "{name}: {total} bytes written, only {expected} expected"
+            )));
+        }
+        self.out.write_all(part)?;
+        self.pos += part.len() as u64;
+        self.part_written = total;
+        if total == expected {
+            self.part_written = 0;
+            self.next += 1;
+            if self.next < self.plans.len() {
+                self.pad()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The size of the next tensor, checking that it is `name`.
+    fn expect(&self, name: &str) -> Result<u64, GgufError> {
         let (plan, _) = self.plans.get(self.next).ok_or_else(|| {
             GgufError::Write(format!("{name}: every planned tensor was already written"))
         })?;
@@ -251,25 +294,12 @@ impl<W: Write> GgufWriter<W> {
                 plan.name
             )));
         }
-        if plan.n_bytes()? != data.len() as u64 {
-            return Err(GgufError::Write(format!(
-                "{name}: {} bytes given, {} expected",
-                data.len(),
-                plan.n_bytes()?
-            )));
-        }
-        self.out.write_all(data)?;
-        self.pos += data.len() as u64;
-        self.next += 1;
-        if self.next < self.plans.len() {
-            self.pad()?;
-        }
-        Ok(())
+        plan.n_bytes()
     }
 
     /// Checks that every tensor was written and returns the output.
     pub fn finish(mut self) -> Result<W, GgufError> {
-        if self.next != self.plans.len() {
+        if self.next != self.plans.len() || self.part_written != 0 {
             return Err(GgufError::Write(format!(
                 "only {} of {} tensors were written",
                 self.next,

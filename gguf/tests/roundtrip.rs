@@ -53,7 +53,18 @@ fn written_files_read_back_exactly() {
         .collect();
     let mut w = GgufWriter::new(Vec::new(), &meta, tensors.clone()).unwrap();
     for (t, d) in tensors.iter().zip(&data) {
-        w.write_tensor(&t.name, d).unwrap();
+        if t.name == "b" {
+            // In parts, as synth writes large tensors.
+            let (x, y) = d.split_at(7);
+            w.write_part(&t.name, x).unwrap();
+            assert!(
+                w.write_tensor(&t.name, y).is_err(),
+                "a whole write mid-tensor is refused"
+            );
+            w.write_part(&t.name, y).unwrap();
+        } else {
+            w.write_tensor(&t.name, d).unwrap();
+        }
     }
     let bytes = w.finish().unwrap();
 
@@ -105,6 +116,12 @@ fn the_writer_refuses_what_the_reader_would() {
     let mut w = GgufWriter::new(Vec::new(), &[], t("x", GgmlType::F32, &[2])).unwrap();
     assert!(w.write_tensor("y", &[0; 8]).is_err());
     assert!(w.write_tensor("x", &[0; 4]).is_err());
+    assert!(
+        w.write_part("x", &[0; 12]).is_err(),
+        "more than the tensor's size"
+    );
+    w.write_part("x", &[0; 4]).unwrap();
+    assert!(w.finish().is_err(), "half a tensor is not a file");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod inspect;
 mod kernels;
+mod synth;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,9 @@ pub enum Command {
     /// Show what a GGUF model file holds (hyperparameters, tokenizer, tensors) and what it
     /// needs in memory; `--json` for a machine-readable dump. Exits 1 on an invalid file.
     Inspect(inspect::InspectArgs),
+    /// Write a random-weight Ministral 3 model (tiny, or the real 3B shapes) as GGUF, in one
+    /// of llama.cpp's quantization mixes, for tests and benchmarks.
+    Synth(synth::SynthArgs),
 }
 
 /// Logs go to stderr as plain lines (no colours when not a terminal, no timestamps under
@@ -59,5 +63,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Kernels(args) => kernels::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }

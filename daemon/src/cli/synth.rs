@@ -1,0 +1,114 @@
+//! `spillway synth`: write a random-weight Ministral 3 model (tiny or the real 3B shapes) in
+//! one of llama.cpp's quantization mixes. For tests and benchmarks, where real weights
+//! cannot be downloaded and large files must not be committed.
+
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::cli::inspect::human_bytes;
+use crate::synth::{self, Quant, Shape, SynthSpec};
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Model shape.
+    #[arg(long, value_enum)]
+    shape: Shape,
+    /// Quantization mix (llama.cpp's: q4_k_m keeps the embedding and some attn_v/ffn_down
+    /// tensors at Q6_K; q4_0 keeps the embedding at Q6_K).
+    #[arg(long, value_enum)]
+    quant: Quant,
+    /// Seed of the random weights (same seed, same file).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Threads quantizing (defaults to every CPU).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Output GGUF file (written to FILE.partial, then renamed).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+pub(crate) fn run(args: SynthArgs) -> anyhow::Result<ExitCode> {
+    let spec = SynthSpec {
+        shape: args.shape,
+        quant: args.quant,
+        seed: args.seed,
+        tokenizer: None,
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut partial = args.out.clone().into_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let file = std::fs::File::create(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last_report = Instant::now();
+    let result = synth::write(
+        &spec,
+        BufWriter::with_capacity(1 << 20, file),
+        threads,
+        |p| {
+            // A live line on a terminal; a line every few seconds in logs.
+            let due = last_report.elapsed().as_secs_f32() >= if tty { 0.2 } else { 5.0 };
+            if due || p.tensors_done == p.tensors_total {
+                last_report = Instant::now();
+                let secs = started.elapsed().as_secs_f64();
+                let frac = p.bytes_done as f64 / p.bytes_total.max(1) as f64;
+                let eta = if frac > 0.0 { secs / frac - secs } else { 0.0 };
+                let line = format!(
+                    "synth: {}/{} tensors, {} of {} ({:.0}%), {secs:.0}s elapsed, about {eta:.0}s left",
+                    p.tensors_done,
+                    p.tensors_total,
+                    human_bytes(p.bytes_done),
+                    human_bytes(p.bytes_total),
+                    frac * 100.0
+                );
+                if tty {
+                    eprint!("\r{line}\x1b[K");
+                } else {
+                    tracing::info!("{line}");
+                }
+            }
+        },
+    );
+    if tty {
+        eprintln!();
+    }
+    match result {
+        Ok(_) => {
+            std::fs::rename(&partial, &args.out).with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    partial.display(),
+                    args.out.display()
+                )
+            })?;
+            let size = std::fs::metadata(&args.out)?.len();
+            let mut stdout = std::io::stdout().lock();
+            writeln!(
+                stdout,
+                "wrote {} ({} {} model, seed {}, {} bytes = {}) in {:.1}s",
+                args.out.display(),
+                spec.shape.name(),
+                spec.quant.name(),
+                spec.seed,
+                size,
+                human_bytes(size),
+                started.elapsed().as_secs_f64()
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e).context(format!("writing {}", args.out.display()))
+        }
+    }
+}
