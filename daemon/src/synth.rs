@@ -121,9 +121,9 @@ impl Shape {
 /// llama.cpp's `use_more_bits`: the layers whose attn_v and ffn_down get more bits in the
 /// `_M` mixes (the first and last eighth, and every third in between).
 fn use_more_bits(layer: u64, n_layer: u64) -> bool {
-    layer < n_layer / 8
-        || layer >= 7 * n_layer / 8
-        || (layer >= n_layer / 8 && (layer - n_layer / 8) % 3 == 2)
+    let eighth = n_layer / 8;
+    // `layer - eighth` only matters (and only cannot underflow) once layer >= eighth.
+    layer < eighth || layer >= 7 * n_layer / 8 || (layer - eighth) % 3 == 2
 }
 
 /// The type llama-quantize gives tensor `name` (of `layer`, for block tensors) in `quant`.
