@@ -141,6 +141,8 @@ struct Table {
     dot_q6_k: unsafe fn(&[BlockQ6K], &[BlockQ8K]) -> f32,
     quantize_q8_0: unsafe fn(&[f32], &mut [BlockQ8_0]),
     quantize_q8_k: unsafe fn(&[f32], &mut [BlockQ8K]),
+    axpy_f16: unsafe fn(f32, &[f16], &mut [f32]),
+    axpy_q8_0: unsafe fn(f32, &[BlockQ8_0], &mut [f32]),
     rmsnorm: unsafe fn(&[f32], &[f32], f32, &mut [f32]),
     softmax: unsafe fn(&mut [f32]),
     silu_mul: unsafe fn(&mut [f32], &[f32]),
@@ -157,6 +159,8 @@ const SCALAR: Table = Table {
     dot_q6_k: scalar::dot_q6_k,
     quantize_q8_0: scalar::quantize_q8_0,
     quantize_q8_k: scalar::quantize_q8_k,
+    axpy_f16: scalar::axpy_f16,
+    axpy_q8_0: scalar::axpy_q8_0,
     rmsnorm: ops::reference::rmsnorm,
     softmax: ops::reference::softmax,
     silu_mul: ops::reference::silu_mul,
@@ -176,6 +180,8 @@ const AVX2: Table = {
         dot_q6_k: avx2::dot_q6_k,
         quantize_q8_0: avx2::quantize_q8_0,
         quantize_q8_k: avx2::quantize_q8_k,
+        axpy_f16: ops::avx2::axpy_f16,
+        axpy_q8_0: ops::avx2::axpy_q8_0,
         rmsnorm: ops::avx2::rmsnorm,
         softmax: ops::avx2::softmax,
         silu_mul: ops::avx2::silu_mul,
@@ -196,6 +202,8 @@ const NEON: Table = {
         dot_q6_k: neon::dot_q6_k,
         quantize_q8_0: neon::quantize_q8_0,
         quantize_q8_k: neon::quantize_q8_k,
+        axpy_f16: ops::fast::axpy_f16,
+        axpy_q8_0: ops::fast::axpy_q8_0,
         rmsnorm: ops::fast::rmsnorm,
         softmax: ops::fast::softmax,
         silu_mul: ops::fast::silu_mul,
@@ -417,6 +425,22 @@ impl Kernels {
         assert_eq!(x.len(), QK_K * y.len());
         // SAFETY: see the impl comment.
         unsafe { (self.table.quantize_q8_k)(x, y) }
+    }
+
+    /// `y += a * x` for an f16 row (`x.len() == y.len()`).
+    #[inline]
+    pub fn axpy_f16(&self, a: f32, x: &[f16], y: &mut [f32]) {
+        assert_eq!(x.len(), y.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.axpy_f16)(a, x, y) }
+    }
+
+    /// `y += a * x` for a Q8_0 row (`32 * x.len() == y.len()`).
+    #[inline]
+    pub fn axpy_q8_0(&self, a: f32, x: &[BlockQ8_0], y: &mut [f32]) {
+        assert_eq!(QK * x.len(), y.len());
+        // SAFETY: see the impl comment.
+        unsafe { (self.table.axpy_q8_0)(a, x, y) }
     }
 
     /// `out = x / sqrt(mean(x^2) + eps) * weight`.

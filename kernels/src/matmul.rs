@@ -10,12 +10,11 @@
 //! Activations are quantized once per call into an [`Activations`] buffer sized up front,
 //! so nothing here allocates.
 
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::dispatch::Kernels;
 use crate::formats::*;
-use crate::pool::ThreadPool;
+use crate::pool::{SharedMut, ThreadPool};
 
 /// The activation format a weight format is multiplied with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +106,11 @@ impl<'a> Matrix<'a> {
     /// The activation format this matrix multiplies.
     pub fn act_format(&self) -> ActFormat {
         ActFormat::for_weights(self.weights.ggml_type()).expect("Weights are always supported")
+    }
+
+    /// Dequantizes row `r` into `out` (`cols` values): the embedding lookup.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        self.row(r).weights.dequantize(out)
     }
 
     /// Row `r` alone, as a one-row matrix.
@@ -212,38 +216,6 @@ impl Activations {
     }
 }
 
-/// Raw access to an output buffer for threads that each write a disjoint set of indices.
-struct DisjointOut<'a> {
-    ptr: *mut f32,
-    len: usize,
-    _borrow: PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: the pointer comes from a `&mut [f32]` held for 'a; `DisjointOut` only writes
-// through `write`, whose callers guarantee that no two threads write the same index.
-unsafe impl Sync for DisjointOut<'_> {}
-
-impl<'a> DisjointOut<'a> {
-    fn new(y: &'a mut [f32]) -> Self {
-        DisjointOut {
-            ptr: y.as_mut_ptr(),
-            len: y.len(),
-            _borrow: PhantomData,
-        }
-    }
-
-    /// # Safety
-    /// No other thread may write index `i` during the borrow.
-    #[inline(always)]
-    unsafe fn write(&self, i: usize, v: f32) {
-        assert!(i < self.len);
-        // SAFETY: `i < len`, so the pointer stays inside the borrowed slice.
-        let p = unsafe { self.ptr.add(i) };
-        // SAFETY: in bounds, and no other thread writes index `i` (caller's guarantee).
-        unsafe { p.write(v) }
-    }
-}
-
 /// Rows per chunk: small enough to balance threads and to keep a chunk of weights in cache
 /// across tokens, large enough that claiming chunks costs nothing.
 fn chunk_rows(rows: usize, threads: usize, tokens: usize) -> usize {
@@ -275,7 +247,7 @@ fn product<W: Sync, A: Sync>(
     let chunk = chunk_rows(rows, pool.threads(), tokens);
     let n_chunks = rows.div_ceil(chunk);
     let next = AtomicUsize::new(0);
-    let out = DisjointOut::new(y);
+    let out = SharedMut::new(y);
     pool.run(|_, _| {
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
@@ -285,12 +257,12 @@ fn product<W: Sync, A: Sync>(
             let rows_here = c * chunk..((c + 1) * chunk).min(rows);
             for t in 0..tokens {
                 let xt = &x[t * x_per_row..(t + 1) * x_per_row];
-                for r in rows_here.clone() {
-                    let v = dot(&w[r * w_per_row..(r + 1) * w_per_row], xt);
-                    // SAFETY: chunk `c` was claimed by this thread alone (fetch_add), and
-                    // the index `t * rows + r` with `r` in chunk `c` belongs to no other
-                    // chunk.
-                    unsafe { out.write(t * rows + r, v) };
+                // SAFETY: chunk `c` was claimed by this thread alone (fetch_add), and the
+                // outputs `t * rows + r` for `r` in chunk `c` belong to no other chunk.
+                let y_t =
+                    unsafe { out.range_mut(t * rows + rows_here.start..t * rows + rows_here.end) };
+                for (r, o) in rows_here.clone().zip(y_t) {
+                    *o = dot(&w[r * w_per_row..(r + 1) * w_per_row], xt);
                 }
             }
         }

@@ -10,6 +10,7 @@
 
 use std::cell::UnsafeCell;
 use std::io;
+use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -274,6 +275,85 @@ impl Drop for ThreadPool {
     }
 }
 
+/// A mutable slice shared by the threads of one job, each touching a disjoint part.
+pub(crate) struct SharedMut<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _borrow: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: `SharedMut` is built from a `&mut [T]` held for 'a and only hands out disjoint
+// parts (callers of its unsafe methods guarantee disjointness), so sharing it between
+// threads is like sending those parts, which needs `T: Send`.
+unsafe impl<T: Send> Sync for SharedMut<'_, T> {}
+
+impl<'a, T> SharedMut<'a, T> {
+    pub(crate) fn new(data: &'a mut [T]) -> Self {
+        SharedMut {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The elements `range`.
+    ///
+    /// # Safety
+    /// No other live reference (on any thread) may overlap `range`.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn range_mut(&self, range: std::ops::Range<usize>) -> &'a mut [T] {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "range out of bounds"
+        );
+        // SAFETY: in bounds (checked above); exclusive by the caller's guarantee.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
+    }
+}
+
+impl ThreadPool {
+    /// Calls `f(index, chunk, scratch)` for every `chunk_len`-long chunk of `data` (the last
+    /// may be shorter), handing chunks to whichever thread is free. Each thread also gets its
+    /// own `scratch_per_thread` elements of `scratch` (which must hold that many per thread).
+    pub fn for_each_chunk<T: Send, S: Send>(
+        &self,
+        data: &mut [T],
+        chunk_len: usize,
+        scratch: &mut [S],
+        scratch_per_thread: usize,
+        f: impl Fn(usize, &mut [T], &mut [S]) + Sync,
+    ) {
+        assert!(chunk_len > 0, "chunks must not be empty");
+        assert!(
+            scratch.len() >= scratch_per_thread * self.threads(),
+            "scratch must hold {scratch_per_thread} elements per thread"
+        );
+        let n_chunks = data.len().div_ceil(chunk_len);
+        let len = data.len();
+        let data = SharedMut::new(data);
+        let scratch = SharedMut::new(scratch);
+        let next = AtomicUsize::new(0);
+        self.run(|thread, _| {
+            // SAFETY: each thread index is used by exactly one thread during `run`, so the
+            // scratch ranges of different threads are disjoint.
+            let mine = unsafe {
+                scratch.range_mut(thread * scratch_per_thread..(thread + 1) * scratch_per_thread)
+            };
+            loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                if c >= n_chunks {
+                    break;
+                }
+                // SAFETY: chunk `c` was claimed by this thread alone (fetch_add), and chunks
+                // do not overlap.
+                let chunk =
+                    unsafe { data.range_mut(c * chunk_len..((c + 1) * chunk_len).min(len)) };
+                f(c, chunk, &mut *mine);
+            }
+        });
+    }
+}
+
 /// Pins the calling thread to one CPU (Linux; elsewhere returns `Unsupported`).
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     #[cfg(target_os = "linux")]
@@ -360,6 +440,27 @@ mod tests {
             ran.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(ran.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn chunks_are_each_visited_once_with_private_scratch() {
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(PoolConfig::with_threads(threads)).unwrap();
+            let mut data = vec![0u32; 1001];
+            let mut scratch = vec![0u32; 4 * threads];
+            pool.for_each_chunk(&mut data, 10, &mut scratch, 4, |i, chunk, s| {
+                assert_eq!(s.len(), 4);
+                s[0] += 1; // private: no other thread touches it
+                for v in chunk.iter_mut() {
+                    *v += i as u32 + 1;
+                }
+            });
+            for (j, v) in data.iter().enumerate() {
+                assert_eq!(*v, (j / 10) as u32 + 1);
+            }
+            let claimed: u32 = scratch.chunks(4).map(|s| s[0]).sum();
+            assert_eq!(claimed, 101);
+        }
     }
 
     #[test]

@@ -7,9 +7,12 @@
 //! | rmsnorm | 1e-5 relative |
 //! | softmax | 1e-5 relative + 1e-12 absolute |
 //! | silu_mul | 1e-5 relative + 1e-12 absolute |
+//! | axpy (f16, Q8_0 rows) | 1e-6 relative + 1e-6 absolute |
+//! | branch-free f16 -> f32 | exact, all 65536 values |
 
 use proptest::prelude::*;
 use spillway_kernels::dispatch::{KernelPath, Kernels};
+use spillway_kernels::formats::{BlockQ8_0, f16, quantize_row_q8_0};
 use spillway_kernels::ops::{self, fast, reference};
 
 fn all_paths() -> Vec<Kernels> {
@@ -102,6 +105,45 @@ proptest! {
             let mut got = g.clone();
             k.silu_mul(&mut got, &up);
             assert_close("silu_mul", k.path(), &got, &want, 1e-5, 1e-12);
+        }
+    }
+}
+
+#[test]
+fn f16_to_f32_is_exact_for_every_value() {
+    for bits in 0..=u16::MAX {
+        let want = f16::from_bits(bits).to_f32();
+        let got = fast::f16_to_f32(bits);
+        if want.is_nan() {
+            assert!(got.is_nan(), "{bits:#06x}");
+        } else {
+            assert_eq!(got.to_bits(), want.to_bits(), "{bits:#06x}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Attention's weighted sum over V rows: y += a * x, f16 and Q8_0 rows.
+    #[test]
+    fn axpy(x in vec_of(1..=40, -4.0f32..4.0), a in -2.0f32..2.0) {
+        let n = x.len() * 32;
+        let xs: Vec<f32> = (0..n).map(|i| x[i % x.len()] * ((i % 7) as f32 - 3.0)).collect();
+        let h: Vec<f16> = xs.iter().map(|&v| f16::from_f32(v)).collect();
+        let mut q8 = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; x.len()];
+        quantize_row_q8_0(&xs, &mut q8);
+        let y0: Vec<f32> = (0..n).map(|i| (i % 5) as f32 * 0.25).collect();
+        let s = Kernels::scalar();
+        let (mut want_h, mut want_q) = (y0.clone(), y0.clone());
+        s.axpy_f16(a, &h, &mut want_h);
+        s.axpy_q8_0(a, &q8, &mut want_q);
+        for k in all_paths() {
+            let (mut got_h, mut got_q) = (y0.clone(), y0.clone());
+            k.axpy_f16(a, &h, &mut got_h);
+            k.axpy_q8_0(a, &q8, &mut got_q);
+            assert_close("axpy_f16", k.path(), &got_h, &want_h, 1e-6, 1e-6);
+            assert_close("axpy_q8_0", k.path(), &got_q, &want_q, 1e-6, 1e-6);
         }
     }
 }

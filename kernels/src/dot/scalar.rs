@@ -149,6 +149,23 @@ pub fn dot_q6_k(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
     sumf
 }
 
+/// `y += a * x` for an f16 row (attention's weighted sum over V rows).
+pub fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(x) {
+        *o += a * v.to_f32();
+    }
+}
+
+/// `y += a * x` for a Q8_0 row.
+pub fn axpy_q8_0(a: f32, x: &[BlockQ8_0], y: &mut [f32]) {
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let s = a * b.d.to_f32();
+        for (o, &q) in out.iter_mut().zip(&b.qs) {
+            *o += s * f32::from(q);
+        }
+    }
+}
+
 /// Activation quantizers of the scalar path: GGML's reference ones.
 pub fn quantize_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
     quantize_row_q8_0(x, y)

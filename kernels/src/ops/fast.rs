@@ -5,6 +5,8 @@
 //! Error budgets against the reference: `exp_fast` is within 2 ulp over its whole range;
 //! rmsnorm, softmax and silu_mul within 1e-5 relative (checked in `tests/ops.rs`).
 
+use crate::formats::{BlockQ8_0, QK, f16};
+
 const LANES: usize = 16;
 
 /// `e^x` for f32, branch-free (Cephes' range reduction and minimax polynomial).
@@ -94,4 +96,47 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + exp_fast(-*g)) * u;
     }
+}
+
+/// `y += a * x` for an f16 row. The conversion is written as bit manipulation so it
+/// vectorizes everywhere (half's `to_f32` is a call on targets without native f16).
+#[inline(always)]
+pub fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(x) {
+        *o += a * f16_to_f32(v.to_bits());
+    }
+}
+
+/// `y += a * x` for a Q8_0 row.
+#[inline(always)]
+pub fn axpy_q8_0(a: f32, x: &[BlockQ8_0], y: &mut [f32]) {
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let s = a * b.d.to_f32();
+        for (o, &q) in out.iter_mut().zip(&b.qs) {
+            *o += s * f32::from(q);
+        }
+    }
+}
+
+/// IEEE binary16 to binary32, branch-free: normals and zeros by re-biasing, subnormals by
+/// an exact float multiply, inf/NaN by forcing the exponent. Exact for every input.
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let exp = (h >> 10) & 0x1f;
+    let mant = h & 0x3ff;
+    // Normal: rebias the exponent (15 -> 127) and widen the mantissa.
+    let normal = f32::from_bits(((exp + 112) << 23) | (mant << 13));
+    // Subnormal (and zero): mant * 2^-24 is exact in f32.
+    let sub = mant as f32 * (1.0 / 16_777_216.0);
+    let inf_nan = f32::from_bits(0x7f80_0000 | (mant << 13));
+    let mag = if exp == 0 {
+        sub
+    } else if exp == 31 {
+        inf_nan
+    } else {
+        normal
+    };
+    f32::from_bits(mag.to_bits() | sign)
 }

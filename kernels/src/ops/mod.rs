@@ -1,5 +1,5 @@
 //! The f32 operations of the forward pass: RMSNorm, RoPE with YaRN, softmax, SiLU·mul,
-//! residual add.
+//! residual add, and attention's weighted sum of V rows (`axpy` over f16 and Q8_0 rows).
 //!
 //! [`reference`] defines the behaviour (f64 sums, libm `exp`). [`fast`] holds the same
 //! operations written so the compiler vectorizes them (f32 lanes, a polynomial `exp`); on
@@ -45,6 +45,20 @@ pub(crate) mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(crate) unsafe fn softmax(x: &mut [f32]) {
         super::fast::softmax(x)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn axpy_f16(a: f32, x: &[crate::formats::f16], y: &mut [f32]) {
+        super::fast::axpy_f16(a, x, y)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn axpy_q8_0(a: f32, x: &[crate::formats::BlockQ8_0], y: &mut [f32]) {
+        super::fast::axpy_q8_0(a, x, y)
     }
 
     /// # Safety
