@@ -8,6 +8,8 @@
 //! - [`model`]: hyperparameters from GGUF metadata, validated against the tensors; memory
 //!   figures.
 //! - [`synth`]: random-weight models with the real shapes, for tests and benchmarks.
+//! - [`tokenizer`]: Mistral's Tekken tokenizer (pre-tokenizer, BPE, streaming
+//!   detokenizer) and the Instruct chat format, from GGUF or `tekken.json`.
 //! - [`cli`]: one module per subcommand; `main.rs` only parses and dispatches.
 //!
 //! GGUF reading and writing live in the `spillway-gguf` crate.
@@ -15,3 +17,4 @@
 pub mod cli;
 pub mod model;
 pub mod synth;
+pub mod tokenizer;

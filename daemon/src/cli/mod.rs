@@ -3,6 +3,7 @@
 mod inspect;
 mod kernels;
 mod synth;
+mod tokenize;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,10 @@ pub enum Command {
     /// Write a random-weight Ministral 3 model (tiny, or the real 3B shapes) as GGUF, in one
     /// of llama.cpp's quantization mixes, for tests and benchmarks.
     Synth(synth::SynthArgs),
+    /// Tokenize stdin with the Tekken vocabulary of a GGUF model or a tekken.json: text to
+    /// a JSON array of ids, `--chat` messages to the Instruct prompt's ids, `--decode` ids
+    /// to text.
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 /// Logs go to stderr as plain lines (no colours when not a terminal, no timestamps under
@@ -64,5 +69,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kernels(args) => kernels::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
     }
 }
