@@ -306,8 +306,12 @@ impl<'a, T> SharedMut<'a, T> {
             range.start <= range.end && range.end <= self.len,
             "range out of bounds"
         );
-        // SAFETY: in bounds (checked above); exclusive by the caller's guarantee.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
+        // SAFETY: `range.start <= len`, so the pointer stays within (or one past) the
+        // borrowed slice.
+        let start = unsafe { self.ptr.add(range.start) };
+        // SAFETY: `range` lies inside the borrowed slice (checked above), and no other live
+        // reference overlaps it (the caller's guarantee).
+        unsafe { std::slice::from_raw_parts_mut(start, range.len()) }
     }
 }
 
