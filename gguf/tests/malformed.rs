@@ -3,8 +3,6 @@
 //! own size (a counting global allocator measures the peak). This file holds one test so the
 //! allocator sees nothing else.
 
-mod support;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -34,7 +32,7 @@ static ALLOC: Counting = Counting;
 
 #[test]
 fn every_corruption_is_refused_within_the_files_own_size() {
-    let dir = support::fixtures().join("malformed");
+    let dir = spillway_e2e::fixtures().join("malformed");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -2,13 +2,11 @@
 //! (the corruption hit tensor data or left the header valid) or refused with an error.
 //! Every accepted file's tensors must still lie inside the file.
 
-mod support;
-
 use proptest::prelude::*;
 use spillway_gguf::Gguf;
 
 fn base_files() -> Vec<Vec<u8>> {
-    let dir = support::fixtures();
+    let dir = spillway_e2e::fixtures();
     [
         "malformed/VALID-base.gguf",
         "models/tiny-q4_k_m.gguf",
@@ -73,7 +71,7 @@ proptest! {
 
 #[test]
 fn every_truncation_of_the_header_is_refused() {
-    let bytes = std::fs::read(support::fixtures().join("models/tiny-q4_k_m.gguf")).unwrap();
+    let bytes = std::fs::read(spillway_e2e::fixtures().join("models/tiny-q4_k_m.gguf")).unwrap();
     let g = Gguf::parse(bytes.as_slice()).unwrap();
     let last_tensor_end = g
         .tensors()

@@ -2,6 +2,7 @@
 
 mod inspect;
 mod kernels;
+mod logits;
 mod synth;
 mod tokenize;
 
@@ -34,6 +35,9 @@ pub enum Command {
     /// Write a random-weight Ministral 3 model (tiny, or the real 3B shapes) as GGUF, in one
     /// of llama.cpp's quantization mixes, for tests and benchmarks.
     Synth(synth::SynthArgs),
+    /// Evaluate token ids from position 0 and write every position's logits (little-endian
+    /// f32, one row of n_vocab per position), as one batch or one token at a time.
+    Logits(logits::LogitsArgs),
     /// Tokenize stdin with the Tekken vocabulary of a GGUF model or a tekken.json: text to
     /// a JSON array of ids, `--chat` messages to the Instruct prompt's ids, `--decode` ids
     /// to text.
@@ -69,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kernels(args) => kernels::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Logits(args) => logits::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }
 }

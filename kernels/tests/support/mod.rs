@@ -7,21 +7,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-/// `../shared/fixtures`, found from the workspace root.
-pub fn fixtures() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let candidates = [
-        std::env::var_os("SPILLWAY_FIXTURES").map(PathBuf::from),
-        Some(root.join("../shared/fixtures")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("README.md").exists())
-        .expect("fixtures not found: set SPILLWAY_FIXTURES or put shared/ beside the checkout")
-}
+pub use spillway_e2e::fixtures;
 
 pub struct FixtureTensor {
     pub ggml_type: u32,
