@@ -63,6 +63,30 @@ pub fn run_spillway(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("spawning spillway")
 }
 
+/// Runs `spillway ARGS` with `input` on its standard input, capturing its output.
+pub fn run_spillway_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(spillway_bin())
+        .args(args)
+        .env_remove("SPILLWAY_KERNELS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning spillway");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // Feed stdin from a thread so that a large output cannot deadlock against it.
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        // The process may exit early (an error) and close its end: not ours to report.
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("waiting for spillway");
+    let _ = feeder.join();
+    out
+}
+
 /// Standard output as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

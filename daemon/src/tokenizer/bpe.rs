@@ -194,3 +194,70 @@ impl PieceCache {
         self.map.insert(piece.into(), ids.into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::vocab::AddSpecial;
+    use proptest::prelude::*;
+
+    /// The 256 bytes plus `extra` tokens, each the concatenation of two earlier tokens over a
+    /// four-letter alphabet, so that pieces have many competing merges.
+    fn random_vocab(seed: u64, extra: usize) -> Vocab {
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let alphabet = 97..101; // a b c d
+        let mut seen: std::collections::HashSet<Vec<u8>> = tokens.iter().cloned().collect();
+        let mut pool: Vec<Vec<u8>> = alphabet.clone().map(|b| vec![b as u8]).collect();
+        while tokens.len() < 256 + extra {
+            let a = &pool[next() as usize % pool.len()];
+            let b = &pool[next() as usize % pool.len()];
+            let t: Vec<u8> = a.iter().chain(b).copied().collect();
+            if t.len() <= 12 && seen.insert(t.clone()) {
+                pool.push(t.clone());
+                tokens.push(t);
+            }
+        }
+        let slices: Vec<&[u8]> = tokens.iter().map(Vec::as_slice).collect();
+        let control = ["<unk>", "<s>", "</s>", "<pad>"].map(String::from).to_vec();
+        Vocab::new(control, &slices, None, AddSpecial::default()).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The heap and the linear rescan make the same merges.
+        #[test]
+        fn heap_equals_linear(seed in any::<u64>(), extra in 1usize..300,
+                              text in proptest::collection::vec(97u8..101, 2..200)) {
+            let vocab = random_vocab(seed, extra);
+            let mut scratch = Scratch::default();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            merge_linear(&vocab, &text, &mut scratch, &mut a);
+            merge_heap(&vocab, &text, &mut scratch, &mut b);
+            prop_assert_eq!(&a, &b);
+            let bytes: Vec<u8> = a
+                .iter()
+                .flat_map(|&id| vocab.token_bytes(id).unwrap().to_vec())
+                .collect();
+            prop_assert_eq!(bytes, text);
+        }
+    }
+
+    #[test]
+    fn cache_is_bounded() {
+        let mut cache = PieceCache::default();
+        for i in 0..CACHE_ENTRIES as u32 + 10 {
+            cache.insert(&i.to_le_bytes(), &[i]);
+        }
+        assert!(cache.map.len() <= CACHE_ENTRIES);
+        cache.insert(&[b'x'; CACHE_KEY_MAX + 1], &[1]);
+        assert!(cache.get(&[b'x'; CACHE_KEY_MAX + 1]).is_none());
+    }
+}

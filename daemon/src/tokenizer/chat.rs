@@ -75,9 +75,10 @@ pub enum ChatError {
     #[error("message {index}: a system message may only come first")]
     SystemNotFirst { index: usize },
     #[error(
-        "message {index}: a {role} message cannot follow {after} (after the optional system \
+        "message {index}: {} message cannot follow {after} (after the optional system \
          message, user and assistant turns alternate, starting with the user; tool results \
-         follow an assistant's tool calls)"
+         follow an assistant's tool calls)",
+        with_article(.role)
     )]
     Order {
         index: usize,
@@ -92,6 +93,12 @@ pub enum ChatError {
     Json(String),
     #[error("this vocabulary has no {0} control token")]
     MissingControl(&'static str),
+}
+
+fn with_article(role: &str) -> String {
+    // The roles are system, user, assistant and tool.
+    let article = if role == "assistant" { "an" } else { "a" };
+    format!("{article} {role}")
 }
 
 /// A conversation to format. Build it with the methods, or parse the JSON form with
