@@ -88,6 +88,8 @@ pub struct Vocab {
     ends: Vec<u32>,
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
+    /// Length of the longest token: longer strings are not looked up at all.
+    max_len: usize,
     special: SpecialIds,
     add: AddSpecial,
 }
@@ -148,6 +150,7 @@ impl Vocab {
             ends: Vec::with_capacity(n_ranks),
             index: HashTable::with_capacity(n_ranks),
             hasher: DefaultHashBuilder::default(),
+            max_len: 0,
             special: SpecialIds {
                 bos: 0,
                 eos: 0,
@@ -175,6 +178,7 @@ impl Vocab {
                 )));
             }
             vocab.bytes.extend_from_slice(token);
+            vocab.max_len = vocab.max_len.max(token.len());
             let end = u32::try_from(vocab.bytes.len()).map_err(|_| {
                 TokenizerError::Vocab("token bytes exceed 4 GiB in total".to_owned())
             })?;
@@ -251,6 +255,9 @@ impl Vocab {
     /// The rank of a byte string, if it is a token.
     #[inline]
     pub fn rank_of(&self, bytes: &[u8]) -> Option<u32> {
+        if bytes.len() > self.max_len {
+            return None;
+        }
         let hash = self.hasher.hash_one(bytes);
         self.index
             .find(hash, |&r| self.rank_bytes(r) == bytes)
