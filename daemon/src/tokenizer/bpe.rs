@@ -174,9 +174,17 @@ const CACHE_ENTRIES: usize = 1 << 14;
 
 /// Ids of recently encoded multi-token pieces. std's `HashMap` keeps its per-process random
 /// keys, so text chosen to collide cannot slow the table down.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct PieceCache {
     map: HashMap<Box<[u8]>, Box<[u32]>>,
+}
+
+impl std::fmt::Debug for PieceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PieceCache")
+            .field("entries", &self.map.len())
+            .finish()
+    }
 }
 
 impl PieceCache {

@@ -183,8 +183,8 @@ fn check_merges<B: AsRef<[u8]>>(
         .as_array()
         .filter(|a| a.elem_type() == ValueType::String)
         .ok_or_else(|| err("tokenizer.ggml.merges is not an array of strings"))?;
-    let mut left = Vec::new();
-    let mut both = Vec::new();
+    let mut joined = Vec::new();
+    let mut right = Vec::new();
     let mut last_rank = 0u32;
     let mut distinct = 0usize;
     for (i, m) in merges.iter().enumerate() {
@@ -196,17 +196,17 @@ fn check_merges<B: AsRef<[u8]>>(
             .split_once(' ')
             .filter(|(_, b)| !b.contains(' '))
             .ok_or_else(|| bad("is not two tokens separated by one space"))?;
-        left.clear();
-        both.clear();
-        if !byte_map::decode_into(a, &mut left) || !byte_map::decode_into(b, &mut both) {
+        joined.clear();
+        right.clear();
+        if !byte_map::decode_into(a, &mut joined) || !byte_map::decode_into(b, &mut right) {
             return Err(bad("is not spelled in GPT-2's byte mapping"));
         }
-        if vocab.rank_of(&left).is_none() || vocab.rank_of(&both).is_none() {
+        if vocab.rank_of(&joined).is_none() || vocab.rank_of(&right).is_none() {
             return Err(bad("joins a string that is not a token"));
         }
-        left.extend_from_slice(&both);
+        joined.extend_from_slice(&right);
         let rank = vocab
-            .rank_of(&left)
+            .rank_of(&joined)
             .ok_or_else(|| bad("makes a string that is not a token"))?;
         if rank < last_rank || rank < 256 {
             return Err(bad(&format!(
@@ -216,7 +216,7 @@ fn check_merges<B: AsRef<[u8]>>(
                 vocab.rank_to_id(last_rank)
             )));
         }
-        if rank != last_rank || distinct == 0 {
+        if rank != last_rank {
             distinct += 1;
         }
         last_rank = rank;

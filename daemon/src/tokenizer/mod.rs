@@ -1,6 +1,10 @@
 //! Mistral's Tekken tokenizer, id for id as mistral-common computes it: a tiktoken-style
-//! pre-tokenizer split ([`pretokenize`]), byte-level BPE by merge rank ([`bpe`]), decoding
-//! with a streaming detokenizer ([`decode`]), and the Instruct chat format ([`chat`]).
+//! pre-tokenizer split ([`pretokenize`]), byte-level BPE by merge rank (`bpe`), decoding
+//! with a streaming [`Detokenizer`], and the Instruct chat format ([`chat`]).
+//!
+//! Layout: `vocab` holds the validated vocabulary; `tekken_json` and `gguf_vocab` load it
+//! (the latter also writes it back as llama.cpp's converter does); `byte_map` is GPT-2's
+//! byte-to-character spelling used in GGUF.
 //!
 //! The vocabulary loads from a GGUF model ([`Tokenizer::from_gguf`]) or from
 //! mistral-common's `tekken.json` ([`Tokenizer::from_tekken_json`]); both give the same
