@@ -60,7 +60,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "spillway"))
+    ap.add_argument("--bin", default=os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "spillway"))
     ap.add_argument("--tekken", default=os.path.join(FIXTURES, "tekken_240911.json"))
     args = ap.parse_args()
     enc, n_special = tiktoken_encoding(args.tekken)
