@@ -7,6 +7,8 @@
 //!
 //! - [`model`]: hyperparameters from GGUF metadata, validated against the tensors; memory
 //!   figures.
+//! - [`engine`]: memory plan, session slots with prompt caching, sampling, the
+//!   generation loop with streaming and cancellation.
 //! - [`synth`]: random-weight models with the real shapes, for tests and benchmarks.
 //! - [`tokenizer`]: Mistral's Tekken tokenizer (pre-tokenizer, BPE, streaming
 //!   detokenizer) and the Instruct chat format, from GGUF or `tekken.json`.
@@ -15,6 +17,8 @@
 //! GGUF reading and writing live in the `spillway-gguf` crate.
 
 pub mod cli;
+pub mod engine;
 pub mod model;
 pub mod synth;
 pub mod tokenizer;
+pub mod units;

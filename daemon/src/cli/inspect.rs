@@ -16,6 +16,7 @@ use spillway_gguf::{ArrayRef, GgufFile, ValueRef};
 use spillway_kernels::ops::RopeScaling;
 
 use crate::model::{KvType, MemoryEstimate, ModelConfig, ModelError};
+use crate::units::human_bytes;
 
 /// Arrays longer than this are summarised in `--json` output.
 const JSON_ARRAY_LIMIT: usize = 64;
@@ -96,22 +97,6 @@ fn to_json(g: &GgufFile) -> Value {
         "metadata": metadata,
         "tensors": tensors,
     })
-}
-
-/// Bytes in binary units, e.g. `2.00 GiB`.
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
 }
 
 fn short(v: ValueRef<'_>) -> String {

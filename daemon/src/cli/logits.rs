@@ -25,7 +25,7 @@ pub(crate) enum Mode {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum KvArg {
+pub enum KvArg {
     F16,
     #[value(name = "q8_0")]
     Q8_0,

@@ -3,6 +3,7 @@
 mod inspect;
 mod kernels;
 mod logits;
+mod run;
 mod synth;
 mod tokenize;
 
@@ -38,6 +39,9 @@ pub enum Command {
     /// Evaluate token ids from position 0 and write every position's logits (little-endian
     /// f32, one row of n_vocab per position), as one batch or one token at a time.
     Logits(logits::LogitsArgs),
+    /// One chat turn: format the prompt, stream the answer to stdout, print timings
+    /// (prompt and generation tokens/s, time to first token) to stderr.
+    Run(run::RunArgs),
     /// Tokenize stdin with the Tekken vocabulary of a GGUF model or a tekken.json: text to
     /// a JSON array of ids, `--chat` messages to the Instruct prompt's ids, `--decode` ids
     /// to text.
@@ -74,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Logits(args) => logits::run(args),
+        Command::Run(args) => run::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }
 }

@@ -10,8 +10,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use crate::cli::inspect::human_bytes;
 use crate::synth::{self, Quant, Shape, SynthSpec};
+use crate::tokenizer::Tokenizer;
+use crate::units::human_bytes;
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {
@@ -22,6 +23,11 @@ pub struct SynthArgs {
     /// tensors at Q6_K; q4_0 keeps the embedding at Q6_K).
     #[arg(long, value_enum)]
     quant: Quant,
+    /// Embed this mistral-common `tekken.json` vocabulary (tokens, merges, token types,
+    /// bos/eos) the way llama.cpp's converter does; without it the model is `no_vocab` and
+    /// takes token ids.
+    #[arg(long, value_name = "PATH")]
+    tekken: Option<PathBuf>,
     /// Seed of the random weights (same seed, same file).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -34,11 +40,21 @@ pub struct SynthArgs {
 }
 
 pub(crate) fn run(args: SynthArgs) -> anyhow::Result<ExitCode> {
+    let tokenizer = match &args.tekken {
+        None => None,
+        Some(path) => {
+            let tok = Tokenizer::from_tekken_json(path)?;
+            Some(synth::Tokenizer {
+                metadata: tok.gguf_metadata()?,
+                n_vocab: tok.n_vocab() as u64,
+            })
+        }
+    };
     let spec = SynthSpec {
         shape: args.shape,
         quant: args.quant,
         seed: args.seed,
-        tokenizer: None,
+        tokenizer,
     };
     let threads = args
         .threads
@@ -95,10 +111,15 @@ pub(crate) fn run(args: SynthArgs) -> anyhow::Result<ExitCode> {
             let mut stdout = std::io::stdout().lock();
             writeln!(
                 stdout,
-                "wrote {} ({} {} model, seed {}, {} bytes = {}) in {:.1}s",
+                "wrote {} ({} {} model{}, seed {}, {} bytes = {}) in {:.1}s",
                 args.out.display(),
                 spec.shape.name(),
                 spec.quant.name(),
+                if spec.tokenizer.is_some() {
+                    " with the Tekken vocabulary"
+                } else {
+                    ""
+                },
                 spec.seed,
                 size,
                 human_bytes(size),

@@ -142,7 +142,59 @@ pub struct Forward {
     rope: RopeTable,
 }
 
+/// The activation formats each input needs: (x into wq/wk/wv/gate/up/output, attention
+/// output into wo, feed-forward into w_down).
+fn input_formats(w: &ModelWeights) -> [Vec<ActFormat>; 3] {
+    let fmt = |s| w.matrix(s).act_format();
+    let mut x: Vec<ActFormat> = w
+        .layers
+        .iter()
+        .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.w_gate, &l.w_up])
+        .chain([&w.output])
+        .map(fmt)
+        .collect();
+    let mut att: Vec<ActFormat> = w.layers.iter().map(|l| fmt(&l.wo)).collect();
+    let mut ff: Vec<ActFormat> = w.layers.iter().map(|l| fmt(&l.w_down)).collect();
+    for v in [&mut x, &mut att, &mut ff] {
+        v.sort_by_key(|&f| slot(f));
+        v.dedup();
+    }
+    [x, att, ff]
+}
+
 impl Forward {
+    /// Bytes [`Forward::new`] would allocate with the same arguments (for memory plans made
+    /// before allocating anything).
+    pub fn estimate_bytes(
+        w: &ModelWeights,
+        n_ctx: usize,
+        max_batch: usize,
+        all_logits: bool,
+        threads: usize,
+    ) -> usize {
+        let c = &w.config;
+        let b = max_batch.max(1);
+        let (e, qd, kd, vd, od, ff) = (
+            c.n_embd,
+            c.n_head * c.head_dim_k,
+            c.n_head_kv * c.head_dim_k,
+            c.n_head_kv * c.head_dim_v,
+            c.n_head * c.head_dim_v,
+            c.n_ff,
+        );
+        let logit_rows = if all_logits { b } else { 1 };
+        let floats = b * (3 * e + qd + kd + vd + od + 2 * ff)
+            + logit_rows * c.n_vocab
+            + threads.max(1) * n_ctx;
+        let q8 = (b * qd).div_ceil(QK) * size_of::<BlockQ8_0>();
+        let [fx, fa, ff_] = input_formats(w);
+        let inputs = fx.iter().map(|f| f.row_bytes(e)).sum::<usize>()
+            + fa.iter().map(|f| f.row_bytes(od)).sum::<usize>()
+            + ff_.iter().map(|f| f.row_bytes(ff)).sum::<usize>();
+        let rope = 2 * 4 * n_ctx * (c.rope.n_dims / 2);
+        floats * 4 + q8 + inputs * b + rope
+    }
+
     /// Buffers for contexts up to `n_ctx` tokens, `max_batch` tokens per pass, on `threads`
     /// threads; `all_logits` keeps room for every token's logits (else only the last's).
     pub fn new(
@@ -162,18 +214,10 @@ impl Forward {
             c.n_head * c.head_dim_v,
             c.n_ff,
         );
-        let fmt = |m: &Matrix<'_>| m.act_format();
-        let in_x = Inputs::new(
-            e,
-            b,
-            w.layers
-                .iter()
-                .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.w_gate, &l.w_up])
-                .chain([&w.output])
-                .map(|s| fmt(&w.matrix(s))),
-        );
-        let in_att = Inputs::new(od, b, w.layers.iter().map(|l| fmt(&w.matrix(&l.wo))));
-        let in_ff = Inputs::new(ff, b, w.layers.iter().map(|l| fmt(&w.matrix(&l.w_down))));
+        let [fx, fa, ff_] = input_formats(w);
+        let in_x = Inputs::new(e, b, fx);
+        let in_att = Inputs::new(od, b, fa);
+        let in_ff = Inputs::new(ff, b, ff_);
         let max_logit_rows = if all_logits { b } else { 1 };
         Forward {
             cfg: c.clone(),
@@ -228,7 +272,7 @@ impl Forward {
             + self.in_x.bytes()
             + self.in_att.bytes()
             + self.in_ff.bytes()
-            + 2 * 4 * self.rope.len() * self.cfg.rope.n_dims / 2
+            + 2 * 4 * self.rope.len() * (self.cfg.rope.n_dims / 2)
     }
 
     /// Tokens per pass.
@@ -245,7 +289,7 @@ impl Forward {
         tokens: &[u32],
         want: LogitsFor,
         c: &Compute,
-    ) -> Result<&[f32], ForwardError> {
+    ) -> Result<&mut [f32], ForwardError> {
         if tokens.is_empty() {
             return Err(ForwardError::Empty);
         }
@@ -286,7 +330,7 @@ impl Forward {
             LogitsFor::Last => 1,
             LogitsFor::All => tokens.len(),
         };
-        Ok(&self.logits[..rows * self.cfg.n_vocab])
+        Ok(&mut self.logits[..rows * self.cfg.n_vocab])
     }
 
     /// One pass of `n <= max_batch` tokens; computes logits if `want` is set.

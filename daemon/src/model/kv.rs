@@ -82,7 +82,9 @@ pub struct KvCache {
 impl KvCache {
     /// A cache for `n_ctx` positions of `cfg`'s model.
     pub fn new(cfg: &ModelConfig, ty: KvType, n_ctx: usize) -> Result<KvCache, KvError> {
-        if ty == KvType::Q8_0 && (!cfg.head_dim_k.is_multiple_of(QK) || !cfg.head_dim_v.is_multiple_of(QK)) {
+        if ty == KvType::Q8_0
+            && (!cfg.head_dim_k.is_multiple_of(QK) || !cfg.head_dim_v.is_multiple_of(QK))
+        {
             return Err(KvError::Q8Heads {
                 k: cfg.head_dim_k,
                 v: cfg.head_dim_v,

@@ -10,7 +10,8 @@
 use super::{Tokenizer, TokenizerError};
 
 /// Decodes a generated sequence one token at a time. Create one per generation with
-/// [`Tokenizer::detokenizer`]; the only allocation is the growth of its output buffer.
+/// [`Tokenizer::detokenizer`]. Its output buffer is sized for the longest token at
+/// creation, so pushing tokens never allocates.
 #[derive(Debug)]
 pub struct Detokenizer<'t> {
     tok: &'t Tokenizer,
@@ -26,7 +27,9 @@ impl<'t> Detokenizer<'t> {
             tok,
             pending: [0; 4],
             n_pending: 0,
-            out: String::new(),
+            // One token's bytes, plus a held-back partial character that may turn into
+            // U+FFFD (3 bytes each) ahead of them.
+            out: String::with_capacity(tok.vocab().max_token_len() + 16),
         }
     }
 

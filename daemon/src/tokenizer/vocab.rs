@@ -278,6 +278,11 @@ impl Vocab {
 
     /// The bytes of a non-control token; `None` for control ids and ids out of range.
     #[inline]
+    /// Length in bytes of the longest token.
+    pub fn max_token_len(&self) -> usize {
+        self.max_len
+    }
+
     pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
         let rank = (id as usize).checked_sub(self.control.len())?;
         (rank < self.ends.len()).then(|| self.rank_bytes(rank as u32))

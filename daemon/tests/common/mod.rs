@@ -1,0 +1,42 @@
+//! Models the daemon's tests synthesize (the fixtures' random logits are too peaked to
+//! sample from: their top two tokens are ~168 apart; `synth` scales weights to keep logits
+//! near unit spread, and can embed the real Tekken vocabulary).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use spillway::synth::{self, Quant, Shape, SynthSpec};
+use spillway::tokenizer::Tokenizer;
+
+/// A tiny synthesized model in a per-process temp file, with or without the Tekken
+/// vocabulary.
+pub(crate) fn synth_model(quant: Quant, seed: u64, tekken: bool) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "spillway-test-{}-{}-{seed}-{tekken}.gguf",
+        std::process::id(),
+        quant.name()
+    ));
+    if path.exists() {
+        return path;
+    }
+    let tokenizer = tekken.then(|| {
+        let tok = Tokenizer::from_tekken_json(spillway_e2e::fixtures().join("tekken_240911.json"))
+            .unwrap();
+        synth::Tokenizer {
+            metadata: tok.gguf_metadata().unwrap(),
+            n_vocab: tok.n_vocab() as u64,
+        }
+    });
+    let spec = SynthSpec {
+        shape: Shape::Tiny,
+        quant,
+        seed,
+        tokenizer,
+    };
+    let partial = path.with_extension("partial");
+    let f = std::fs::File::create(&partial).unwrap();
+    synth::write(&spec, std::io::BufWriter::new(f), 2, |_| {}).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
+    path
+}
