@@ -1,5 +1,6 @@
 //! Command-line interface: the argument types and one module per subcommand.
 
+mod bench;
 mod inspect;
 mod kernels;
 mod logits;
@@ -42,6 +43,9 @@ pub enum Command {
     /// One chat turn: format the prompt, stream the answer to stdout, print timings
     /// (prompt and generation tokens/s, time to first token) to stderr.
     Run(run::RunArgs),
+    /// Measure prompt processing and text generation speed, llama-bench style (mean ± sd
+    /// tokens/s over repetitions); `--json` for one machine-readable object.
+    Bench(bench::BenchArgs),
     /// Tokenize stdin with the Tekken vocabulary of a GGUF model or a tekken.json: text to
     /// a JSON array of ids, `--chat` messages to the Instruct prompt's ids, `--decode` ids
     /// to text.
@@ -79,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Synth(args) => synth::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }
 }

@@ -1,0 +1,160 @@
+//! `spillway bench`: prompt-processing and text-generation speed, as llama.cpp's
+//! `llama-bench` measures them: `pp` evaluates P prompt tokens as batches from an empty
+//! cache, `tg` generates N tokens one at a time from an empty cache (random token ids, no
+//! sampling); each is repeated and reported as mean ± standard deviation of tokens/s,
+//! after one warm-up run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+use spillway_gguf::GgufFile;
+use spillway_kernels::{PoolConfig, ThreadPool, dispatch};
+
+use crate::cli::logits::KvArg;
+use crate::engine::resident_bytes;
+use crate::model::{Compute, Forward, KvCache, LogitsFor, ModelWeights};
+use crate::units::human_bytes;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The GGUF model.
+    #[arg(long, value_name = "GGUF")]
+    model: PathBuf,
+    /// Prompt tokens to process (0 to skip).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens to generate (0 to skip).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Threads (defaults to every CPU).
+    #[arg(short = 't', long, value_name = "N")]
+    threads: Option<usize>,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    reps: usize,
+    /// Prompt tokens per batch (llama-bench's ubatch).
+    #[arg(short = 'b', long, default_value_t = 512)]
+    batch: usize,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = KvArg::F16)]
+    kv: KvArg,
+    /// Pin threads to these CPUs (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    cpus: Option<Vec<usize>>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Mean and sample standard deviation.
+fn stats(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.reps >= 1, "--reps must be at least 1");
+    anyhow::ensure!(
+        args.n_prompt + args.n_gen > 0,
+        "nothing to measure: -p and -n are both 0"
+    );
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let file = Arc::new(GgufFile::open(&args.model)?);
+    let w = ModelWeights::new(Arc::clone(&file))
+        .with_context(|| format!("{}", args.model.display()))?;
+    let compute = Compute {
+        pool: ThreadPool::new(PoolConfig {
+            threads,
+            cpus: args.cpus.clone(),
+            ..PoolConfig::with_threads(threads)
+        })?,
+        kernels: dispatch::select()?,
+    };
+    let n_ctx = args.n_prompt.max(args.n_gen).max(1);
+    let batch = args.batch.clamp(1, args.n_prompt.max(1));
+    let mut fwd = Forward::new(&w, n_ctx, batch, false, threads);
+    let mut kv = KvCache::new(&w.config, args.kv.into(), n_ctx)?;
+    // Random ordinary tokens (above the control range), fixed per run.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next_id = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (1000 + state % (w.config.n_vocab.saturating_sub(1000).max(1) as u64)) as u32
+            % w.config.n_vocab as u32
+    };
+    let prompt: Vec<u32> = (0..args.n_prompt).map(|_| next_id()).collect();
+    let generated: Vec<u32> = (0..args.n_gen).map(|_| next_id()).collect();
+
+    let mut measure = |tokens: &[u32], one_by_one: bool| -> anyhow::Result<f64> {
+        kv.truncate(0);
+        let start = Instant::now();
+        if one_by_one {
+            for &t in tokens {
+                fwd.eval(&w, &mut kv, &[t], LogitsFor::Last, &compute)?;
+            }
+        } else {
+            fwd.eval(&w, &mut kv, tokens, LogitsFor::Last, &compute)?;
+        }
+        Ok(tokens.len() as f64 / start.elapsed().as_secs_f64())
+    };
+    let mut results = Vec::new();
+    for (name, tokens, one_by_one) in [("pp", &prompt, false), ("tg", &generated, true)] {
+        if tokens.is_empty() {
+            continue;
+        }
+        measure(tokens, one_by_one)?; // warm-up: page in the weights, spin up the threads
+        let runs = (0..args.reps)
+            .map(|_| measure(tokens, one_by_one))
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        let (mean, sd) = stats(&runs);
+        results.push((name, tokens.len(), mean, sd));
+    }
+    let rss = resident_bytes();
+    let kernels = compute.kernels.path();
+    if args.json {
+        let mut obj = json!({
+            "model": args.model.display().to_string(),
+            "threads": threads,
+            "kernels": kernels.name(),
+            "rss_bytes": rss,
+        });
+        for (name, n, mean, sd) in &results {
+            obj[*name] = json!({"n": n, "tokens_per_s": mean, "sd": sd});
+        }
+        println!("{obj}");
+    } else {
+        let name = w
+            .config
+            .name
+            .clone()
+            .unwrap_or_else(|| w.config.arch.name().to_string());
+        println!("| model | size | params | kernels | threads | test | t/s |");
+        println!("| --- | ---: | ---: | --- | ---: | ---: | ---: |");
+        for (test, n, mean, sd) in &results {
+            println!(
+                "| {name} | {} | {:.2} B | {kernels} | {threads} | {test}{n} | {mean:.2} ± {sd:.2} |",
+                human_bytes(w.bytes()),
+                w.config.n_params() as f64 / 1e9
+            );
+        }
+        if let Some(r) = rss {
+            println!("\nresident memory: {}", human_bytes(r));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
