@@ -14,34 +14,45 @@
 //!
 //! # Accumulator strategy
 //!
-//! Decode streams every weight row from memory once, so the goal is to keep the integer
-//! pipeline busy with as few instructions per weight byte as possible and nothing
-//! serialized. Inside a block, products are reduced only as far as eight i32 lanes. The
-//! lanes must not be scaled one by one: with large scales, partial sums that cancel would
-//! each be rounded, far outside the reference's error. They are summed exactly first, but
-//! not block by block (a horizontal reduction per block costs as much as a quarter of a
-//! Q4_0 block): blocks go in groups, 8 for Q4_0/Q8_0 and 4 for the k-quants (the model's
-//! rows are 12, 16 or 36 super-blocks), and a transposing tree of `vphaddd` turns the
-//! group's vectors into one vector holding one block sum per lane. That vector is
-//! converted once and multiplied with one FMA by the vector of the group's scale products
-//! (F16C converts eight f16 scales in one instruction; gathering them takes a few scalar
-//! integer ops, which run on otherwise idle ports). For Q4_K/Q5_K the four `sumi` share the
-//! vector with the four `summ`, against negated `dmin` products. There is one f32
-//! accumulator, reduced once at the end; blocks after the last whole group are summed
-//! one at a time. The float dots use four 8-lane FMA accumulators.
+//! Decode streams every weight row from memory once, so the aim is as few vector
+//! instructions per weight byte as possible, above all on the two ports that execute
+//! `vpmaddubsw`/`vpmaddwd` (on recent cores the other vector ports outnumber them two to
+//! one, and `vphaddd` is several times slower than an unpack plus an add).
+//!
+//! A block's integer products end up spread over the lanes of a vector. Those lanes must
+//! not be scaled one by one: with large scales, partial sums that cancel would each be
+//! rounded, far outside the reference's error. They are summed exactly first, but not
+//! block by block (a horizontal reduction per block would cost as much as the block):
+//! blocks go in groups, 8 for Q4_0/Q8_0 and 4 for the k-quants (the model's rows are 12, 16
+//! or 36 super-blocks), and a transposing tree of in-lane unpacks and adds turns the
+//! group's vectors into one vector holding one block sum per lane. Where the partial sums
+//! still fit, the first levels of that tree run on i16 lanes, so a single `vpmaddwd` per
+//! four blocks (or per four sub-blocks, applying their scales at the same time) does the
+//! widening that would otherwise take one per block. The group's vector is converted once
+//! and multiplied with one FMA by the vector of its scale products (F16C converts eight f16
+//! scales in one instruction; gathering them takes scalar integer ops, which run on ports
+//! the vector code leaves idle). For Q4_K/Q5_K the four `sumi` share the vector with the
+//! four `summ`, against negated `dmin` products. There is one f32 accumulator, reduced once
+//! per row; blocks after the last whole group are summed one at a time. The float dots use
+//! four 8-lane FMA accumulators.
+//!
+//! Every loop also prefetches the weights `PREFETCH_AHEAD` (8 KiB) ahead, once per 64
+//! bytes consumed: with this much work per byte the hardware prefetchers alone keep too
+//! few misses in flight, and two threads streaming at once lose a fifth or more of their
+//! throughput (measured on Zen 5; harmless where it is not needed).
 //!
 //! # Formats
 //!
 //! The workhorse is `vpmaddubsw` (`_mm256_maddubs_epi16`): 32 unsigned bytes times 32
-//! signed bytes, adjacent products summed into 16 saturating i16 lanes, then
-//! `vpmaddwd` (`_mm256_madd_epi16`) to widen pairs of those to i32 (multiplying them by a
-//! per-sub-block scale on the way where the format has one).
+//! signed bytes, adjacent products summed into 16 saturating i16 lanes; `vpmaddwd`
+//! (`_mm256_madd_epi16`) then widens pairs of i16 lanes to i32, multiplying them by
+//! per-sub-block scales on the way where the format has them.
 //!
-//! - **Q4_0 · Q8_0**: the 16 packed bytes are loaded once; the low nibbles (elements
-//!   0..16) and the high nibbles (shifted down, elements 16..32) form one 32-byte vector of
-//!   unsigned values 0..15 in element order. Instead of subtracting 8 from the weights
-//!   (which would make them signed), the block computes `sum(q * x) - sum(8 * x)`, both
-//!   with `vpmaddubsw`.
+//! - **Q4_0 · Q8_0**: the 16 packed bytes are broadcast to both halves of a vector and the
+//!   upper half shifted down by 4, so one mask leaves the low nibbles (elements 0..16) and
+//!   the high nibbles (elements 16..32) in element order as unsigned values 0..15. Instead
+//!   of subtracting 8 from the weights (which would make them signed), the block computes
+//!   `sum(q * x) - sum(8 * x)`, both with `vpmaddubsw`.
 //! - **Q8_0 · Q8_0**: both operands are signed and may be -128, where neither the
 //!   unsigned-times-signed form nor the usual sign-transfer trick is exact; the bytes are
 //!   sign-extended to i16 and multiplied with `vpmaddwd`.
@@ -49,18 +60,19 @@
 //!   with four 32-bit mask-and-shift expressions (all eight sub-blocks at once). Each
 //!   32-byte slice of `qs` holds two sub-blocks: low nibbles (sub-block `2j`) and high
 //!   nibbles (`2j + 1`). Q5_K adds the fifth bit from `qh`, which is shifted into bit 4.
-//!   The unsigned weights 0..15 (0..31) multiply the signed activations directly, and each
-//!   sub-block's scale is broadcast to 16 lanes with `vpshufb` and applied by `vpmaddwd`.
-//!   The mins never touch the values: `sum(min_j * x)` over a sub-block is
-//!   `min_j * (bsums[2j] + bsums[2j + 1])`, one `vpmaddwd` of the `bsums` against the mins
-//!   (each duplicated) per block.
+//!   The unsigned weights 0..15 (0..31) multiply the signed activations directly; the
+//!   products of the eight sub-blocks are interleaved and summed on i16 lanes until one
+//!   dword holds one sub-block, and two `vpmaddwd` against the scales (each repeated
+//!   twice) apply all eight. The mins never touch the values: `sum(min_j * x)` over a
+//!   sub-block is `min_j * (bsums[2j] + bsums[2j + 1])`, one `vpmaddwd` of the `bsums`
+//!   against the mins (each repeated twice) per block.
 //! - **Q6_K · Q8_K**: the low four bits (`ql`) and high two bits (`qh`) are combined into
-//!   unsigned values 0..63, four 32-byte vectors per half block, and multiplied like the
-//!   k4 formats (16 signed scales, one per 16 values: each 32-value vector covers two, one
-//!   per 128-bit lane). The `-32` offset is applied afterwards as
-//!   `32 * sum_j(scale_j * bsums[j])`, again from the activation's `bsums`, so like the
-//!   k4 formats this relies on `bsums` being the sums of `qs` (which
-//!   [`quantize_q8_k`] and the reference quantizer guarantee).
+//!   unsigned values 0..63, four 32-byte vectors per half block, each covering two 16-value
+//!   sub-blocks (one per 128-bit lane). Pairs of vectors are interleaved and summed on i16
+//!   lanes and one `vpmaddwd` applies four signed scales, arranged by one `vpshufb`. The
+//!   `-32` offset is applied afterwards as `32 * sum_j(scale_j * bsums[j])`, again from the
+//!   activation's `bsums`, so like the k4 formats this relies on `bsums` being the sums of
+//!   `qs` (which [`quantize_q8_k`] and the reference quantizer guarantee).
 //! - **F32 / F16 / BF16 · F32**: four 8-lane FMA accumulators over 32 values per
 //!   iteration; f16 is widened with `vcvtph2ps`, bf16 by shifting its bits into the top
 //!   half of an f32. The tail is copied into a zero-padded buffer of 8 and goes through the
@@ -71,9 +83,11 @@
 //! `vpmaddubsw` saturates at i16, so each format's pairwise sums must fit: with
 //! activations in -128..127 the worst cases are Q4_0/Q4_K `2 * 15 * 128 = 3840`, Q5_K
 //! `2 * 31 * 128 = 7936`, Q6_K `2 * 63 * 128 = 16128` and the Q4_0 offset `2 * 8 * 128`, all
-//! below 32767. In i32 the largest block sum, and every partial sum on the way to it, is
-//! Q6_K's `sum(scale * q * x) <= 128 * 63 * 128 * 256 < 2^29`. Block sums above 2^24 are
-//! rounded by the int-to-float conversion exactly as by the reference's `as f32`.
+//! below 32767. The i16 levels of the reductions add at most four Q4_0 lanes (+-5872 each),
+//! four Q4_K/Q5_K lanes (+-7936) or two Q6_K lanes (+-16128), which still fit. In i32 the
+//! largest block sum, and every partial sum on the way to it, is Q6_K's
+//! `sum(scale * q * x) <= 128 * 63 * 128 * 256 < 2^29`. Block sums above 2^24 are rounded by
+//! the int-to-float conversion exactly as by the reference's `as f32`.
 //!
 //! # Activation quantizers
 //!
@@ -176,6 +190,33 @@ fn store_i16x8(a: &mut [i16; 8], v: __m128i) {
 
 // ------------------------------------------------------------------ small helpers
 
+/// How far ahead of the data being computed on the weights are prefetched, in bytes.
+///
+/// The kernels do enough work per byte that, left to the hardware prefetchers alone, too
+/// few cache misses are in flight to keep up with memory once two threads stream at
+/// once. Rows are handed to threads in contiguous chunks, so prefetching past the end of
+/// a row fetches the start of the thread's next row.
+const PREFETCH_AHEAD: usize = 8192;
+
+/// Prefetches the data `PREFETCH_AHEAD` bytes after the `bytes` bytes at `start`, one
+/// prefetch per 64 bytes. Called once per group of blocks with the group's size, so
+/// consecutive groups' prefetches are at most 64 bytes apart and every cache line of the
+/// weights is asked for. `bytes` is a constant at every call site, so the loop unrolls.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_ahead<T>(start: &T, bytes: usize) {
+    let p = (start as *const T)
+        .cast::<i8>()
+        .wrapping_add(PREFETCH_AHEAD);
+    let mut offset = 0;
+    while offset < bytes {
+        // A prefetch is only a hint: it never faults, so the address (possibly past the
+        // end of the weights) need not be valid.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(offset));
+        offset += 64;
+    }
+}
+
 /// Sum of the eight lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -242,6 +283,7 @@ fn dot_widened<T: Copy + Default>(w: &[T], x: &[f32], widen: impl Fn(&[T; 8]) ->
     // Four independent chains: an FMA's latency is hidden behind the other three.
     let mut acc = [_mm256_setzero_ps(); 4];
     for (a, b) in w32.iter().zip(x32) {
+        prefetch_ahead(a, size_of::<[T; 32]>());
         for ((acc, a), b) in acc
             .iter_mut()
             .zip(a.as_chunks::<8>().0)
@@ -299,42 +341,77 @@ pub(crate) unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
 
 // ------------------------------------------------------------------ exact block sums
 //
-// A block's integer sum is spread over the 8 lanes of a vector. The scalar reference
-// multiplies the *whole* block sum by the block's scale product; multiplying each lane
-// separately would round 8 partial products, and partial sums that cancel (large scales,
-// mixed signs) would leave errors far above the reference's. So the lanes are reduced
-// exactly, in integers, first. Doing that per block would put a horizontal reduction in
-// every iteration; instead blocks are handled in groups of 8 (Q4_0, Q8_0) or 4 (k-quants)
-// whose vectors are reduced together by a transposing tree of `vphaddd`, leaving one block
-// sum per lane. One conversion and one FMA against a vector of per-block scale products
-// then finish the group.
+// The transposing reductions described in the module documentation ("Accumulator
+// strategy"): a group's vectors in, one exact block sum per lane out.
 
-/// Lane `i` of the result is the sum of the eight lanes of `v[i]`.
+/// Per 128-bit lane, the dwords `[a, b, a, b]` of `a` and `b` summed as 16-bit lanes:
+/// `[a0 + a2, b0 + b2, a1 + a3, b1 + b3]` (dword `k` of `a` is `ak`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn zip_add_epi16(a: __m256i, b: __m256i) -> __m256i {
+    _mm256_add_epi16(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
+}
+
+/// Per 128-bit lane, `[a, b, c, d]` from two outputs of [`zip_add_epi16`]
+/// (`ab = [a, b, a, b]`, `cd = [c, d, c, d]`), summed as 16-bit lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn zip_add_epi16_64(ab: __m256i, cd: __m256i) -> __m256i {
+    _mm256_add_epi16(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd))
+}
+
+/// Per 128-bit lane, `[sum a, sum b, sum c, sum d]` over that lane's four i32 elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lane_sums4_epi32(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+    let ab = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+    let cd = _mm256_add_epi32(_mm256_unpacklo_epi32(c, d), _mm256_unpackhi_epi32(c, d));
+    _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd))
+}
+
+/// Per 128-bit lane, `[sum a, sum b, sum c, sum d]` over that lane's eight i16 elements,
+/// as i32. Every sum of four of an input's i16 elements must fit in i16 (inputs within
+/// +-8191 always do).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lane_sums4_epi16(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+    let abcd = zip_add_epi16_64(zip_add_epi16(a, b), zip_add_epi16(c, d));
+    _mm256_madd_epi16(abcd, _mm256_set1_epi16(1))
+}
+
+/// Adds the 128-bit halves of two [`lane_sums4_epi32`]-style results:
+/// `[lo.low + lo.high | hi.low + hi.high]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn fold_halves(lo: __m256i, hi: __m256i) -> __m256i {
+    // [lo.low | hi.high] + [lo.high | hi.low].
+    _mm256_add_epi32(
+        _mm256_blend_epi32::<0xF0>(lo, hi),
+        _mm256_permute2x128_si256::<0x21>(lo, hi),
+    )
+}
+
+/// Lane `i` of the result is the sum of the eight i32 lanes of `v[i]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn transpose_sum8(v: [__m256i; 8]) -> __m256i {
     let [v0, v1, v2, v3, v4, v5, v6, v7] = v;
-    // Per 128-bit lane, `hadd(hadd(a, b), hadd(c, d))` is [sum a, sum b, sum c, sum d] over
-    // that lane's four elements.
-    let lo = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
-    let hi = _mm256_hadd_epi32(_mm256_hadd_epi32(v4, v5), _mm256_hadd_epi32(v6, v7));
-    // Add the two 128-bit lanes: [v0..v3 | v4..v7].
-    _mm256_add_epi32(
-        _mm256_permute2x128_si256::<0x20>(lo, hi),
-        _mm256_permute2x128_si256::<0x31>(lo, hi),
+    fold_halves(
+        lane_sums4_epi32(v0, v1, v2, v3),
+        lane_sums4_epi32(v4, v5, v6, v7),
     )
 }
 
-/// Lane `i` of the result is the sum of the eight lanes of `v[i]`.
+/// Lane `i` of the result is the sum of the eight i32 lanes of `v[i]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn transpose_sum4(v: [__m256i; 4]) -> __m128i {
     let [v0, v1, v2, v3] = v;
-    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
-    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+    let s = lane_sums4_epi32(v0, v1, v2, v3);
+    _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s))
 }
 
-/// The sum of the eight lanes (for the last blocks of a row, fewer than a group).
+/// The sum of the eight i32 lanes (for the last blocks of a row, fewer than a group).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn hsum_epi32(v: __m256i) -> i32 {
@@ -351,7 +428,8 @@ fn pack_f16x4(h: [f16; 4]) -> u64 {
     bits(a) | (bits(b) << 16) | (bits(c) << 32) | (bits(d) << 48)
 }
 
-/// Eight f16 scales as f32 lanes (gathered with integer ops, one F16C conversion).
+/// Eight f16 scales as f32 lanes: gathered with scalar integer ops (which run on ports
+/// the vector code leaves idle), converted with one F16C instruction.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn f16x8_to_f32(lo: [f16; 4], hi: [f16; 4]) -> __m256 {
@@ -372,10 +450,29 @@ fn q8_0_block(a: &BlockQ8_0, b: &BlockQ8_0) -> __m256i {
     _mm256_add_epi32(lo, hi)
 }
 
-/// `sum((q - 8) * x)` of a Q4_0 block and its Q8_0 activations, spread over 8 i32 lanes.
+/// Exact sums of eight Q8_0 block pairs, one per lane.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn q4_0_block(a: &BlockQ4_0, b: &BlockQ8_0) -> __m256i {
+fn q8_0_group(a: &[BlockQ8_0; 8], b: &[BlockQ8_0; 8]) -> __m256i {
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = a;
+    let [b0, b1, b2, b3, b4, b5, b6, b7] = b;
+    transpose_sum8([
+        q8_0_block(a0, b0),
+        q8_0_block(a1, b1),
+        q8_0_block(a2, b2),
+        q8_0_block(a3, b3),
+        q8_0_block(a4, b4),
+        q8_0_block(a5, b5),
+        q8_0_block(a6, b6),
+        q8_0_block(a7, b7),
+    ])
+}
+
+/// `sum((q - 8) * x)` of a Q4_0 block and its Q8_0 activations, spread over 16 i16 lanes
+/// (each within +-5872).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4_0_block_epi16(a: &BlockQ4_0, b: &BlockQ8_0) -> __m256i {
     // Low nibbles are elements 0..16, high nibbles 16..32: the 16 bytes go to both halves
     // of the vector and the upper half is shifted down by 4 (bits that cross into the
     // byte below are masked off).
@@ -385,37 +482,64 @@ fn q4_0_block(a: &BlockQ4_0, b: &BlockQ8_0) -> __m256i {
         splat_u8(0x0F),
     );
     let x = load_i8x32(&b.qs);
-    // q * x - 8 * x, both as unsigned-times-signed pairs (at most 2 * 15 * 128 in i16).
+    // q * x - 8 * x, both as unsigned-times-signed pairs: within [-3840, 3810] and
+    // [-2048, 2032], so the difference is within +-5872.
     let qx = _mm256_maddubs_epi16(q, x);
     let eight_x = _mm256_maddubs_epi16(splat_u8(8), x);
-    _mm256_madd_epi16(_mm256_sub_epi16(qx, eight_x), _mm256_set1_epi16(1))
+    _mm256_sub_epi16(qx, eight_x)
+}
+
+/// `sum((q - 8) * x)` of a Q4_0 block, spread over 8 i32 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4_0_block(a: &BlockQ4_0, b: &BlockQ8_0) -> __m256i {
+    _mm256_madd_epi16(q4_0_block_epi16(a, b), _mm256_set1_epi16(1))
+}
+
+/// Exact sums of eight Q4_0 blocks, one per lane. Sums of four of a block's i16 lanes
+/// stay within +-23488, so the first two levels of the reduction run on i16 and only two
+/// `vpmaddwd` widen the result.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4_0_group(a: &[BlockQ4_0; 8], b: &[BlockQ8_0; 8]) -> __m256i {
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = a;
+    let [b0, b1, b2, b3, b4, b5, b6, b7] = b;
+    let lo = lane_sums4_epi16(
+        q4_0_block_epi16(a0, b0),
+        q4_0_block_epi16(a1, b1),
+        q4_0_block_epi16(a2, b2),
+        q4_0_block_epi16(a3, b3),
+    );
+    let hi = lane_sums4_epi16(
+        q4_0_block_epi16(a4, b4),
+        q4_0_block_epi16(a5, b5),
+        q4_0_block_epi16(a6, b6),
+        q4_0_block_epi16(a7, b7),
+    );
+    fold_halves(lo, hi)
 }
 
 /// The driver shared by Q4_0 and Q8_0 weights (32-value blocks with one f16 scale, Q8_0
-/// activations): `sum over blocks of (d_w * d_x) * block(w, x)`.
+/// activations): `sum over blocks of (d_w * d_x) * sum(w * x)`. `group` returns the exact
+/// integer sums of eight blocks, one per lane; `block` one block's sum over 8 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn dot_32<W>(
     w: &[W],
     x: &[BlockQ8_0],
     scale: impl Fn(&W) -> f16,
+    group: impl Fn(&[W; 8], &[BlockQ8_0; 8]) -> __m256i,
     block: impl Fn(&W, &BlockQ8_0) -> __m256i,
 ) -> f32 {
     let (w8, w_rest) = w.as_chunks::<8>();
     let (x8, x_rest) = x.as_chunks::<8>();
     let mut acc = _mm256_setzero_ps();
-    for ([a0, a1, a2, a3, a4, a5, a6, a7], [b0, b1, b2, b3, b4, b5, b6, b7]) in w8.iter().zip(x8) {
-        let sums = transpose_sum8([
-            block(a0, b0),
-            block(a1, b1),
-            block(a2, b2),
-            block(a3, b3),
-            block(a4, b4),
-            block(a5, b5),
-            block(a6, b6),
-            block(a7, b7),
-        ]);
+    for (a, b) in w8.iter().zip(x8) {
+        prefetch_ahead(a, size_of::<[W; 8]>());
+        let sums = group(a, b);
         // Lane i: f32(d_w) * f32(d_x) of block i, rounded exactly as the reference does.
+        let [a0, a1, a2, a3, a4, a5, a6, a7] = a;
+        let [b0, b1, b2, b3, b4, b5, b6, b7] = b;
         let dw = f16x8_to_f32(
             [scale(a0), scale(a1), scale(a2), scale(a3)],
             [scale(a4), scale(a5), scale(a6), scale(a7)],
@@ -434,37 +558,38 @@ fn dot_32<W>(
 /// The CPU must support AVX2, FMA and F16C, and `w.len() == x.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
-    dot_32(w, x, |a| a.d, |a, b| q8_0_block(a, b))
+    dot_32(
+        w,
+        x,
+        |a| a.d,
+        |a, b| q8_0_group(a, b),
+        |a, b| q8_0_block(a, b),
+    )
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C, and `w.len() == x.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn dot_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
-    dot_32(w, x, |a| a.d, |a, b| q4_0_block(a, b))
+    dot_32(
+        w,
+        x,
+        |a| a.d,
+        |a, b| q4_0_group(a, b),
+        |a, b| q4_0_block(a, b),
+    )
 }
 
 // ------------------------------------------------------------------ k-quants
 
-/// Q4_K/Q5_K: `vpshufb` control that turns a vector of scale bytes into the u8 scale at
-/// byte 0 zero-extended to every i16 lane (`[0, 0x80]`: byte 0, then a zero). Adding `k`
-/// selects byte `k`.
-const SEL_BYTE0_ZEXT: i16 = 0x8000_u16 as i16;
-
-/// Q6_K: `vpshufb` control that broadcasts the i16 at index `2k` of each 128-bit lane
-/// (bytes `4k, 4k + 1`) to the whole lane; adding `0x0202` selects index `2k + 1` instead,
-/// and `0x0404` steps to the next `k`.
-const SEL_EVEN: i16 = 0x0100;
-const SEL_NEXT: i16 = 0x0202;
-const SEL_STEP: i16 = 0x0404;
-
-/// Scales and mins of a Q4_K/Q5_K block: the eight 6-bit scales as bytes 0..8 of both
-/// 128-bit lanes (for in-lane `vpshufb` broadcasts, see [`SEL_BYTE0_ZEXT`]), and the eight
-/// mins as i16 each repeated twice (`[m0, m0, m1, m1, ..]`, to pair with the sixteen
+/// Scales and mins of a Q4_K/Q5_K block as i16, each scale repeated twice so that a
+/// dword holds one sub-block's scale in both halves: `scales_lo` is
+/// `[s0, s0, s1, s1, s2, s2, s3, s3]` in both 128-bit lanes, `scales_hi` the same for
+/// scales 4..8, and `mins` is `[m0, m0, m1, m1, .., m7, m7]` (pairing with the sixteen
 /// `bsums`).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn k4_scales_mins(packed: &[u8; K_SCALE_SIZE]) -> (__m256i, __m256i) {
+fn k4_scales_mins(packed: &[u8; K_SCALE_SIZE]) -> (__m256i, __m256i, __m256i) {
     // `scale_min_k4` for all j at once: bytes 0..4 hold scales 0..4 (low 6 bits) and the
     // top bits of scales 4..8; bytes 4..8 the same for the mins; bytes 8..12 the low
     // nibbles of scales 4..8 and mins 4..8.
@@ -478,10 +603,15 @@ fn k4_scales_mins(packed: &[u8; K_SCALE_SIZE]) -> (__m256i, __m256i) {
     let mins_hi = ((c >> 4) & 0x0F0F_0F0F) | ((b >> 2) & 0x3030_3030);
     let scales = u64::from(scales_lo) | (u64::from(scales_hi) << 32);
     let mins = u64::from(mins_lo) | (u64::from(mins_hi) << 32);
-    // Bytes 0..8: scales, 8..16: mins.
+    // Bytes 0..8: scales, 8..16: mins; each byte doubled by unpacking with itself.
     let v = _mm_set_epi64x(mins as i64, scales as i64);
-    let mins_paired = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(v, v));
-    (_mm256_broadcastsi128_si256(v), mins_paired)
+    let scales = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, v));
+    let mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(v, v));
+    (
+        _mm256_permute4x64_epi64::<0x44>(scales),
+        _mm256_permute4x64_epi64::<0xEE>(scales),
+        mins,
+    )
 }
 
 /// The integer sums of a Q4_K or Q5_K block, spread over 8 i32 lanes each:
@@ -503,9 +633,9 @@ fn nibbles(q: __m256i) -> (__m256i, __m256i) {
     )
 }
 
-/// The block loop shared by Q4_K and Q5_K. `values` turns the `j`-th 32 bytes of `qs`
+/// The block body shared by Q4_K and Q5_K. `values` turns the `j`-th 32 bytes of `qs`
 /// (called for j = 0, 1, 2, 3 in order) into the unsigned values of sub-blocks `2j` and
-/// `2j + 1`.
+/// `2j + 1`, at most 31.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn k4_block(
@@ -514,27 +644,31 @@ fn k4_block(
     b: &BlockQ8K,
     mut values: impl FnMut(__m256i) -> (__m256i, __m256i),
 ) -> K4Sums {
-    let (scales, mins) = k4_scales_mins(packed_scales);
+    let (scales_lo, scales_hi, mins) = k4_scales_mins(packed_scales);
     // sum_j min_j * (bsums[2j] + bsums[2j + 1]).
     let summ = _mm256_madd_epi16(load_i16x16(&b.bsums), mins);
 
-    let mut sumi = _mm256_setzero_si256();
-    let mut sel = _mm256_set1_epi16(SEL_BYTE0_ZEXT);
+    // Products of each pair of sub-blocks (2j, 2j + 1): 16 i16 lanes each, at most
+    // 2 * 31 * 128 = 7936 in magnitude.
+    let mut pairs = [_mm256_setzero_si256(); 4];
     let (q4, _) = qs.as_chunks::<32>();
     let (q8, _) = b.qs.as_chunks::<32>();
-    for (q, [xl, xh]) in q4.iter().zip(q8.as_chunks::<2>().0) {
+    for ((pair, q), [xl, xh]) in pairs.iter_mut().zip(q4).zip(q8.as_chunks::<2>().0) {
         let (lo, hi) = values(load_u8x32(q));
         let pl = _mm256_maddubs_epi16(lo, load_i8x32(xl));
         let ph = _mm256_maddubs_epi16(hi, load_i8x32(xh));
-        // Scales of sub-blocks 2j and 2j + 1, as i16 in every lane.
-        let sl = _mm256_shuffle_epi8(scales, sel);
-        let sh = _mm256_shuffle_epi8(scales, _mm256_add_epi16(sel, _mm256_set1_epi16(1)));
-        sumi = _mm256_add_epi32(
-            sumi,
-            _mm256_add_epi32(_mm256_madd_epi16(pl, sl), _mm256_madd_epi16(ph, sh)),
-        );
-        sel = _mm256_add_epi16(sel, _mm256_set1_epi16(2));
+        // Dwords [2j, 2j + 1, 2j, 2j + 1] per 128-bit lane, sums of two lanes.
+        *pair = zip_add_epi16(pl, ph);
     }
+    // Dwords [0, 1, 2, 3] and [4, 5, 6, 7] (sub-blocks), sums of four lanes: at most
+    // 31744, still i16. One `vpmaddwd` applies four sub-blocks' scales.
+    let [p01, p23, p45, p67] = pairs;
+    let s0123 = zip_add_epi16_64(p01, p23);
+    let s4567 = zip_add_epi16_64(p45, p67);
+    let sumi = _mm256_add_epi32(
+        _mm256_madd_epi16(s0123, scales_lo),
+        _mm256_madd_epi16(s4567, scales_hi),
+    );
     K4Sums { sumi, summ }
 }
 
@@ -578,7 +712,9 @@ fn dot_k4<W>(
     // Flips the sign of the upper four lanes: the mins are subtracted.
     let negate_hi = _mm256_setr_ps(0.0, 0.0, 0.0, 0.0, -0.0, -0.0, -0.0, -0.0);
     let mut acc = _mm256_setzero_ps();
-    for ([a0, a1, a2, a3], [b0, b1, b2, b3]) in w4.iter().zip(x4) {
+    for (a, b) in w4.iter().zip(x4) {
+        prefetch_ahead(a, size_of::<[W; 4]>());
+        let ([a0, a1, a2, a3], [b0, b1, b2, b3]) = (a, b);
         let [s0, s1, s2, s3] = [block(a0, b0), block(a1, b1), block(a2, b2), block(a3, b3)];
         // Lanes 0..4: the blocks' sumi, lanes 4..8: their summ.
         let sums = transpose_sum8([
@@ -619,30 +755,36 @@ pub(crate) unsafe fn dot_q5_k(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
     dot_k4(w, x, |a| (a.d, a.dmin), |a, b| q5_k_block(a, b))
 }
 
+/// Q6_K: `vpshufb` controls that arrange the 16 scale bytes for half `h` of a block as
+/// `[s0, s0, s2, s2, s4, s4, s6, s6, s1, s1, s3, s3, s5, s5, s7, s7]` (relative to `8h`):
+/// once sign-extended to i16, the even sub-blocks' scales fill the low 128-bit lane and
+/// the odd ones the high lane, each repeated to fill a dword.
+const Q6K_SCALE_ORDER: [[i8; 16]; 2] = [
+    [0, 0, 2, 2, 4, 4, 6, 6, 1, 1, 3, 3, 5, 5, 7, 7],
+    [8, 8, 10, 10, 12, 12, 14, 14, 9, 9, 11, 11, 13, 13, 15, 15],
+];
+
 /// `sum_j scale_j * sum((q - 32) * x)` of a Q6_K block, spread over 8 i32 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn q6_k_block(a: &BlockQ6K, b: &BlockQ8K) -> __m256i {
     let low4 = splat_u8(0x0F);
     let bits45 = splat_u8(0x30);
-    // Scales 0..8 in the low 128-bit lane, 8..16 in the high one.
-    let scales = _mm256_cvtepi8_epi16(load_i8x16(&a.scales));
+    let scale_bytes = load_i8x16(&a.scales);
     // The -32 offset: sum_j scale_j * 32 * bsums[j], subtracted at the end.
-    let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(scales, load_i16x16(&b.bsums)));
+    let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(
+        _mm256_cvtepi8_epi16(scale_bytes),
+        load_i16x16(&b.bsums),
+    ));
 
     let mut sumi = _mm256_setzero_si256();
     let (ql, _) = a.ql.as_chunks::<32>();
     let (ql, _) = ql.as_chunks::<2>();
     let (qh, _) = a.qh.as_chunks::<32>();
     let (q8, _) = b.qs.as_chunks::<128>();
-    // Each half block: 128 values, sub-blocks 8h..8h + 8. The eight scales of the half are
-    // copied into both lanes; value vector k covers sub-block 8h + 2k in its low lane and
-    // 8h + 2k + 1 in its high lane, so its scale selector picks index 2k low, 2k + 1 high.
-    let halves = [
-        _mm256_permute4x64_epi64::<0x44>(scales),
-        _mm256_permute4x64_epi64::<0xEE>(scales),
-    ];
-    for ((([l0, l1], qh), x), scales) in ql.iter().zip(qh).zip(q8).zip(halves) {
+    // Each half block: 128 values, sub-blocks 8h..8h + 8. Value vector k covers sub-block
+    // 8h + 2k in its low 128-bit lane and 8h + 2k + 1 in its high lane.
+    for ((([l0, l1], qh), x), order) in ql.iter().zip(qh).zip(q8).zip(&Q6K_SCALE_ORDER) {
         let (l0, l1) = (load_u8x32(l0), load_u8x32(l1));
         let h = load_u8x32(qh);
         // Values 0..63: element l of each quarter is its ql nibble plus two qh bits.
@@ -664,16 +806,24 @@ fn q6_k_block(a: &BlockQ6K, b: &BlockQ8K) -> __m256i {
                 _mm256_and_si256(_mm256_srli_epi16::<2>(h), bits45),
             ),
         ];
-        let mut sel = _mm256_set_m128i(
-            _mm_set1_epi16(SEL_EVEN + SEL_NEXT),
-            _mm_set1_epi16(SEL_EVEN),
-        );
-        for (q, x) in q.into_iter().zip(x.as_chunks::<32>().0) {
-            let p = _mm256_maddubs_epi16(q, load_i8x32(x));
-            let s = _mm256_shuffle_epi8(scales, sel);
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
-            sel = _mm256_add_epi16(sel, _mm256_set1_epi16(SEL_STEP));
+        let mut p = [_mm256_setzero_si256(); 4];
+        for ((p, q), x) in p.iter_mut().zip(q).zip(x.as_chunks::<32>().0) {
+            // At most 2 * 63 * 128 = 16128 in magnitude.
+            *p = _mm256_maddubs_epi16(q, load_i8x32(x));
         }
+        // Scale dwords: [s0, s2, s4, s6] low lane, [s1, s3, s5, s7] high lane.
+        let scales = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scale_bytes, load_i8x16(order)));
+        // Sums of two lanes (within +-32256, still i16) of vectors 0 and 1 as dwords
+        // [0, 1, 0, 1]: sub-blocks (0, 2, 0, 2) low, (1, 3, 1, 3) high; likewise vectors 2
+        // and 3 with sub-blocks 4..8. One `vpmaddwd` applies four scales.
+        let [p0, p1, p2, p3] = p;
+        sumi = _mm256_add_epi32(
+            sumi,
+            _mm256_add_epi32(
+                _mm256_madd_epi16(zip_add_epi16(p0, p1), _mm256_shuffle_epi32::<0x44>(scales)),
+                _mm256_madd_epi16(zip_add_epi16(p2, p3), _mm256_shuffle_epi32::<0xEE>(scales)),
+            ),
+        );
     }
     _mm256_sub_epi32(sumi, offset)
 }
@@ -685,7 +835,9 @@ pub(crate) unsafe fn dot_q6_k(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
     let (w4, w_rest) = w.as_chunks::<4>();
     let (x4, x_rest) = x.as_chunks::<4>();
     let mut acc = _mm_setzero_ps();
-    for ([a0, a1, a2, a3], [b0, b1, b2, b3]) in w4.iter().zip(x4) {
+    for (a, b) in w4.iter().zip(x4) {
+        prefetch_ahead(a, size_of::<[BlockQ6K; 4]>());
+        let ([a0, a1, a2, a3], [b0, b1, b2, b3]) = (a, b);
         let sums = transpose_sum4([
             q6_k_block(a0, b0),
             q6_k_block(a1, b1),
@@ -895,11 +1047,14 @@ mod tests {
                 *b = state as u8;
             }
             // SAFETY: the CPU has the features (checked above).
-            let (scales, mins) = unsafe { k4_scales_mins_to_arrays(&packed) };
+            let [lo, hi, mins] = unsafe { k4_scales_mins_to_arrays(&packed) };
             for j in 0..8 {
                 let (sc, mn) = scale_min_k4(j, &packed);
-                assert_eq!(scales[j], sc);
-                assert_eq!(scales[j + 16], sc, "high lane copy");
+                let scales = if j < 4 { &lo } else { &hi };
+                for lane in [0, 8] {
+                    assert_eq!(scales[lane + 2 * (j % 4)], i16::from(sc), "scale {j}");
+                    assert_eq!(scales[lane + 2 * (j % 4) + 1], i16::from(sc), "scale {j}");
+                }
                 assert_eq!(mins[2 * j], i16::from(mn));
                 assert_eq!(mins[2 * j + 1], i16::from(mn));
             }
@@ -907,13 +1062,10 @@ mod tests {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn k4_scales_mins_to_arrays(packed: &[u8; K_SCALE_SIZE]) -> ([u8; 32], [i16; 16]) {
-        let (s, m) = k4_scales_mins(packed);
-        // SAFETY: a 256-bit vector is 32 bytes, and every bit pattern is a valid u8.
-        let s = unsafe { core::mem::transmute::<__m256i, [u8; 32]>(s) };
-        // SAFETY: as above, 16 i16.
-        let m = unsafe { core::mem::transmute::<__m256i, [i16; 16]>(m) };
-        (s, m)
+    fn k4_scales_mins_to_arrays(packed: &[u8; K_SCALE_SIZE]) -> [[i16; 16]; 3] {
+        let (lo, hi, mins) = k4_scales_mins(packed);
+        // SAFETY: a 256-bit vector is 16 i16, and every bit pattern is a valid i16.
+        [lo, hi, mins].map(|v| unsafe { core::mem::transmute::<__m256i, [i16; 16]>(v) })
     }
 
     /// One block among zero blocks, with the largest scales and lanes whose partial sums
