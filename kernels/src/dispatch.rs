@@ -127,6 +127,11 @@ pub enum DispatchError {
     },
 }
 
+/// A matrix–matrix kernel: `out[r * nt + t] = dot(w row r, x row t)` for the
+/// `nr = w.len() / bpr` weight rows and `nt = x.len() / bpr` activation rows, each `bpr`
+/// blocks long. Paths without one use their dot product for every pair.
+pub(crate) type GemmFn<W, A> = unsafe fn(&[W], &[A], usize, &mut [f32]);
+
 /// One path's functions. The pointers are `unsafe fn` because the SIMD ones require CPU
 /// features; [`Kernels::new`] only builds a table whose features are present.
 #[derive(Clone, Copy)]
@@ -141,6 +146,11 @@ struct Table {
     dot_q6_k: unsafe fn(&[BlockQ6K], &[BlockQ8K]) -> f32,
     quantize_q8_0: unsafe fn(&[f32], &mut [BlockQ8_0]),
     quantize_q8_k: unsafe fn(&[f32], &mut [BlockQ8K]),
+    gemm_q8_0: Option<GemmFn<BlockQ8_0, BlockQ8_0>>,
+    gemm_q4_0: Option<GemmFn<BlockQ4_0, BlockQ8_0>>,
+    gemm_q4_k: Option<GemmFn<BlockQ4K, BlockQ8K>>,
+    gemm_q5_k: Option<GemmFn<BlockQ5K, BlockQ8K>>,
+    gemm_q6_k: Option<GemmFn<BlockQ6K, BlockQ8K>>,
     axpy_f16: unsafe fn(f32, &[f16], &mut [f32]),
     axpy_q8_0: unsafe fn(f32, &[BlockQ8_0], &mut [f32]),
     rmsnorm: unsafe fn(&[f32], &[f32], f32, &mut [f32]),
@@ -159,6 +169,11 @@ const SCALAR: Table = Table {
     dot_q6_k: scalar::dot_q6_k,
     quantize_q8_0: scalar::quantize_q8_0,
     quantize_q8_k: scalar::quantize_q8_k,
+    gemm_q8_0: None,
+    gemm_q4_0: None,
+    gemm_q4_k: None,
+    gemm_q5_k: None,
+    gemm_q6_k: None,
     axpy_f16: scalar::axpy_f16,
     axpy_q8_0: scalar::axpy_q8_0,
     rmsnorm: ops::reference::rmsnorm,
@@ -180,6 +195,11 @@ const AVX2: Table = {
         dot_q6_k: avx2::dot_q6_k,
         quantize_q8_0: avx2::quantize_q8_0,
         quantize_q8_k: avx2::quantize_q8_k,
+        gemm_q8_0: None,
+        gemm_q4_0: None,
+        gemm_q4_k: None,
+        gemm_q5_k: None,
+        gemm_q6_k: None,
         axpy_f16: ops::avx2::axpy_f16,
         axpy_q8_0: ops::avx2::axpy_q8_0,
         rmsnorm: ops::avx2::rmsnorm,
@@ -202,6 +222,11 @@ const NEON: Table = {
         dot_q6_k: neon::dot_q6_k,
         quantize_q8_0: neon::quantize_q8_0,
         quantize_q8_k: neon::quantize_q8_k,
+        gemm_q8_0: None,
+        gemm_q4_0: None,
+        gemm_q4_k: None,
+        gemm_q5_k: None,
+        gemm_q6_k: None,
         axpy_f16: ops::fast::axpy_f16,
         axpy_q8_0: ops::fast::axpy_q8_0,
         rmsnorm: ops::fast::rmsnorm,
@@ -411,6 +436,66 @@ impl Kernels {
         unsafe { (self.table.dot_q6_k)(w, x) }
     }
 
+    /// `out[r * nt + t] = dot(w row r, x row t)` over F32 rows of `bpr` values.
+    pub fn gemm_f32(&self, w: &[f32], x: &[f32], bpr: usize, out: &mut [f32]) {
+        gemm_by_dots(w, x, bpr, out, |a, b| self.dot_f32(a, b))
+    }
+
+    /// The same over F16 weight rows.
+    pub fn gemm_f16(&self, w: &[f16], x: &[f32], bpr: usize, out: &mut [f32]) {
+        gemm_by_dots(w, x, bpr, out, |a, b| self.dot_f16(a, b))
+    }
+
+    /// The same over BF16 weight rows.
+    pub fn gemm_bf16(&self, w: &[bf16], x: &[f32], bpr: usize, out: &mut [f32]) {
+        gemm_by_dots(w, x, bpr, out, |a, b| self.dot_bf16(a, b))
+    }
+
+    /// The same over Q8_0 rows of `bpr` blocks.
+    pub fn gemm_q8_0(&self, w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+        match self.table.gemm_q8_0 {
+            // SAFETY: see the impl comment; `gemm_shape` checks the lengths.
+            Some(f) if gemm_shape(w.len(), x.len(), bpr, out.len()) => unsafe { f(w, x, bpr, out) },
+            _ => gemm_by_dots(w, x, bpr, out, |a, b| self.dot_q8_0(a, b)),
+        }
+    }
+
+    /// The same over Q4_0 weight rows.
+    pub fn gemm_q4_0(&self, w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+        match self.table.gemm_q4_0 {
+            // SAFETY: see the impl comment; `gemm_shape` checks the lengths.
+            Some(f) if gemm_shape(w.len(), x.len(), bpr, out.len()) => unsafe { f(w, x, bpr, out) },
+            _ => gemm_by_dots(w, x, bpr, out, |a, b| self.dot_q4_0(a, b)),
+        }
+    }
+
+    /// The same over Q4_K weight rows.
+    pub fn gemm_q4_k(&self, w: &[BlockQ4K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+        match self.table.gemm_q4_k {
+            // SAFETY: see the impl comment; `gemm_shape` checks the lengths.
+            Some(f) if gemm_shape(w.len(), x.len(), bpr, out.len()) => unsafe { f(w, x, bpr, out) },
+            _ => gemm_by_dots(w, x, bpr, out, |a, b| self.dot_q4_k(a, b)),
+        }
+    }
+
+    /// The same over Q5_K weight rows.
+    pub fn gemm_q5_k(&self, w: &[BlockQ5K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+        match self.table.gemm_q5_k {
+            // SAFETY: see the impl comment; `gemm_shape` checks the lengths.
+            Some(f) if gemm_shape(w.len(), x.len(), bpr, out.len()) => unsafe { f(w, x, bpr, out) },
+            _ => gemm_by_dots(w, x, bpr, out, |a, b| self.dot_q5_k(a, b)),
+        }
+    }
+
+    /// The same over Q6_K weight rows.
+    pub fn gemm_q6_k(&self, w: &[BlockQ6K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+        match self.table.gemm_q6_k {
+            // SAFETY: see the impl comment; `gemm_shape` checks the lengths.
+            Some(f) if gemm_shape(w.len(), x.len(), bpr, out.len()) => unsafe { f(w, x, bpr, out) },
+            _ => gemm_by_dots(w, x, bpr, out, |a, b| self.dot_q6_k(a, b)),
+        }
+    }
+
     /// Quantizes activations to Q8_0 (`x.len() == 32 * y.len()`).
     #[inline]
     pub fn quantize_q8_0(&self, x: &[f32], y: &mut [BlockQ8_0]) {
@@ -464,6 +549,33 @@ impl Kernels {
         assert_eq!(gate.len(), up.len());
         // SAFETY: see the impl comment.
         unsafe { (self.table.silu_mul)(gate, up) }
+    }
+}
+
+/// Whether `w` and `x` are whole rows of `bpr` blocks and `out` holds one value per pair.
+/// Panics otherwise: a caller passing mismatched buffers is a bug, as for the dots.
+fn gemm_shape(w: usize, x: usize, bpr: usize, out: usize) -> bool {
+    assert!(
+        bpr > 0 && w.is_multiple_of(bpr) && x.is_multiple_of(bpr) && out == (w / bpr) * (x / bpr),
+        "gemm: {w} and {x} blocks are not whole rows of {bpr} with {out} outputs"
+    );
+    true
+}
+
+/// The reference matrix–matrix product: one dot product per (row, token) pair.
+fn gemm_by_dots<W, A>(
+    w: &[W],
+    x: &[A],
+    bpr: usize,
+    out: &mut [f32],
+    dot: impl Fn(&[W], &[A]) -> f32,
+) {
+    gemm_shape(w.len(), x.len(), bpr, out.len());
+    let nt = x.len() / bpr;
+    for (r, wr) in w.chunks_exact(bpr).enumerate() {
+        for (t, xt) in x.chunks_exact(bpr).enumerate() {
+            out[r * nt + t] = dot(wr, xt);
+        }
     }
 }
 

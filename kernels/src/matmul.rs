@@ -216,53 +216,77 @@ impl Activations {
     }
 }
 
-/// Rows per chunk: small enough to balance threads and to keep a chunk of weights in cache
-/// across tokens, large enough that claiming chunks costs nothing.
-fn chunk_rows(rows: usize, threads: usize, tokens: usize) -> usize {
-    if tokens > 1 {
-        16
-    } else {
-        (rows / (threads * 8)).clamp(16, 4096)
-    }
+/// Rows per chunk of a multi-token product: each chunk of weights stays in cache while
+/// every token passes over it.
+pub const GEMM_TILE_ROWS: usize = 16;
+/// Tokens per call of a matrix–matrix kernel (its output tile lives on the stack).
+pub const GEMM_TILE_TOKENS: usize = 64;
+
+/// Rows per chunk of a single-token product: enough chunks to balance the threads (and
+/// the big and little cores), few enough that claiming them costs nothing.
+fn matvec_chunk_rows(rows: usize, threads: usize) -> usize {
+    (rows / (threads * 8)).clamp(16, 4096)
 }
 
-/// The generic row loop: `y[t * rows + r] = dot(w row r, x row t)`.
+/// The row loop. One token: `y[r] = dot(W[r], x)` over chunks of rows. Several tokens:
+/// for each chunk of [`GEMM_TILE_ROWS`] rows and group of up to [`GEMM_TILE_TOKENS`]
+/// tokens, one matrix–matrix kernel call fills a tile, scattered to `y[t * rows + r]`.
 #[allow(clippy::too_many_arguments)]
 fn product<W: Sync, A: Sync>(
     pool: &ThreadPool,
     w: &[W],
-    w_per_row: usize,
+    bpr: usize,
     rows: usize,
     x: &[A],
-    x_per_row: usize,
     tokens: usize,
     y: &mut [f32],
     dot: impl Fn(&[W], &[A]) -> f32 + Sync,
+    gemm: impl Fn(&[W], &[A], usize, &mut [f32]) + Sync,
 ) {
     assert_eq!(
         y.len(),
         rows * tokens,
         "output must hold tokens x rows values"
     );
-    let chunk = chunk_rows(rows, pool.threads(), tokens);
+    let chunk = if tokens == 1 {
+        matvec_chunk_rows(rows, pool.threads())
+    } else {
+        GEMM_TILE_ROWS
+    };
     let n_chunks = rows.div_ceil(chunk);
     let next = AtomicUsize::new(0);
     let out = SharedMut::new(y);
     pool.run(|_, _| {
+        let mut tile = [0f32; GEMM_TILE_ROWS * GEMM_TILE_TOKENS];
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
             if c >= n_chunks {
                 break;
             }
-            let rows_here = c * chunk..((c + 1) * chunk).min(rows);
-            for t in 0..tokens {
-                let xt = &x[t * x_per_row..(t + 1) * x_per_row];
-                // SAFETY: chunk `c` was claimed by this thread alone (fetch_add), and the
-                // outputs `t * rows + r` for `r` in chunk `c` belong to no other chunk.
-                let y_t =
-                    unsafe { out.range_mut(t * rows + rows_here.start..t * rows + rows_here.end) };
-                for (r, o) in rows_here.clone().zip(y_t) {
-                    *o = dot(&w[r * w_per_row..(r + 1) * w_per_row], xt);
+            let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
+            let wc = &w[r0 * bpr..r1 * bpr];
+            if tokens == 1 {
+                // SAFETY: chunk `c` was claimed by this thread alone (fetch_add), and outputs
+                // `r0..r1` belong to no other chunk.
+                let yc = unsafe { out.range_mut(r0..r1) };
+                for (o, wr) in yc.iter_mut().zip(wc.chunks_exact(bpr)) {
+                    *o = dot(wr, &x[..bpr]);
+                }
+                continue;
+            }
+            let nr = r1 - r0;
+            for t0 in (0..tokens).step_by(GEMM_TILE_TOKENS) {
+                let nt = GEMM_TILE_TOKENS.min(tokens - t0);
+                let tile = &mut tile[..nr * nt];
+                gemm(wc, &x[t0 * bpr..(t0 + nt) * bpr], bpr, tile);
+                for t in 0..nt {
+                    let at = (t0 + t) * rows;
+                    // SAFETY: as above: outputs `t * rows + r0..t * rows + r1` belong to
+                    // chunk `c` only.
+                    let y_t = unsafe { out.range_mut(at + r0..at + r1) };
+                    for (r, o) in y_t.iter_mut().enumerate() {
+                        *o = tile[r * nt + t];
+                    }
                 }
             }
         }
@@ -292,18 +316,97 @@ pub fn matmul(
     );
     let k = kernels;
     let (rows, n) = (w.rows, x.len);
-    let xb = x.cols / x.format.block_elems();
     let wb = w.cols / w.weights.ggml_type().block_elems();
     let (f32s, q8_0, q8k) = (&x.f32s[..], &x.q8_0[..], &x.q8k[..]);
     match w.weights {
-        Weights::F32(ws) => product(pool, ws, wb, rows, f32s, xb, n, y, |a, b| k.dot_f32(a, b)),
-        Weights::F16(ws) => product(pool, ws, wb, rows, f32s, xb, n, y, |a, b| k.dot_f16(a, b)),
-        Weights::BF16(ws) => product(pool, ws, wb, rows, f32s, xb, n, y, |a, b| k.dot_bf16(a, b)),
-        Weights::Q8_0(ws) => product(pool, ws, wb, rows, q8_0, xb, n, y, |a, b| k.dot_q8_0(a, b)),
-        Weights::Q4_0(ws) => product(pool, ws, wb, rows, q8_0, xb, n, y, |a, b| k.dot_q4_0(a, b)),
-        Weights::Q4K(ws) => product(pool, ws, wb, rows, q8k, xb, n, y, |a, b| k.dot_q4_k(a, b)),
-        Weights::Q5K(ws) => product(pool, ws, wb, rows, q8k, xb, n, y, |a, b| k.dot_q5_k(a, b)),
-        Weights::Q6K(ws) => product(pool, ws, wb, rows, q8k, xb, n, y, |a, b| k.dot_q6_k(a, b)),
+        Weights::F32(ws) => product(
+            pool,
+            ws,
+            wb,
+            rows,
+            f32s,
+            n,
+            y,
+            |a, b| k.dot_f32(a, b),
+            |a, b, p, o| k.gemm_f32(a, b, p, o),
+        ),
+        Weights::F16(ws) => product(
+            pool,
+            ws,
+            wb,
+            rows,
+            f32s,
+            n,
+            y,
+            |a, b| k.dot_f16(a, b),
+            |a, b, p, o| k.gemm_f16(a, b, p, o),
+        ),
+        Weights::BF16(ws) => product(
+            pool,
+            ws,
+            wb,
+            rows,
+            f32s,
+            n,
+            y,
+            |a, b| k.dot_bf16(a, b),
+            |a, b, p, o| k.gemm_bf16(a, b, p, o),
+        ),
+        Weights::Q8_0(ws) => product(
+            pool,
+            ws,
+            wb,
+            rows,
+            q8_0,
+            n,
+            y,
+            |a, b| k.dot_q8_0(a, b),
+            |a, b, p, o| k.gemm_q8_0(a, b, p, o),
+        ),
+        Weights::Q4_0(ws) => product(
+            pool,
+            ws,
+            wb,
+            rows,
+            q8_0,
+            n,
+            y,
+            |a, b| k.dot_q4_0(a, b),
+            |a, b, p, o| k.gemm_q4_0(a, b, p, o),
+        ),
+        Weights::Q4K(ws) => product(
+            pool,
+            ws,
+            wb,
+            rows,
+            q8k,
+            n,
+            y,
+            |a, b| k.dot_q4_k(a, b),
+            |a, b, p, o| k.gemm_q4_k(a, b, p, o),
+        ),
+        Weights::Q5K(ws) => product(
+            pool,
+            ws,
+            wb,
+            rows,
+            q8k,
+            n,
+            y,
+            |a, b| k.dot_q5_k(a, b),
+            |a, b, p, o| k.gemm_q5_k(a, b, p, o),
+        ),
+        Weights::Q6K(ws) => product(
+            pool,
+            ws,
+            wb,
+            rows,
+            q8k,
+            n,
+            y,
+            |a, b| k.dot_q6_k(a, b),
+            |a, b, p, o| k.gemm_q6_k(a, b, p, o),
+        ),
     }
 }
 

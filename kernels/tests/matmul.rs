@@ -1,10 +1,13 @@
-//! Matrix products over the thread pool: every output equals the single-row dot product of
-//! the same kernels bit for bit, whatever the thread count, chunking and number of tokens;
-//! and the products agree with an f64 evaluation of the dequantized operands.
+//! Matrix products over the thread pool: whatever the thread count and chunking, a
+//! one-token product equals the single-row dot products bit for bit, and a multi-token
+//! product equals the matrix–matrix kernel applied to each of its tiles; and all products
+//! agree with an f64 evaluation of the dequantized operands.
 
 use spillway_kernels::dispatch::{KernelPath, Kernels};
 use spillway_kernels::formats::*;
-use spillway_kernels::matmul::{ActFormat, Activations, Matrix, matmul, matvec};
+use spillway_kernels::matmul::{
+    ActFormat, Activations, GEMM_TILE_ROWS, GEMM_TILE_TOKENS, Matrix, matmul, matvec,
+};
 use spillway_kernels::pool::{PoolConfig, ThreadPool};
 
 struct Rng(u64);
@@ -33,6 +36,38 @@ const TYPES: [GgmlType; 8] = [
     GgmlType::Q5_K,
     GgmlType::Q6_K,
 ];
+
+/// The value a multi-token product must hold at (row r, token t): the matrix–matrix kernel
+/// applied to the tile containing it, exactly as the product tiles rows and tokens.
+fn tile_value(k: &Kernels, w: &Matrix<'_>, r: usize, t: usize, xf: &[f32], tokens: usize) -> f32 {
+    let cols = w.cols();
+    let (r0, t0) = (
+        r / GEMM_TILE_ROWS * GEMM_TILE_ROWS,
+        t / GEMM_TILE_TOKENS * GEMM_TILE_TOKENS,
+    );
+    let nr = GEMM_TILE_ROWS.min(w.rows() - r0);
+    let nt = GEMM_TILE_TOKENS.min(tokens - t0);
+    let mut x = Activations::new(w.act_format(), cols, nt);
+    x.set(k, &xf[t0 * cols..(t0 + nt) * cols]);
+    let mut y = vec![0.0; nr * nt];
+    let rows: Vec<Matrix<'_>> = (r0..r0 + nr).map(|i| w.row(i)).collect();
+    // Reassemble the tile's rows as one matrix and multiply with a one-thread pool: the
+    // product then makes exactly one kernel call for the tile.
+    let bytes: Vec<u8> = rows
+        .iter()
+        .flat_map(|m| m.weights().as_bytes().to_vec())
+        .collect();
+    let aligned = spillway_kernels::probe::AlignedBytes::copy_of(&bytes);
+    let tile = Matrix::new(
+        Weights::from_bytes(w.weights().ggml_type(), aligned.bytes()).unwrap(),
+        nr,
+        cols,
+    )
+    .unwrap();
+    let single = ThreadPool::new(PoolConfig::with_threads(1)).unwrap();
+    matmul(&single, k, &tile, &x, &mut y);
+    y[(t - t0) * nr + (r - r0)]
+}
 
 /// One row's dot product through the kernels' single-row entry points.
 fn row_dot(k: &Kernels, w: &Matrix<'_>, r: usize, x: &Activations, t: usize, xf: &[f32]) -> f32 {
@@ -71,7 +106,11 @@ fn products_equal_row_dots_for_any_threads_and_tokens() {
                 matmul(&pool, &k, &w, &x, &mut y);
                 for t in 0..tokens {
                     for r in [0, rows / 2, rows - 1] {
-                        let want = row_dot(&k, &w, r, &x, t, &xf);
+                        let want = if tokens == 1 {
+                            row_dot(&k, &w, r, &x, t, &xf)
+                        } else {
+                            tile_value(&k, &w, r, t, &xf, tokens)
+                        };
                         assert_eq!(
                             y[t * rows + r].to_bits(),
                             want.to_bits(),

@@ -12,6 +12,7 @@
 //! | Q4_K/Q5_K · Q8_K | 1e-5 x sum over blocks of (abs(d d_x sumi) + abs(dmin d_x summins)) |
 //! | Q6_K · Q8_K | 1e-5 x sum over blocks of abs(d d_x sumi) |
 //! | activation quantizers | scales within 1 ulp of f16/f32, each quant within 1 |
+//! | matrix–matrix kernels | each (row, token) output: its format's dot budget above |
 //! | rmsnorm, softmax, silu_mul | see `ops` below |
 //!
 //! Set `SPILLWAY_EXPECT_PATH` to assert which path the dispatcher picks (the qemu runs use
@@ -178,7 +179,12 @@ fn isum(a: &[i8], b: &[i8]) -> i32 {
 
 fn check_q4_0(k: &Kernels, blocks: &[(BlockQ4_0, BlockQ8_0)]) {
     let (w, x): (Vec<_>, Vec<_>) = blocks.iter().copied().unzip();
-    let got = k.dot_q4_0(&w, &x);
+    verify_q4_0(k.path(), &w, &x, k.dot_q4_0(&w, &x));
+}
+
+/// Holds `got`, a path's value for the pair of rows `w`, `x`, to the scalar dot.
+fn verify_q4_0(path: KernelPath, w: &[BlockQ4_0], x: &[BlockQ8_0], got: f32) {
+    let blocks: Vec<(BlockQ4_0, BlockQ8_0)> = w.iter().copied().zip(x.iter().copied()).collect();
     let want = Kernels::scalar().dot_q4_0(&w, &x);
     let mag = mag_q8_0_like(
         &blocks
@@ -198,12 +204,17 @@ fn check_q4_0(k: &Kernels, blocks: &[(BlockQ4_0, BlockQ8_0)]) {
             })
             .collect::<Vec<_>>(),
     );
-    close(k.path(), "Q4_0·Q8_0", got, want, mag, 1e-5);
+    close(path, "Q4_0·Q8_0", got, want, mag, 1e-5);
 }
 
 fn check_q8_0(k: &Kernels, blocks: &[(BlockQ8_0, BlockQ8_0)]) {
     let (w, x): (Vec<_>, Vec<_>) = blocks.iter().copied().unzip();
-    let got = k.dot_q8_0(&w, &x);
+    verify_q8_0(k.path(), &w, &x, k.dot_q8_0(&w, &x));
+}
+
+/// Holds `got`, a path's value for the pair of rows `w`, `x`, to the scalar dot.
+fn verify_q8_0(path: KernelPath, w: &[BlockQ8_0], x: &[BlockQ8_0], got: f32) {
+    let blocks: Vec<(BlockQ8_0, BlockQ8_0)> = w.iter().copied().zip(x.iter().copied()).collect();
     let want = Kernels::scalar().dot_q8_0(&w, &x);
     let mag = mag_q8_0_like(
         &blocks
@@ -211,7 +222,7 @@ fn check_q8_0(k: &Kernels, blocks: &[(BlockQ8_0, BlockQ8_0)]) {
             .map(|(a, b)| (a.d.to_f32() * b.d.to_f32(), isum(&a.qs, &b.qs)))
             .collect::<Vec<_>>(),
     );
-    close(k.path(), "Q8_0·Q8_0", got, want, mag, 1e-5);
+    close(path, "Q8_0·Q8_0", got, want, mag, 1e-5);
 }
 
 /// Magnitude of the two halves of a k4 (Q4_K/Q5_K) dot: values `v` (0..31) per element.
@@ -231,7 +242,12 @@ fn mag_k4(d: f16, dmin: f16, scales: &[u8; 12], v: &[i8; 256], b: &BlockQ8K) -> 
 
 fn check_q4_k(k: &Kernels, blocks: &[(BlockQ4K, BlockQ8K)]) {
     let (w, x): (Vec<_>, Vec<_>) = blocks.iter().copied().unzip();
-    let got = k.dot_q4_k(&w, &x);
+    verify_q4_k(k.path(), &w, &x, k.dot_q4_k(&w, &x));
+}
+
+/// Holds `got`, a path's value for the pair of rows `w`, `x`, to the scalar dot.
+fn verify_q4_k(path: KernelPath, w: &[BlockQ4K], x: &[BlockQ8K], got: f32) {
+    let blocks: Vec<(BlockQ4K, BlockQ8K)> = w.iter().copied().zip(x.iter().copied()).collect();
     let want = Kernels::scalar().dot_q4_k(&w, &x);
     let mag: f64 = blocks
         .iter()
@@ -246,12 +262,17 @@ fn check_q4_k(k: &Kernels, blocks: &[(BlockQ4K, BlockQ8K)]) {
             mag_k4(a.d, a.dmin, &a.scales, &v, b)
         })
         .sum();
-    close(k.path(), "Q4_K·Q8_K", got, want, mag, 1e-5);
+    close(path, "Q4_K·Q8_K", got, want, mag, 1e-5);
 }
 
 fn check_q5_k(k: &Kernels, blocks: &[(BlockQ5K, BlockQ8K)]) {
     let (w, x): (Vec<_>, Vec<_>) = blocks.iter().copied().unzip();
-    let got = k.dot_q5_k(&w, &x);
+    verify_q5_k(k.path(), &w, &x, k.dot_q5_k(&w, &x));
+}
+
+/// Holds `got`, a path's value for the pair of rows `w`, `x`, to the scalar dot.
+fn verify_q5_k(path: KernelPath, w: &[BlockQ5K], x: &[BlockQ8K], got: f32) {
+    let blocks: Vec<(BlockQ5K, BlockQ8K)> = w.iter().copied().zip(x.iter().copied()).collect();
     let want = Kernels::scalar().dot_q5_k(&w, &x);
     let mag: f64 = blocks
         .iter()
@@ -270,12 +291,17 @@ fn check_q5_k(k: &Kernels, blocks: &[(BlockQ5K, BlockQ8K)]) {
             mag_k4(a.d, a.dmin, &a.scales, &v, b)
         })
         .sum();
-    close(k.path(), "Q5_K·Q8_K", got, want, mag, 1e-5);
+    close(path, "Q5_K·Q8_K", got, want, mag, 1e-5);
 }
 
 fn check_q6_k(k: &Kernels, blocks: &[(BlockQ6K, BlockQ8K)]) {
     let (w, x): (Vec<_>, Vec<_>) = blocks.iter().copied().unzip();
-    let got = k.dot_q6_k(&w, &x);
+    verify_q6_k(k.path(), &w, &x, k.dot_q6_k(&w, &x));
+}
+
+/// Holds `got`, a path's value for the pair of rows `w`, `x`, to the scalar dot.
+fn verify_q6_k(path: KernelPath, w: &[BlockQ6K], x: &[BlockQ8K], got: f32) {
+    let blocks: Vec<(BlockQ6K, BlockQ8K)> = w.iter().copied().zip(x.iter().copied()).collect();
     let want = Kernels::scalar().dot_q6_k(&w, &x);
     let mag: f64 = blocks
         .iter()
@@ -293,7 +319,7 @@ fn check_q6_k(k: &Kernels, blocks: &[(BlockQ6K, BlockQ8K)]) {
             (f64::from(a.d.to_f32()) * f64::from(b.d)).abs() * s
         })
         .sum();
-    close(k.path(), "Q6_K·Q8_K", got, want, mag, 1e-5);
+    close(path, "Q6_K·Q8_K", got, want, mag, 1e-5);
 }
 
 fn float_mag(w: &[f32], x: &[f32]) -> f64 {
@@ -338,8 +364,53 @@ fn check_floats(k: &Kernels, w: &[f32], x: &[f32]) {
     );
 }
 
+/// A matrix–matrix product of `nr` weight rows by `nt` activation rows of `bpr` blocks
+/// each, drawn from `pool` (a pool of (weight, activation) blocks), checked pair by pair
+/// against the scalar dot with the dot products' budgets.
+macro_rules! check_gemm {
+    ($k:expr, $pool:expr, $nr:expr, $nt:expr, $bpr:expr, $gemm:ident, $verify:ident) => {{
+        let (w, x): (Vec<_>, Vec<_>) = $pool.iter().copied().unzip();
+        let w: Vec<_> = w.iter().cycle().take($nr * $bpr).copied().collect();
+        let x: Vec<_> = x.iter().cycle().skip(1).take($nt * $bpr).copied().collect();
+        let mut out = vec![f32::NAN; $nr * $nt];
+        $k.$gemm(&w, &x, $bpr, &mut out);
+        for r in 0..$nr {
+            for t in 0..$nt {
+                $verify(
+                    $k.path(),
+                    &w[r * $bpr..(r + 1) * $bpr],
+                    &x[t * $bpr..(t + 1) * $bpr],
+                    out[r * $nt + t],
+                );
+            }
+        }
+    }};
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Matrix–matrix kernels of every path (and the dot fallback of paths without one),
+    /// for odd row and token counts around any micro-tile size.
+    #[test]
+    fn gemm(
+        p0 in pairs(q4_0_block(), q8_0_block(), 8),
+        p8 in pairs(q8_0_block(), q8_0_block(), 8),
+        pk4 in pairs(q4_k_block(), q8_k_block(), 4),
+        pk5 in pairs(q5_k_block(), q8_k_block(), 4),
+        pk6 in pairs(q6_k_block(), q8_k_block(), 4),
+        nr in 1usize..=9,
+        nt in 1usize..=7,
+        bpr in 1usize..=3,
+    ) {
+        for k in KernelPath::supported().into_iter().map(|p| Kernels::new(p).unwrap()) {
+            check_gemm!(k, p0, nr, nt, bpr, gemm_q4_0, verify_q4_0);
+            check_gemm!(k, p8, nr, nt, bpr, gemm_q8_0, verify_q8_0);
+            check_gemm!(k, pk4, nr, nt, bpr, gemm_q4_k, verify_q4_k);
+            check_gemm!(k, pk5, nr, nt, bpr, gemm_q5_k, verify_q5_k);
+            check_gemm!(k, pk6, nr, nt, bpr, gemm_q6_k, verify_q6_k);
+        }
+    }
 
     #[test]
     fn q4_0(blocks in pairs(q4_0_block(), q8_0_block(), 40)) {
