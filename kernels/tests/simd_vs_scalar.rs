@@ -185,7 +185,7 @@ fn check_q4_0(k: &Kernels, blocks: &[(BlockQ4_0, BlockQ8_0)]) {
 /// Holds `got`, a path's value for the pair of rows `w`, `x`, to the scalar dot.
 fn verify_q4_0(path: KernelPath, w: &[BlockQ4_0], x: &[BlockQ8_0], got: f32) {
     let blocks: Vec<(BlockQ4_0, BlockQ8_0)> = w.iter().copied().zip(x.iter().copied()).collect();
-    let want = Kernels::scalar().dot_q4_0(&w, &x);
+    let want = Kernels::scalar().dot_q4_0(w, x);
     let mag = mag_q8_0_like(
         &blocks
             .iter()
@@ -215,7 +215,7 @@ fn check_q8_0(k: &Kernels, blocks: &[(BlockQ8_0, BlockQ8_0)]) {
 /// Holds `got`, a path's value for the pair of rows `w`, `x`, to the scalar dot.
 fn verify_q8_0(path: KernelPath, w: &[BlockQ8_0], x: &[BlockQ8_0], got: f32) {
     let blocks: Vec<(BlockQ8_0, BlockQ8_0)> = w.iter().copied().zip(x.iter().copied()).collect();
-    let want = Kernels::scalar().dot_q8_0(&w, &x);
+    let want = Kernels::scalar().dot_q8_0(w, x);
     let mag = mag_q8_0_like(
         &blocks
             .iter()
@@ -248,7 +248,7 @@ fn check_q4_k(k: &Kernels, blocks: &[(BlockQ4K, BlockQ8K)]) {
 /// Holds `got`, a path's value for the pair of rows `w`, `x`, to the scalar dot.
 fn verify_q4_k(path: KernelPath, w: &[BlockQ4K], x: &[BlockQ8K], got: f32) {
     let blocks: Vec<(BlockQ4K, BlockQ8K)> = w.iter().copied().zip(x.iter().copied()).collect();
-    let want = Kernels::scalar().dot_q4_k(&w, &x);
+    let want = Kernels::scalar().dot_q4_k(w, x);
     let mag: f64 = blocks
         .iter()
         .map(|(a, b)| {
@@ -273,7 +273,7 @@ fn check_q5_k(k: &Kernels, blocks: &[(BlockQ5K, BlockQ8K)]) {
 /// Holds `got`, a path's value for the pair of rows `w`, `x`, to the scalar dot.
 fn verify_q5_k(path: KernelPath, w: &[BlockQ5K], x: &[BlockQ8K], got: f32) {
     let blocks: Vec<(BlockQ5K, BlockQ8K)> = w.iter().copied().zip(x.iter().copied()).collect();
-    let want = Kernels::scalar().dot_q5_k(&w, &x);
+    let want = Kernels::scalar().dot_q5_k(w, x);
     let mag: f64 = blocks
         .iter()
         .map(|(a, b)| {
@@ -302,7 +302,7 @@ fn check_q6_k(k: &Kernels, blocks: &[(BlockQ6K, BlockQ8K)]) {
 /// Holds `got`, a path's value for the pair of rows `w`, `x`, to the scalar dot.
 fn verify_q6_k(path: KernelPath, w: &[BlockQ6K], x: &[BlockQ8K], got: f32) {
     let blocks: Vec<(BlockQ6K, BlockQ8K)> = w.iter().copied().zip(x.iter().copied()).collect();
-    let want = Kernels::scalar().dot_q6_k(&w, &x);
+    let want = Kernels::scalar().dot_q6_k(w, x);
     let mag: f64 = blocks
         .iter()
         .map(|(a, b)| {
