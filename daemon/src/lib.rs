@@ -7,8 +7,12 @@
 //!
 //! - [`model`]: hyperparameters from GGUF metadata, validated against the tensors; memory
 //!   figures.
+//! - [`config`]: the TOML configuration, environment and flag overrides, validation.
 //! - [`engine`]: memory plan, session slots with prompt caching, sampling, the
 //!   generation loop with streaming and cancellation.
+//! - [`service`]: `spillway serve`, the MQTT front end (request schema, dedup, queue,
+//!   engine thread, replies, status and telemetry, shutdown).
+//! - [`monitor`]: readings of temperature and memory under a root directory.
 //! - [`synth`]: random-weight models with the real shapes, for tests and benchmarks.
 //! - [`tokenizer`]: Mistral's Tekken tokenizer (pre-tokenizer, BPE, streaming
 //!   detokenizer) and the Instruct chat format, from GGUF or `tekken.json`.
@@ -17,8 +21,11 @@
 //! GGUF reading and writing live in the `spillway-gguf` crate.
 
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod model;
+pub mod monitor;
+pub mod service;
 pub mod synth;
 pub mod tokenizer;
 pub mod units;

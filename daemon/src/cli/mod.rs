@@ -1,10 +1,12 @@
 //! Command-line interface: the argument types and one module per subcommand.
 
 mod bench;
+mod config;
 mod inspect;
 mod kernels;
 mod logits;
 mod run;
+mod serve;
 mod synth;
 mod tokenize;
 
@@ -28,6 +30,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: take prompts over MQTT, answer with streamed tokens (until SIGTERM).
+    Serve(serve::ServeArgs),
+    /// Print the commented default configuration, or check a configuration file.
+    Config(config::ConfigArgs),
     /// Report the CPU's kernel paths, self-check them against the scalar reference, and
     /// optionally measure matrix–vector bandwidth against the memory's read roofline.
     Kernels(kernels::KernelsArgs),
@@ -78,6 +84,8 @@ pub fn init_logging(verbose: u8) {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Config(args) => config::run(args),
         Command::Kernels(args) => kernels::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),

@@ -1,0 +1,103 @@
+//! `spillway serve`: load the model under its memory plan, connect to the broker, answer
+//! requests until SIGTERM or SIGINT, then stop cleanly (see [`crate::service`]).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::{Config, Overrides};
+use crate::engine::Engine;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML; `spillway config --print-default` shows every setting).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The GGUF model (model.path).
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT (mqtt.broker).
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
+    /// Device id in topics (mqtt.device; default: the hostname).
+    #[arg(long, value_name = "ID")]
+    device: Option<String>,
+    /// Compute threads (engine.threads).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Largest memory plan allowed, e.g. 3GiB (engine.ram_budget).
+    #[arg(long, value_name = "BYTES")]
+    ram_budget: Option<String>,
+    /// Requests that may wait for the engine (service.queue).
+    #[arg(long, value_name = "N")]
+    queue: Option<usize>,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            model: self.model.clone(),
+            broker: self.broker.clone(),
+            device: self.device.clone(),
+            threads: self.threads,
+            ram_budget: self.ram_budget.clone(),
+            queue: self.queue,
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM from systemd, SIGINT from a terminal).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can only run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    config.apply(&args.overrides());
+    let v = config.validate()?;
+    tracing::info!(
+        "device {} on {}://{}:{}, requests on {}",
+        v.device,
+        if v.broker.tls { "mqtts" } else { "mqtt" },
+        v.broker.host,
+        v.broker.port,
+        v.topics.request
+    );
+    let engine =
+        Engine::load(&v.engine).with_context(|| format!("loading {}", v.engine.model.display()))?;
+    for line in engine.plan().to_string().lines() {
+        tracing::info!("{line}");
+    }
+    let load = engine.load_report();
+    tracing::info!(
+        "model loaded in {:.2}s{}; {} kernels, {} threads",
+        load.seconds,
+        load.resident_bytes
+            .map(|r| format!(", resident {}", crate::units::human_bytes(r)))
+            .unwrap_or_default(),
+        engine.compute().kernels.path(),
+        engine.compute().pool.threads()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("spillway-io")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(crate::service::run(v, engine, stop_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}

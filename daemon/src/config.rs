@@ -1,0 +1,694 @@
+//! The daemon's configuration: a TOML file whose every setting has a default, overridden by
+//! `SPILLWAY_*` environment variables and then by command-line flags. Validated once at
+//! start; errors name the field and say what is allowed.
+//!
+//! Environment variables: `SPILLWAY_<SECTION>_<KEY>` for every setting (for example
+//! `SPILLWAY_MQTT_BROKER`, `SPILLWAY_ENGINE_CONTEXT`), plus the short forms
+//! `SPILLWAY_MODEL`, `SPILLWAY_BROKER`, `SPILLWAY_DEVICE`, `SPILLWAY_THREADS`,
+//! `SPILLWAY_RAM_BUDGET` and `SPILLWAY_QUEUE`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineConfig;
+use crate::model::KvType;
+use crate::units::parse_bytes;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub model: ModelSection,
+    pub engine: EngineSection,
+    pub mqtt: MqttSection,
+    pub service: ServiceSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// The GGUF model file.
+    pub path: PathBuf,
+    /// Lock the weights in RAM (needs LimitMEMLOCK at least the file's size).
+    pub mlock: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Compute threads; 0 means one per CPU.
+    pub threads: usize,
+    /// CPUs to pin compute threads to (empty: let the OS place them).
+    pub cpus: Vec<usize>,
+    /// Context per session, in tokens.
+    pub context: usize,
+    /// KV cache element type: "f16" or "q8_0".
+    pub kv_type: String,
+    /// Sessions whose KV cache is kept for follow-up turns.
+    pub sessions: usize,
+    /// Prompt tokens evaluated per pass.
+    pub batch: usize,
+    /// Largest memory plan allowed to load, e.g. "3GiB" (empty: no limit).
+    pub ram_budget: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSection {
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS).
+    pub broker: String,
+    /// Client id; empty means `spillway-<device>`.
+    pub client_id: String,
+    pub username: String,
+    /// Password (prefer `password_file`, or the SPILLWAY_MQTT_PASSWORD variable).
+    pub password: String,
+    /// File holding the password (first line).
+    pub password_file: PathBuf,
+    /// CA certificates (PEM) to trust for `mqtts://`; empty: the system's.
+    pub ca_file: PathBuf,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// Topic prefix.
+    pub topic_prefix: String,
+    /// Device id in topics; empty means the hostname.
+    pub device: String,
+    /// Also take requests from `$share/<group>/<prefix>/request`, load-balanced over a fleet
+    /// (empty: off).
+    pub shared_group: String,
+    pub keep_alive_secs: u64,
+    /// How long the broker keeps our session (and queued requests) while we are away.
+    pub session_expiry_secs: u32,
+    /// Largest MQTT packet accepted or sent.
+    pub max_packet_bytes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSection {
+    /// Requests waiting for the engine, beyond the one running.
+    pub queue: usize,
+    /// Largest request payload, in bytes.
+    pub max_request_bytes: usize,
+    /// `max_tokens` when a request does not say.
+    pub default_max_tokens: usize,
+    /// Largest `max_tokens` a request may ask for.
+    pub max_tokens_limit: usize,
+    /// Seconds between telemetry messages (0: none).
+    pub telemetry_secs: u64,
+    /// Seconds SIGTERM waits for running work before cancelling it.
+    pub shutdown_deadline_secs: u64,
+    /// Request ids remembered to recognise redeliveries.
+    pub dedup_window: usize,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            path: PathBuf::from("/var/lib/spillway/models/model.gguf"),
+            mlock: false,
+        }
+    }
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            threads: 0,
+            cpus: Vec::new(),
+            context: 4096,
+            kv_type: "f16".into(),
+            sessions: 2,
+            batch: 64,
+            ram_budget: String::new(),
+        }
+    }
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            broker: "mqtt://localhost:1883".into(),
+            client_id: String::new(),
+            username: String::new(),
+            password: String::new(),
+            password_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            client_cert: PathBuf::new(),
+            client_key: PathBuf::new(),
+            topic_prefix: "spillway".into(),
+            device: String::new(),
+            shared_group: String::new(),
+            keep_alive_secs: 30,
+            session_expiry_secs: 3600,
+            max_packet_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for ServiceSection {
+    fn default() -> Self {
+        ServiceSection {
+            queue: 8,
+            max_request_bytes: 256 << 10,
+            default_max_tokens: 512,
+            max_tokens_limit: 4096,
+            telemetry_secs: 30,
+            shutdown_deadline_secs: 20,
+            dedup_window: 1024,
+        }
+    }
+}
+
+/// A configuration problem, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Where the broker is and how to talk to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (ports default to 1883 / 8883).
+pub fn parse_broker(url: &str) -> Result<BrokerAddr, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| format!("{url:?}: port {p:?} is not a number 1-65535"))?;
+            (h, port)
+        }
+        _ => (rest, if tls { 8883 } else { 1883 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("{url:?} has no host or a zero port"));
+    }
+    Ok(BrokerAddr {
+        host: host.to_string(),
+        port,
+        tls,
+    })
+}
+
+/// Topics one device uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    pub request: String,
+    pub shared_request: Option<String>,
+    pub status: String,
+    pub telemetry: String,
+}
+
+/// A validated configuration, with the derived values the service needs.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    pub config: Config,
+    pub broker: BrokerAddr,
+    pub device: String,
+    pub client_id: String,
+    pub topics: Topics,
+    pub engine: EngineConfig,
+    /// The MQTT password, from the config, its file or the environment.
+    pub password: Option<secrecy::SecretString>,
+}
+
+/// Command-line overrides for the common settings.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub model: Option<PathBuf>,
+    pub broker: Option<String>,
+    pub device: Option<String>,
+    pub threads: Option<usize>,
+    pub ram_budget: Option<String>,
+    pub queue: Option<usize>,
+}
+
+impl Config {
+    /// Reads `path` (or starts from the defaults when `None`), then applies the environment.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            None => Config::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.to_owned(),
+                    message: e.to_string().trim().replace('\n', " "),
+                })?
+            }
+        };
+        config.apply_env(env)?;
+        Ok(config)
+    }
+
+    /// Applies `SPILLWAY_*` variables (see the module docs). Unrecognised `SPILLWAY_*`
+    /// names are left alone (other parts of Spillway read some, e.g. `SPILLWAY_KERNELS`).
+    pub fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let mut table = toml::Table::try_from(&*self).expect("the config serializes");
+        let short = [
+            ("SPILLWAY_MODEL", ("model", "path")),
+            ("SPILLWAY_BROKER", ("mqtt", "broker")),
+            ("SPILLWAY_DEVICE", ("mqtt", "device")),
+            ("SPILLWAY_THREADS", ("engine", "threads")),
+            ("SPILLWAY_RAM_BUDGET", ("engine", "ram_budget")),
+            ("SPILLWAY_QUEUE", ("service", "queue")),
+        ];
+        let mut changed = false;
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("SPILLWAY_") else {
+                continue;
+            };
+            let target = short
+                .iter()
+                .find(|(n, _)| *n == var)
+                .map(|(_, t)| (t.0.to_string(), t.1.to_string()))
+                .or_else(|| {
+                    let lower = rest.to_ascii_lowercase();
+                    let (section, key) = lower.split_once('_')?;
+                    let known = table.get(section)?.as_table()?.contains_key(key);
+                    known.then(|| (section.to_string(), key.to_string()))
+                });
+            let Some((section, key)) = target else {
+                continue;
+            };
+            let slot = table
+                .get_mut(&section)
+                .and_then(|s| s.as_table_mut())
+                .and_then(|s| s.get_mut(&key))
+                .expect("targets come from the table");
+            *slot = env_value(slot, &value).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+            changed = true;
+        }
+        if changed {
+            *self = table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Env {
+                    var: "SPILLWAY_*".into(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Applies command-line flags (highest precedence).
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.model {
+            self.model.path = v.clone();
+        }
+        if let Some(v) = &o.broker {
+            self.mqtt.broker = v.clone();
+        }
+        if let Some(v) = &o.device {
+            self.mqtt.device = v.clone();
+        }
+        if let Some(v) = o.threads {
+            self.engine.threads = v;
+        }
+        if let Some(v) = &o.ram_budget {
+            self.engine.ram_budget = v.clone();
+        }
+        if let Some(v) = o.queue {
+            self.service.queue = v;
+        }
+    }
+
+    /// Checks every field and derives the values the service runs with.
+    pub fn validate(self) -> Result<Validated, ConfigError> {
+        let c = &self;
+        let broker = parse_broker(&c.mqtt.broker).map_err(|m| invalid("mqtt.broker", m))?;
+        let device = if c.mqtt.device.is_empty() {
+            hostname()
+        } else {
+            c.mqtt.device.clone()
+        };
+        let topic_safe =
+            |s: &str| !s.is_empty() && !s.contains(['/', '+', '#', '\0']) && s.len() <= 128;
+        if !topic_safe(&device) {
+            return Err(invalid(
+                "mqtt.device",
+                format!("{device:?} must be 1-128 characters without '/', '+', '#'"),
+            ));
+        }
+        if c.mqtt.topic_prefix.is_empty()
+            || c.mqtt.topic_prefix.contains(['+', '#', '\0'])
+            || c.mqtt.topic_prefix.starts_with('$')
+            || c.mqtt.topic_prefix.len() > 256
+        {
+            return Err(invalid(
+                "mqtt.topic_prefix",
+                "must be a non-empty topic level without wildcards, not starting with '$'",
+            ));
+        }
+        if !c.mqtt.shared_group.is_empty() && !topic_safe(&c.mqtt.shared_group) {
+            return Err(invalid(
+                "mqtt.shared_group",
+                "must be 1-128 characters without '/', '+', '#'",
+            ));
+        }
+        if !(5..=3600).contains(&c.mqtt.keep_alive_secs) {
+            return Err(invalid(
+                "mqtt.keep_alive_secs",
+                "must be between 5 and 3600",
+            ));
+        }
+        if !(4096..=256 << 20).contains(&c.mqtt.max_packet_bytes) {
+            return Err(invalid(
+                "mqtt.max_packet_bytes",
+                "must be between 4096 and 268435456",
+            ));
+        }
+        if c.mqtt.client_cert.as_os_str().is_empty() != c.mqtt.client_key.as_os_str().is_empty() {
+            return Err(invalid(
+                "mqtt.client_cert",
+                "client_cert and client_key go together",
+            ));
+        }
+        if !broker.tls
+            && (!c.mqtt.ca_file.as_os_str().is_empty()
+                || !c.mqtt.client_cert.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "mqtt.broker",
+                "certificates are set but the broker URL is not mqtts://",
+            ));
+        }
+        let client_id = if c.mqtt.client_id.is_empty() {
+            format!("spillway-{device}")
+        } else {
+            c.mqtt.client_id.clone()
+        };
+        if client_id.len() > 128 {
+            return Err(invalid("mqtt.client_id", "must be at most 128 characters"));
+        }
+        let password = if !c.mqtt.password_file.as_os_str().is_empty() {
+            let text = std::fs::read_to_string(&c.mqtt.password_file).map_err(|e| {
+                invalid(
+                    "mqtt.password_file",
+                    format!("{}: {e}", c.mqtt.password_file.display()),
+                )
+            })?;
+            Some(secrecy::SecretString::from(
+                text.lines().next().unwrap_or("").to_string(),
+            ))
+        } else if !c.mqtt.password.is_empty() {
+            Some(secrecy::SecretString::from(c.mqtt.password.clone()))
+        } else {
+            None
+        };
+        if password.is_some() && c.mqtt.username.is_empty() {
+            return Err(invalid(
+                "mqtt.username",
+                "a password is set but no username",
+            ));
+        }
+
+        let kv_type = match c.engine.kv_type.as_str() {
+            "f16" => KvType::F16,
+            "q8_0" => KvType::Q8_0,
+            other => {
+                return Err(invalid(
+                    "engine.kv_type",
+                    format!("{other:?} is not f16 or q8_0"),
+                ));
+            }
+        };
+        if !(16..=1 << 20).contains(&c.engine.context) {
+            return Err(invalid(
+                "engine.context",
+                "must be between 16 and 1048576 tokens",
+            ));
+        }
+        if !(1..=64).contains(&c.engine.sessions) {
+            return Err(invalid("engine.sessions", "must be between 1 and 64"));
+        }
+        if !(1..=4096).contains(&c.engine.batch) {
+            return Err(invalid("engine.batch", "must be between 1 and 4096"));
+        }
+        if c.engine.threads > 1024 {
+            return Err(invalid(
+                "engine.threads",
+                "must be at most 1024 (0 means one per CPU)",
+            ));
+        }
+        let ram_budget = match c.engine.ram_budget.trim() {
+            "" => None,
+            s => Some(parse_bytes(s).map_err(|m| invalid("engine.ram_budget", m))?),
+        };
+        if !(1..=4096).contains(&c.service.queue) {
+            return Err(invalid("service.queue", "must be between 1 and 4096"));
+        }
+        if !(256..=64 << 20).contains(&c.service.max_request_bytes) {
+            return Err(invalid(
+                "service.max_request_bytes",
+                "must be between 256 and 67108864",
+            ));
+        }
+        if c.service.max_request_bytes > c.mqtt.max_packet_bytes as usize {
+            return Err(invalid(
+                "service.max_request_bytes",
+                "must not exceed mqtt.max_packet_bytes",
+            ));
+        }
+        if c.service.default_max_tokens == 0
+            || c.service.default_max_tokens > c.service.max_tokens_limit
+        {
+            return Err(invalid(
+                "service.default_max_tokens",
+                "must be at least 1 and at most service.max_tokens_limit",
+            ));
+        }
+        if !(16..=1 << 20).contains(&c.service.dedup_window) {
+            return Err(invalid(
+                "service.dedup_window",
+                "must be between 16 and 1048576",
+            ));
+        }
+        if c.service.shutdown_deadline_secs > 3600 {
+            return Err(invalid(
+                "service.shutdown_deadline_secs",
+                "must be at most 3600",
+            ));
+        }
+
+        let prefix = c.mqtt.topic_prefix.trim_end_matches('/');
+        let topics = Topics {
+            request: format!("{prefix}/{device}/request"),
+            shared_request: (!c.mqtt.shared_group.is_empty())
+                .then(|| format!("$share/{}/{prefix}/request", c.mqtt.shared_group)),
+            status: format!("{prefix}/{device}/status"),
+            telemetry: format!("{prefix}/{device}/telemetry"),
+        };
+        let mut engine = EngineConfig::new(&c.model.path);
+        if c.engine.threads > 0 {
+            engine.threads = c.engine.threads;
+        }
+        engine.cpus = (!c.engine.cpus.is_empty()).then(|| c.engine.cpus.clone());
+        engine.context = c.engine.context;
+        engine.kv_type = kv_type;
+        engine.sessions = c.engine.sessions;
+        engine.batch = c.engine.batch;
+        engine.ram_budget = ram_budget;
+        engine.mlock = c.model.mlock;
+        Ok(Validated {
+            broker,
+            device,
+            client_id,
+            topics,
+            engine,
+            password,
+            config: self,
+        })
+    }
+}
+
+impl Validated {
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.config.mqtt.keep_alive_secs)
+    }
+
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_secs(self.config.service.shutdown_deadline_secs)
+    }
+}
+
+/// Converts an environment value to the type of the setting it replaces.
+fn env_value(current: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    Ok(match current {
+        toml::Value::String(_) => toml::Value::String(raw.to_string()),
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("{raw:?} is not an integer"))?,
+        ),
+        toml::Value::Boolean(_) => match raw.trim() {
+            "1" | "true" | "yes" | "on" => toml::Value::Boolean(true),
+            "0" | "false" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err(format!("{raw:?} is not a boolean (true/false)")),
+        },
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| {
+                    s.trim()
+                        .parse::<i64>()
+                        .map(toml::Value::Integer)
+                        .map_err(|_| format!("{s:?} is not an integer"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        _ => return Err("this setting cannot be set from the environment".into()),
+    })
+}
+
+/// The host name (Linux `/proc/sys/kernel/hostname`), or "spillway".
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "spillway".into())
+}
+
+/// The commented default configuration file.
+pub const DEFAULT_CONFIG: &str = include_str!("config.default.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_commented_default_file_is_the_default() {
+        let parsed: Config = toml::from_str(DEFAULT_CONFIG).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn precedence_is_defaults_file_env_flags() {
+        let dir = std::env::temp_dir().join(format!("spillway-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[mqtt]\nbroker = \"mqtt://file:1\"\ndevice = \"from-file\"\n[service]\nqueue = 3\n",
+        )
+        .unwrap();
+        let mut c = Config::load(
+            Some(&file),
+            env(&[
+                ("SPILLWAY_DEVICE", "from-env"),
+                ("SPILLWAY_ENGINE_CONTEXT", "2048"),
+                ("SPILLWAY_KERNELS", "avx2"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.broker, "mqtt://file:1");
+        assert_eq!(c.mqtt.device, "from-env");
+        assert_eq!(c.engine.context, 2048);
+        assert_eq!(c.service.queue, 3);
+        c.apply(&Overrides {
+            queue: Some(9),
+            ..Overrides::default()
+        });
+        assert_eq!(c.service.queue, 9);
+        let v = c.validate().unwrap();
+        assert_eq!(v.topics.request, "spillway/from-env/request");
+        assert_eq!(v.client_id, "spillway-from-env");
+        assert_eq!(
+            (v.broker.host.as_str(), v.broker.port, v.broker.tls),
+            ("file", 1, false)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = |f: fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad(|c| c.mqtt.broker = "http://x".into()).starts_with("mqtt.broker:"));
+        assert!(bad(|c| c.engine.kv_type = "q4".into()).starts_with("engine.kv_type:"));
+        assert!(bad(|c| c.engine.ram_budget = "lots".into()).starts_with("engine.ram_budget:"));
+        assert!(bad(|c| c.service.queue = 0).starts_with("service.queue:"));
+        assert!(bad(|c| c.mqtt.device = "a/b".into()).starts_with("mqtt.device:"));
+        let err = toml::from_str::<Config>("[mqtt]\nbrokr = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("brokr"), "{err}");
+        let err = Config::load(None, env(&[("SPILLWAY_THREADS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SPILLWAY_THREADS"), "{err}");
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            parse_broker("mqtts://h").unwrap(),
+            BrokerAddr {
+                host: "h".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        assert_eq!(parse_broker("mqtt://10.0.0.2:1884/").unwrap().port, 1884);
+        assert_eq!(parse_broker("mqtt://[::1]:1883").unwrap().host, "::1");
+        assert!(parse_broker("mqtt://h:0").is_err());
+        assert!(parse_broker("tcp://h").is_err());
+    }
+}

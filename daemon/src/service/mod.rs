@@ -1,0 +1,443 @@
+//! `spillway serve`: the MQTT front end. One request, one path: parse and validate at the
+//! edge, accept it into a bounded queue (acknowledging the MQTT message only then), run it
+//! on the engine thread, stream chunks and exactly one final reply to the client's response
+//! topic (MQTT 5) or `reply_to` (MQTT 3.1.1 clients).
+//!
+//! Tasks: the *poller* drives rumqttc's event loop (reconnecting with backoff, subscribing
+//! when the broker lost our session, publishing `online`); the *dispatcher* handles
+//! incoming requests; the *publisher* sends replies; the *telemetry* task reports. The
+//! engine runs on its own OS thread. On shutdown (SIGTERM/SIGINT): stop intake, let queued
+//! and running work finish within the deadline, then cancel the rest (answered
+//! `shutting_down`), publish `offline`, disconnect.
+
+pub mod dedup;
+pub mod mqtt;
+pub mod schema;
+pub mod sink;
+pub mod stats;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Validated;
+use crate::engine::Engine;
+use dedup::DedupWindow;
+use schema::{
+    ErrorCode, Limits, RequestError, error_json, parse_request, salvage_id, salvage_reply_to,
+    valid_reply_topic,
+};
+use sink::{Outgoing, ReplyTarget};
+use stats::Stats;
+use worker::{Control, Job};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttSetupError),
+    #[error("MQTT client: {0}")]
+    Client(String),
+}
+
+/// Everything the tasks share.
+struct Shared {
+    v: Validated,
+    stats: Arc<Stats>,
+    /// False once shutdown began: requests are left unacknowledged for the broker to
+    /// deliver again after a restart.
+    accepting: AtomicBool,
+    started: Instant,
+    model_name: String,
+    kernels: &'static str,
+}
+
+/// Runs the service until `shutdown` resolves, then stops cleanly.
+pub async fn run(
+    v: Validated,
+    engine: Engine,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    let opts = mqtt::options(&v)?;
+    let (client, eventloop) = AsyncClient::new(opts, 1024);
+    let stats = Arc::new(Stats::default());
+    let control = Arc::new(Control::default());
+    let shared = Arc::new(Shared {
+        model_name: engine
+            .weights()
+            .config
+            .name
+            .clone()
+            .unwrap_or_else(|| engine.weights().config.arch.name().to_string()),
+        kernels: engine.compute().kernels.path().name(),
+        stats: Arc::clone(&stats),
+        accepting: AtomicBool::new(true),
+        started: Instant::now(),
+        v,
+    });
+
+    let (incoming_tx, incoming_rx) = mpsc::unbounded_channel::<Publish>();
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(1024);
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(shared.v.config.service.queue);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let poller = tokio::spawn(poll(
+        eventloop,
+        client.clone(),
+        incoming_tx,
+        Arc::clone(&shared),
+        stop_rx.clone(),
+    ));
+    let dispatcher = tokio::spawn(dispatch(
+        incoming_rx,
+        client.clone(),
+        job_tx,
+        out_tx.clone(),
+        Arc::clone(&shared),
+        stop_rx.clone(),
+    ));
+    let publisher = tokio::spawn(publish(out_rx, client.clone()));
+    let telemetry = tokio::spawn(telemetry(
+        client.clone(),
+        Arc::clone(&shared),
+        stop_rx.clone(),
+    ));
+    let worker = {
+        let (stats, control, out) = (Arc::clone(&stats), Arc::clone(&control), out_tx);
+        std::thread::Builder::new()
+            .name("spillway-engine".into())
+            .spawn(move || worker::run(engine, job_rx, out, stats, control))
+            .map_err(|e| ServiceError::Client(format!("cannot start the engine thread: {e}")))?
+    };
+
+    shutdown.await;
+    tracing::info!("shutting down: no new requests; finishing queued and running work");
+    shared.accepting.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    for t in request_topics(&shared.v) {
+        let _ = client.unsubscribe(t).await;
+    }
+    // The dispatcher exits on the stop signal, dropping the queue's sender: the engine
+    // thread then finishes what is queued and returns.
+    let _ = dispatcher.await;
+    let deadline = shared.v.shutdown_deadline();
+    let worker = tokio::task::spawn_blocking(move || worker.join());
+    let mut worker = std::pin::pin!(worker);
+    if tokio::time::timeout(deadline, &mut worker).await.is_err() {
+        tracing::warn!("shutdown deadline of {deadline:?} passed: cancelling the remaining work");
+        control.cancel.store(true, Ordering::SeqCst);
+        let _ = worker.await;
+    }
+    // Every sink is gone: the publisher drains the last replies and ends.
+    let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+    let _ = client
+        .publish(
+            shared.v.topics.status.clone(),
+            QoS::AtLeastOnce,
+            true,
+            "offline",
+        )
+        .await;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
+    telemetry.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn request_topics(v: &Validated) -> Vec<String> {
+    let mut t = vec![v.topics.request.clone()];
+    t.extend(v.topics.shared_request.clone());
+    t
+}
+
+/// Drives the connection: reconnects with backoff, subscribes when the broker has no
+/// session for us (and only then: no resubscription loops), announces `online`.
+async fn poll(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    incoming: mpsc::UnboundedSender<Publish>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    let mut stopping = false;
+    loop {
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            _ = stop.changed(), if !stopping => { stopping = true; continue; }
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(500);
+                tracing::info!(
+                    "connected to {}:{} (session {})",
+                    shared.v.broker.host,
+                    shared.v.broker.port,
+                    if ack.session_present {
+                        "resumed"
+                    } else {
+                        "new"
+                    }
+                );
+                if !ack.session_present && !stopping {
+                    for t in request_topics(&shared.v) {
+                        if let Err(e) = client.subscribe(t.clone(), QoS::AtLeastOnce).await {
+                            tracing::error!("cannot subscribe to {t}: {e}");
+                        }
+                    }
+                }
+                if !stopping {
+                    let _ = client
+                        .publish(
+                            shared.v.topics.status.clone(),
+                            QoS::AtLeastOnce,
+                            true,
+                            "online",
+                        )
+                        .await;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if incoming.send(p).is_err() {
+                    // The dispatcher is gone (shutting down): leave the message unacked.
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                tracing::debug!("disconnect sent");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if stopping {
+                    return;
+                }
+                tracing::warn!(
+                    "MQTT connection to {}:{} failed: {e}; retrying in {backoff:?}",
+                    shared.v.broker.host,
+                    shared.v.broker.port
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Handles incoming requests until the stop signal.
+async fn dispatch(
+    mut incoming: mpsc::UnboundedReceiver<Publish>,
+    client: AsyncClient,
+    jobs: SyncSender<Job>,
+    out: mpsc::Sender<Outgoing>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let s = &shared.v.config.service;
+    let limits = Limits {
+        max_request_bytes: s.max_request_bytes,
+        default_max_tokens: s.default_max_tokens,
+        max_tokens_limit: s.max_tokens_limit,
+    };
+    let mut dedup = DedupWindow::new(s.dedup_window);
+    loop {
+        let p = tokio::select! {
+            p = incoming.recv() => match p { Some(p) => p, None => return },
+            _ = stop.changed() => return,
+        };
+        if !shared.accepting.load(Ordering::SeqCst) {
+            return;
+        }
+        let ack = handle(&p, &limits, &mut dedup, &jobs, &out, &shared).await;
+        if ack && let Err(e) = client.ack(&p).await {
+            tracing::warn!("cannot acknowledge a request: {e}");
+        }
+    }
+}
+
+/// One incoming request. Returns whether to acknowledge it (everything but a request left
+/// for redelivery).
+async fn handle(
+    p: &Publish,
+    limits: &Limits,
+    dedup: &mut DedupWindow,
+    jobs: &SyncSender<Job>,
+    out: &mpsc::Sender<Outgoing>,
+    shared: &Shared,
+) -> bool {
+    let received = Instant::now();
+    let props = p.properties.clone().unwrap_or_default();
+    let property_target = props
+        .response_topic
+        .clone()
+        .filter(|t| valid_reply_topic(t))
+        .map(|topic| ReplyTarget {
+            topic,
+            correlation: props.correlation_data.clone(),
+        });
+    let deadline = props
+        .message_expiry_interval
+        .map(|s| received + Duration::from_secs(u64::from(s)));
+    let req = match parse_request(&p.payload, limits) {
+        Ok(r) => r,
+        Err(err) => {
+            let id = salvage_id(&p.payload);
+            let target = property_target.or_else(|| {
+                salvage_reply_to(&p.payload).map(|topic| ReplyTarget {
+                    topic,
+                    correlation: None,
+                })
+            });
+            tracing::info!(id = id.as_deref().unwrap_or("?"), "refused: {err}");
+            shared.stats.count("none", err.code.as_str());
+            reply_error(out, target, id.as_deref(), &err).await;
+            return true;
+        }
+    };
+    let target = property_target.or_else(|| {
+        req.reply_to.clone().map(|topic| ReplyTarget {
+            topic,
+            correlation: None,
+        })
+    });
+    let Some(target) = target else {
+        tracing::warn!(id = %req.id, "request has no response topic and no reply_to: dropped");
+        shared.stats.count("none", "no_reply_address");
+        return true;
+    };
+    let correlation = target.correlation.as_deref().unwrap_or(&[]);
+    if !dedup.first_time(&req.id, &target.topic, correlation) {
+        tracing::info!(id = %req.id, "redelivered request recognised; not run again");
+        return true;
+    }
+    if deadline.is_some_and(|d| d <= received) {
+        let err = RequestError::new(ErrorCode::Expired, "the request had expired on arrival");
+        shared.stats.count("none", err.code.as_str());
+        reply_error(out, Some(target), Some(&req.id), &err).await;
+        return true;
+    }
+    let id = req.id.clone();
+    shared.stats.queued.fetch_add(1, Ordering::SeqCst);
+    match jobs.try_send(Job {
+        request: req,
+        target: Some(target.clone()),
+        received,
+        deadline,
+    }) {
+        Ok(()) => {
+            tracing::debug!(id = %id, "queued");
+            true
+        }
+        Err(TrySendError::Full(_)) => {
+            shared.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            let err = RequestError::new(
+                ErrorCode::Busy,
+                format!(
+                    "the queue is full ({} waiting); try again shortly",
+                    shared.v.config.service.queue
+                ),
+            );
+            shared.stats.count("none", err.code.as_str());
+            reply_error(out, Some(target), Some(&id), &err).await;
+            true
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            shared.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            false
+        }
+    }
+}
+
+async fn reply_error(
+    out: &mpsc::Sender<Outgoing>,
+    target: Option<ReplyTarget>,
+    id: Option<&str>,
+    err: &RequestError,
+) {
+    let Some(target) = target else {
+        tracing::warn!(
+            id = id.unwrap_or("?"),
+            "cannot answer a refused request: it gave no reply topic"
+        );
+        return;
+    };
+    let _ = out
+        .send(Outgoing {
+            target,
+            payload: error_json(id, err),
+            is_final: true,
+        })
+        .await;
+}
+
+/// Sends replies, in order, until every sender is gone.
+async fn publish(mut out: mpsc::Receiver<Outgoing>, client: AsyncClient) {
+    while let Some(m) = out.recv().await {
+        let props = PublishProperties {
+            correlation_data: m.target.correlation.clone(),
+            content_type: Some("application/json".into()),
+            payload_format_indicator: Some(1),
+            ..PublishProperties::default()
+        };
+        if let Err(e) = client
+            .publish_with_properties(
+                m.target.topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                Bytes::from(m.payload),
+                props,
+            )
+            .await
+        {
+            tracing::warn!("cannot publish a reply to {}: {e}", m.target.topic);
+        }
+    }
+}
+
+/// Publishes the board's state every `telemetry_secs`.
+async fn telemetry(client: AsyncClient, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let secs = shared.v.config.service.telemetry_secs;
+    if secs == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(secs));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let snap = crate::monitor::read(std::path::Path::new("/"));
+        let mut msg = shared.stats.json();
+        msg["device"] = serde_json::json!(shared.v.device);
+        msg["time"] = serde_json::json!(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        );
+        msg["uptime_s"] = serde_json::json!(shared.started.elapsed().as_secs());
+        msg["model"] = serde_json::json!(shared.model_name);
+        msg["kernels"] = serde_json::json!(shared.kernels);
+        msg["temperature_c"] = serde_json::json!(snap.temperature_c);
+        msg["memory"] = serde_json::json!({
+            "available_bytes": snap.mem_available,
+            "rss_bytes": crate::engine::resident_bytes(),
+        });
+        let payload = serde_json::to_vec(&msg).expect("plain JSON");
+        let _ = client
+            .publish(
+                shared.v.topics.telemetry.clone(),
+                QoS::AtMostOnce,
+                false,
+                payload,
+            )
+            .await;
+    }
+}

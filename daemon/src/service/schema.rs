@@ -1,0 +1,434 @@
+//! The request and reply messages, shared by MQTT (and later the forwarders and HTTP).
+//!
+//! Request: `{"id", "messages": [{"role","content"}...] | "prompt", "max_tokens",
+//! "temperature", "top_p", "seed", "stop", "stream", "route", "privacy", "reply_to",
+//! "session"}`. Unknown fields are refused (a misspelt `max_token` silently ignored would
+//! be worse). Replies: `{"id","seq","delta"}` chunks, then exactly one final
+//! `{"id","done":true,...}` with either the answer or `{"error":{"code","message"}}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::engine::{Completion, SamplingParams};
+use crate::tokenizer::ChatPrompt;
+
+/// Longest request id.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest session key.
+pub const MAX_SESSION_LEN: usize = 128;
+
+/// Error codes of final error replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Not JSON, wrong types, unknown fields, bad values.
+    InvalidRequest,
+    /// The payload or prompt exceeds a limit.
+    TooLarge,
+    /// The queue is full.
+    Busy,
+    /// The request's MQTT message expiry passed before it could run.
+    Expired,
+    /// Prompt plus `max_tokens` exceed the context.
+    ContextLength,
+    /// The service is stopping; the request was not finished.
+    ShuttingDown,
+    /// A bug or an unexpected failure.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Expired => "expired",
+            ErrorCode::ContextLength => "context_length",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A refused request: the code and a message for the client.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RequestError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> RequestError {
+        RequestError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a request may be served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteHint {
+    #[default]
+    Auto,
+    Local,
+    Cloud,
+}
+
+/// `privacy`: `local-only` requests must never leave the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Privacy {
+    #[serde(rename = "local-only")]
+    LocalOnly,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageJson {
+    role: String,
+    content: String,
+}
+
+/// `stop` is a string or an array of strings, as in OpenAI's API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum StopJson {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestJson {
+    id: String,
+    messages: Option<Vec<MessageJson>>,
+    prompt: Option<String>,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<StopJson>,
+    stream: Option<bool>,
+    route: Option<RouteHint>,
+    privacy: Option<Privacy>,
+    reply_to: Option<String>,
+    session: Option<String>,
+}
+
+/// A validated request.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub id: String,
+    pub chat: ChatPrompt,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub route: RouteHint,
+    pub privacy: Option<Privacy>,
+    /// MQTT 3.1.1 clients name their reply topic here.
+    pub reply_to: Option<String>,
+    /// Conversation key: follow-up turns reuse its KV cache.
+    pub session: Option<String>,
+}
+
+/// Limits a request is checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub default_max_tokens: usize,
+    pub max_tokens_limit: usize,
+}
+
+/// A topic clients may ask replies to go to: no wildcards, not a `$` system topic.
+pub fn valid_reply_topic(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 1024 && !t.contains(['+', '#', '\0']) && !t.starts_with('$')
+}
+
+/// What can be salvaged from an invalid payload for the error reply: the id, if any.
+pub fn salvage_id(payload: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    let id = v.get("id")?.as_str()?;
+    (id.len() <= MAX_ID_LEN).then(|| id.to_string())
+}
+
+/// Salvages `reply_to` from an invalid payload, for clients without MQTT 5.
+pub fn salvage_reply_to(payload: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    let t = v.get("reply_to")?.as_str()?;
+    valid_reply_topic(t).then(|| t.to_string())
+}
+
+/// Parses and validates a request payload.
+pub fn parse_request(payload: &[u8], limits: &Limits) -> Result<Request, RequestError> {
+    if payload.len() > limits.max_request_bytes {
+        return Err(RequestError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the request is {} bytes; the limit is {}",
+                payload.len(),
+                limits.max_request_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        RequestError::new(
+            ErrorCode::InvalidRequest,
+            format!("the payload is not UTF-8: {e}"),
+        )
+    })?;
+    let r: RequestJson = serde_json::from_str(text).map_err(|e| {
+        RequestError::new(
+            ErrorCode::InvalidRequest,
+            format!("the payload is not a valid request: {e}"),
+        )
+    })?;
+    let bad = |m: String| Err(RequestError::new(ErrorCode::InvalidRequest, m));
+    if r.id.is_empty() || r.id.len() > MAX_ID_LEN || r.id.chars().any(char::is_control) {
+        return bad(format!("id must be 1 to {MAX_ID_LEN} printable characters"));
+    }
+    let chat = match (r.messages, r.prompt) {
+        (Some(_), Some(_)) => return bad("give either messages or prompt, not both".into()),
+        (None, None) => return bad("messages or prompt is required".into()),
+        (None, Some(p)) => ChatPrompt::new().user(p),
+        (Some(msgs), None) => {
+            if msgs.is_empty() {
+                return bad("messages is empty".into());
+            }
+            let mut chat = ChatPrompt::new();
+            for (i, m) in msgs.into_iter().enumerate() {
+                chat = match m.role.as_str() {
+                    "system" => chat.system(m.content),
+                    "user" => chat.user(m.content),
+                    "assistant" => chat.assistant(m.content),
+                    other => {
+                        return bad(format!(
+                            "messages[{i}].role {other:?} is not system, user or assistant"
+                        ));
+                    }
+                };
+            }
+            chat
+        }
+    };
+    chat.validate()
+        .map_err(|e| RequestError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    let max_tokens = r
+        .max_tokens
+        .map_or(limits.default_max_tokens, |m| m as usize);
+    if max_tokens == 0 || max_tokens > limits.max_tokens_limit {
+        return bad(format!(
+            "max_tokens must be between 1 and {}",
+            limits.max_tokens_limit
+        ));
+    }
+    let defaults = SamplingParams::default();
+    let sampling = SamplingParams {
+        temperature: r.temperature.unwrap_or(defaults.temperature),
+        top_p: r.top_p.unwrap_or(defaults.top_p),
+        top_k: r.top_k.map_or(defaults.top_k, |k| k as usize),
+        min_p: r.min_p.unwrap_or(defaults.min_p),
+        presence_penalty: r.presence_penalty.unwrap_or(defaults.presence_penalty),
+        frequency_penalty: r.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+        seed: r.seed.unwrap_or_else(rand_seed),
+        ..defaults
+    };
+    sampling
+        .validate()
+        .map_err(|e| RequestError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    let stop = match r.stop {
+        None => Vec::new(),
+        Some(StopJson::One(s)) => vec![s],
+        Some(StopJson::Many(v)) => v,
+    };
+    if stop.len() > crate::engine::stop::MAX_STOP_STRINGS
+        || stop
+            .iter()
+            .any(|s| s.is_empty() || s.len() > crate::engine::stop::MAX_STOP_LEN)
+    {
+        return bad(format!(
+            "stop takes at most {} strings of 1 to {} bytes",
+            crate::engine::stop::MAX_STOP_STRINGS,
+            crate::engine::stop::MAX_STOP_LEN
+        ));
+    }
+    if let Some(t) = &r.reply_to
+        && !valid_reply_topic(t)
+    {
+        return bad("reply_to must be a topic without wildcards, not starting with '$'".into());
+    }
+    if let Some(s) = &r.session
+        && (s.is_empty() || s.len() > MAX_SESSION_LEN)
+    {
+        return bad(format!("session must be 1 to {MAX_SESSION_LEN} characters"));
+    }
+    Ok(Request {
+        id: r.id,
+        chat,
+        max_tokens,
+        sampling,
+        stop,
+        stream: r.stream.unwrap_or(true),
+        route: r.route.unwrap_or_default(),
+        privacy: r.privacy,
+        reply_to: r.reply_to,
+        session: r.session,
+    })
+}
+
+/// A seed for requests that give none: different every request.
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// A streamed piece of the answer.
+pub fn chunk_json(id: &str, seq: u64, delta: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"id": id, "seq": seq, "delta": delta})).expect("plain JSON")
+}
+
+/// How a request was served, for the final reply and telemetry.
+#[derive(Clone, Debug)]
+pub struct Served {
+    pub route: &'static str,
+    pub reason: String,
+}
+
+/// The final reply of a successful request.
+pub fn final_json(
+    id: &str,
+    text: &str,
+    done: &Completion,
+    served: &Served,
+    queue_ms: f64,
+) -> Vec<u8> {
+    let t = &done.timings;
+    serde_json::to_vec(&json!({
+        "id": id,
+        "done": true,
+        "text": text,
+        "finish_reason": done.finish_reason.as_str(),
+        "usage": {
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "cached_tokens": done.cached_tokens,
+        },
+        "route": served.route,
+        "reason": served.reason,
+        "timings": {
+            "queue_ms": queue_ms,
+            "prompt_ms": t.prompt.as_secs_f64() * 1e3,
+            "generation_ms": t.generation.as_secs_f64() * 1e3,
+            "time_to_first_token_ms": t.time_to_first_token.as_secs_f64() * 1e3 + queue_ms,
+            "prompt_tokens_per_s": t.prompt_tokens_per_s(),
+            "generation_tokens_per_s": done.generation_tokens_per_s(),
+        },
+    }))
+    .expect("plain JSON")
+}
+
+/// The final reply of a failed request.
+pub fn error_json(id: Option<&str>, err: &RequestError) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": id,
+        "done": true,
+        "error": {"code": err.code.as_str(), "message": err.message},
+    }))
+    .expect("plain JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_request_bytes: 4096,
+        default_max_tokens: 100,
+        max_tokens_limit: 1000,
+    };
+
+    fn parse(s: &str) -> Result<Request, RequestError> {
+        parse_request(s.as_bytes(), &LIMITS)
+    }
+
+    #[test]
+    fn accepts_prompt_and_messages() {
+        let r = parse(r#"{"id":"a","prompt":"hi","stop":"\n","seed":3,"route":"local","privacy":"local-only"}"#).unwrap();
+        assert_eq!((r.id.as_str(), r.max_tokens, r.stream), ("a", 100, true));
+        assert_eq!(r.stop, vec!["\n".to_string()]);
+        assert_eq!(r.route, RouteHint::Local);
+        assert_eq!(r.privacy, Some(Privacy::LocalOnly));
+        let r = parse(r#"{"id":"b","messages":[{"role":"system","content":"s"},{"role":"user","content":"u"}],"stream":false,"max_tokens":7,"reply_to":"x/y"}"#).unwrap();
+        assert_eq!(
+            (r.max_tokens, r.stream, r.reply_to.as_deref()),
+            (7, false, Some("x/y"))
+        );
+    }
+
+    #[test]
+    fn refuses_with_codes() {
+        let code = |s: &str| parse(s).unwrap_err().code;
+        assert_eq!(code("not json"), ErrorCode::InvalidRequest);
+        assert_eq!(code(r#"{"id":"a"}"#), ErrorCode::InvalidRequest);
+        assert_eq!(
+            code(r#"{"id":"a","prompt":"x","max_token":5}"#),
+            ErrorCode::InvalidRequest,
+            "unknown field"
+        );
+        assert_eq!(
+            code(r#"{"id":"a","prompt":5}"#),
+            ErrorCode::InvalidRequest,
+            "wrong type"
+        );
+        assert_eq!(code(r#"{"id":"","prompt":"x"}"#), ErrorCode::InvalidRequest);
+        assert_eq!(
+            code(r#"{"id":"a","prompt":"x","temperature":7}"#),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(r#"{"id":"a","prompt":"x","max_tokens":5000}"#),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(r#"{"id":"a","prompt":"x","reply_to":"a/#"}"#),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(r#"{"id":"a","messages":[{"role":"assistant","content":"x"}]}"#),
+            ErrorCode::InvalidRequest
+        );
+        let big = format!(r#"{{"id":"a","prompt":"{}"}}"#, "x".repeat(5000));
+        assert_eq!(code(&big), ErrorCode::TooLarge);
+        assert_eq!(
+            parse_request(b"{\"id\":\"\xff\"}", &LIMITS)
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn ids_are_salvaged_for_error_replies() {
+        assert_eq!(
+            salvage_id(br#"{"id":"q1","prompt":5}"#).as_deref(),
+            Some("q1")
+        );
+        assert_eq!(salvage_id(b"garbage"), None);
+        assert_eq!(
+            salvage_reply_to(br#"{"id":"q1","reply_to":"r/1","x":1}"#).as_deref(),
+            Some("r/1")
+        );
+    }
+}
