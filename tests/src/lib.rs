@@ -96,3 +96,207 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A free TCP port on 127.0.0.1 (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A scratch directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("spillway-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("creating a temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "{what} did not open port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Debian's mosquitto on a free loopback port, with on-disk persistence (so sessions and
+/// queued messages survive a restart), killed on drop.
+#[derive(Debug)]
+pub struct Mosquitto {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = TempDir::new("mosquitto");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 10000\nlog_dest file {}/mosquitto.log\n",
+                dir.path().display(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting mosquitto (apt-get install mosquitto)");
+        self.child = Some(child);
+        wait_for_port(self.port, "mosquitto");
+    }
+
+    /// Kills the broker abruptly (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same persistence file.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A tiny Ministral-3-shaped model with the real Tekken vocabulary (random weights),
+/// synthesized once per test process.
+pub fn tiny_tekken_model() -> &'static Path {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!(
+            "spillway-e2e-tiny-tekken-{}.gguf",
+            std::process::id()
+        ));
+        let out = run_spillway(
+            &[
+                "synth",
+                "--shape",
+                "tiny",
+                "--quant",
+                "q4_k_m",
+                "--tekken",
+                fixtures().join("tekken_240911.json").to_str().unwrap(),
+                "--seed",
+                "3",
+                "--out",
+                path.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "synth failed: {}", stderr(&out));
+        path
+    })
+}
+
+/// A running `spillway serve`, stopped (SIGKILL) on drop unless stopped before.
+#[derive(Debug)]
+pub struct Serve {
+    child: Option<std::process::Child>,
+    _dir: TempDir,
+    pub log: PathBuf,
+}
+
+impl Serve {
+    /// Starts `spillway serve` with `config` (TOML text) written to a file.
+    pub fn start(config: &str) -> Serve {
+        let dir = TempDir::new("serve");
+        let conf = dir.path().join("spillway.toml");
+        std::fs::write(&conf, config).unwrap();
+        let log = dir.path().join("serve.log");
+        let child = Command::new(spillway_bin())
+            .args(["serve", "--config", conf.to_str().unwrap()])
+            .env_remove("SPILLWAY_KERNELS")
+            .env("SPILLWAY_LOG", "spillway=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning spillway serve");
+        Serve {
+            child: Some(child),
+            _dir: dir,
+            log,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        send_signal(child.id(), 15);
+        child.wait().expect("waiting for spillway serve")
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends `signal` to `pid` with the `kill` command (keeps this crate free of `unsafe`).
+fn send_signal(pid: u32, signal: i32) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
