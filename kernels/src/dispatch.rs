@@ -1,5 +1,6 @@
 //! Kernel selection: CPU features are detected once per process and the matching table of
-//! function pointers is built; `SPILLWAY_KERNELS=scalar|neon|dotprod|avx2` forces a path.
+//! function pointers is built; `SPILLWAY_KERNELS=scalar|neon|dotprod|avx2|avx512` forces a
+//! path.
 //!
 //! [`Kernels`] is the only way to reach the SIMD code. Its constructor verifies that the CPU
 //! has every feature the chosen path was compiled for, which is the safety argument for
@@ -22,6 +23,9 @@ pub enum KernelPath {
     Scalar,
     /// x86_64 with AVX2, FMA and F16C.
     Avx2,
+    /// x86_64 with AVX-512 F, BW, VL and VNNI on top of AVX2, FMA and F16C (Intel Ice Lake
+    /// and later, AMD Zen 4 and later): `vpdpbusd` dots and matrix–matrix kernels.
+    Avx512,
     /// aarch64 Advanced SIMD (every ARMv8-A core: Cortex-A53/A72, Pi 3/4).
     Neon,
     /// aarch64 NEON plus the ARMv8.2 dot-product instructions (Cortex-A55/A76/A78: Pi 5,
@@ -31,11 +35,12 @@ pub enum KernelPath {
 
 impl KernelPath {
     /// Every path, slowest first.
-    pub const ALL: [KernelPath; 4] = [
+    pub const ALL: [KernelPath; 5] = [
         KernelPath::Scalar,
         KernelPath::Neon,
         KernelPath::Dotprod,
         KernelPath::Avx2,
+        KernelPath::Avx512,
     ];
 
     /// The name used by `SPILLWAY_KERNELS` and in reports.
@@ -43,6 +48,7 @@ impl KernelPath {
         match self {
             KernelPath::Scalar => "scalar",
             KernelPath::Avx2 => "avx2",
+            KernelPath::Avx512 => "avx512",
             KernelPath::Neon => "neon",
             KernelPath::Dotprod => "dotprod",
         }
@@ -64,6 +70,14 @@ impl KernelPath {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                     && std::arch::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512 => {
+                KernelPath::Avx2.is_supported()
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(target_arch = "aarch64")]
             KernelPath::Neon => std::arch::is_aarch64_feature_detected!("neon"),
@@ -97,6 +111,9 @@ impl KernelPath {
         match self {
             KernelPath::Scalar => "nothing",
             KernelPath::Avx2 => "an x86_64 CPU with AVX2, FMA and F16C",
+            KernelPath::Avx512 => {
+                "an x86_64 CPU with AVX-512 F, BW, VL and VNNI (and AVX2, FMA, F16C)"
+            }
             KernelPath::Neon => "an aarch64 CPU (NEON)",
             KernelPath::Dotprod => "an aarch64 CPU with the dot-product extension (ARMv8.2+)",
         }
@@ -113,7 +130,7 @@ impl fmt::Display for KernelPath {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DispatchError {
     #[error(
-        "{ENV_KERNELS}={value:?} is not a kernel path (expected one of scalar, neon, dotprod, avx2)"
+        "{ENV_KERNELS}={value:?} is not a kernel path (expected one of scalar, neon, dotprod, avx2, avx512)"
     )]
     UnknownPath { value: String },
     #[error(
@@ -183,7 +200,7 @@ const SCALAR: Table = Table {
 
 #[cfg(target_arch = "x86_64")]
 const AVX2: Table = {
-    use crate::dot::x86_64::avx2;
+    use crate::dot::x86_64::{avx2, avx2_gemm};
     Table {
         dot_f32: avx2::dot_f32,
         dot_f16: avx2::dot_f16,
@@ -195,11 +212,11 @@ const AVX2: Table = {
         dot_q6_k: avx2::dot_q6_k,
         quantize_q8_0: avx2::quantize_q8_0,
         quantize_q8_k: avx2::quantize_q8_k,
-        gemm_q8_0: None,
-        gemm_q4_0: None,
-        gemm_q4_k: None,
-        gemm_q5_k: None,
-        gemm_q6_k: None,
+        gemm_q8_0: Some(avx2_gemm::gemm_q8_0),
+        gemm_q4_0: Some(avx2_gemm::gemm_q4_0),
+        gemm_q4_k: Some(avx2_gemm::gemm_q4_k),
+        gemm_q5_k: Some(avx2_gemm::gemm_q5_k),
+        gemm_q6_k: Some(avx2_gemm::gemm_q6_k),
         axpy_f16: ops::avx2::axpy_f16,
         axpy_q8_0: ops::avx2::axpy_q8_0,
         rmsnorm: ops::avx2::rmsnorm,
@@ -208,9 +225,29 @@ const AVX2: Table = {
     }
 };
 
+/// The AVX2 table with VNNI quantized dots and matrix–matrix kernels; the float dots,
+/// activation quantizers and ops are AVX2's (memory-bound or a small share of the time).
+#[cfg(target_arch = "x86_64")]
+const AVX512: Table = {
+    use crate::dot::x86_64::{avx512, avx512_gemm};
+    Table {
+        dot_q8_0: avx512::dot_q8_0,
+        dot_q4_0: avx512::dot_q4_0,
+        dot_q4_k: avx512::dot_q4_k,
+        dot_q5_k: avx512::dot_q5_k,
+        dot_q6_k: avx512::dot_q6_k,
+        gemm_q8_0: Some(avx512_gemm::gemm_q8_0),
+        gemm_q4_0: Some(avx512_gemm::gemm_q4_0),
+        gemm_q4_k: Some(avx512_gemm::gemm_q4_k),
+        gemm_q5_k: Some(avx512_gemm::gemm_q5_k),
+        gemm_q6_k: Some(avx512_gemm::gemm_q6_k),
+        ..AVX2
+    }
+};
+
 #[cfg(target_arch = "aarch64")]
 const NEON: Table = {
-    use crate::dot::aarch64::neon;
+    use crate::dot::aarch64::{neon, neon_gemm};
     Table {
         dot_f32: neon::dot_f32,
         dot_f16: neon::dot_f16,
@@ -222,11 +259,11 @@ const NEON: Table = {
         dot_q6_k: neon::dot_q6_k,
         quantize_q8_0: neon::quantize_q8_0,
         quantize_q8_k: neon::quantize_q8_k,
-        gemm_q8_0: None,
-        gemm_q4_0: None,
-        gemm_q4_k: None,
-        gemm_q5_k: None,
-        gemm_q6_k: None,
+        gemm_q8_0: Some(neon_gemm::gemm_q8_0),
+        gemm_q4_0: Some(neon_gemm::gemm_q4_0),
+        gemm_q4_k: Some(neon_gemm::gemm_q4_k),
+        gemm_q5_k: Some(neon_gemm::gemm_q5_k),
+        gemm_q6_k: Some(neon_gemm::gemm_q6_k),
         axpy_f16: ops::fast::axpy_f16,
         axpy_q8_0: ops::fast::axpy_q8_0,
         rmsnorm: ops::fast::rmsnorm,
@@ -237,13 +274,18 @@ const NEON: Table = {
 
 #[cfg(target_arch = "aarch64")]
 const DOTPROD: Table = {
-    use crate::dot::aarch64::dotprod;
+    use crate::dot::aarch64::{dotprod, dotprod_gemm};
     Table {
         dot_q8_0: dotprod::dot_q8_0,
         dot_q4_0: dotprod::dot_q4_0,
         dot_q4_k: dotprod::dot_q4_k,
         dot_q5_k: dotprod::dot_q5_k,
         dot_q6_k: dotprod::dot_q6_k,
+        gemm_q8_0: Some(dotprod_gemm::gemm_q8_0),
+        gemm_q4_0: Some(dotprod_gemm::gemm_q4_0),
+        gemm_q4_k: Some(dotprod_gemm::gemm_q4_k),
+        gemm_q5_k: Some(dotprod_gemm::gemm_q5_k),
+        gemm_q6_k: Some(dotprod_gemm::gemm_q6_k),
         ..NEON
     }
 };
@@ -273,6 +315,8 @@ pub fn cpu_summary() -> String {
             ("fma", std::arch::is_x86_feature_detected!("fma")),
             ("f16c", std::arch::is_x86_feature_detected!("f16c")),
             ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+            ("avx512bw", std::arch::is_x86_feature_detected!("avx512bw")),
+            ("avx512vl", std::arch::is_x86_feature_detected!("avx512vl")),
             (
                 "avx512vnni",
                 std::arch::is_x86_feature_detected!("avx512vnni"),
@@ -322,6 +366,8 @@ impl Kernels {
             KernelPath::Scalar => SCALAR,
             #[cfg(target_arch = "x86_64")]
             KernelPath::Avx2 => AVX2,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512 => AVX512,
             #[cfg(target_arch = "aarch64")]
             KernelPath::Neon => NEON,
             #[cfg(target_arch = "aarch64")]
@@ -589,6 +635,7 @@ mod tests {
             assert_eq!(KernelPath::from_name(p.name()), Some(p));
         }
         assert_eq!(KernelPath::from_name(" AVX2 "), Some(KernelPath::Avx2));
+        assert_eq!(KernelPath::from_name("AVX512"), Some(KernelPath::Avx512));
         assert_eq!(KernelPath::from_name("sse"), None);
     }
 

@@ -217,10 +217,15 @@ impl Activations {
 }
 
 /// Rows per chunk of a multi-token product: each chunk of weights stays in cache while
-/// every token passes over it.
-pub const GEMM_TILE_ROWS: usize = 16;
-/// Tokens per call of a matrix–matrix kernel (its output tile lives on the stack).
-pub const GEMM_TILE_TOKENS: usize = 64;
+/// every token passes over it. Large enough that a kernel's per-call work on the
+/// activations (the x86 kernels sum each activation block once per call) is shared by
+/// many rows; small enough that the 3B model's smallest matrices (1024 rows) still make
+/// 16 chunks to balance the threads.
+pub const GEMM_TILE_ROWS: usize = 64;
+/// Tokens per call of a matrix–matrix kernel (its output tile, 32 KiB, lives on the
+/// stack). Large enough that a kernel's per-call work on the weights (unpacking each
+/// block into a register-friendly layout) is shared by a whole prefill batch of 128.
+pub const GEMM_TILE_TOKENS: usize = 128;
 
 /// Rows per chunk of a single-token product: enough chunks to balance the threads (and
 /// the big and little cores), few enough that claiming them costs nothing.

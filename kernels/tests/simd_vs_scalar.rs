@@ -391,7 +391,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// Matrix–matrix kernels of every path (and the dot fallback of paths without one),
-    /// for odd row and token counts around any micro-tile size.
+    /// for odd row and token counts around any micro-tile size: up to 35 rows (the x86
+    /// kernels' passes are 16 rows), up to 70 tokens (passes of 64 tokens in groups of 4
+    /// or 8), and for the 32-value formats up to 19 blocks per row (chunks of 8 blocks).
     #[test]
     fn gemm(
         p0 in pairs(q4_0_block(), q8_0_block(), 8),
@@ -399,13 +401,14 @@ proptest! {
         pk4 in pairs(q4_k_block(), q8_k_block(), 4),
         pk5 in pairs(q5_k_block(), q8_k_block(), 4),
         pk6 in pairs(q6_k_block(), q8_k_block(), 4),
-        nr in 1usize..=9,
-        nt in 1usize..=7,
+        nr in prop_oneof![3 => 1usize..=9, 1 => 10usize..=35],
+        nt in prop_oneof![3 => 1usize..=9, 1 => 10usize..=70],
         bpr in 1usize..=3,
+        bpr32 in prop_oneof![1 => 1usize..=3, 1 => 4usize..=19],
     ) {
         for k in KernelPath::supported().into_iter().map(|p| Kernels::new(p).unwrap()) {
-            check_gemm!(k, p0, nr, nt, bpr, gemm_q4_0, verify_q4_0);
-            check_gemm!(k, p8, nr, nt, bpr, gemm_q8_0, verify_q8_0);
+            check_gemm!(k, p0, nr, nt, bpr32, gemm_q4_0, verify_q4_0);
+            check_gemm!(k, p8, nr, nt, bpr32, gemm_q8_0, verify_q8_0);
             check_gemm!(k, pk4, nr, nt, bpr, gemm_q4_k, verify_q4_k);
             check_gemm!(k, pk5, nr, nt, bpr, gemm_q5_k, verify_q5_k);
             check_gemm!(k, pk6, nr, nt, bpr, gemm_q6_k, verify_q6_k);

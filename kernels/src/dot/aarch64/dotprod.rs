@@ -38,7 +38,7 @@ use crate::formats::*;
 /// `acc + [Σ_{k<4} a[4i+k] · b[4i+k] for each lane i]` with `SDOT`.
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
-fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let mut acc = acc;
     // SAFETY: this function is only callable where the dot-product extension is enabled
     // (its `target_feature`), so SDOT exists; it reads and writes only the named

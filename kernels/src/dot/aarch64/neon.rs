@@ -135,7 +135,7 @@ pub(super) fn ld_i8x16x4(a: &[i8; 64]) -> int8x16x4_t {
 }
 
 #[inline(always)]
-fn ld_i16x8x2(a: &[i16; 16]) -> int16x8x2_t {
+pub(super) fn ld_i16x8x2(a: &[i16; 16]) -> int16x8x2_t {
     // SAFETY: `a` is 16 readable i16; LD1 only needs element (2-byte) alignment, which a
     // reference to i16 has.
     unsafe { vld1q_s16_x2(a.as_ptr()) }
@@ -171,7 +171,7 @@ fn f32_to_f16(v: f32) -> f16 {
 
 /// Four f16 (as bits) to f32 with `FCVTL` (base ARMv8 Advanced SIMD; exact).
 #[inline(always)]
-fn f16x4_to_f32(h: uint16x4_t) -> float32x4_t {
+pub(super) fn f16x4_to_f32(h: uint16x4_t) -> float32x4_t {
     let out: float32x4_t;
     // SAFETY: FCVTL exists on every AArch64 CPU; it only reads and writes the named
     // registers.
@@ -385,7 +385,12 @@ fn dot32_wide(a: int8x16x2_t, b: int8x16x2_t) -> int32x4_t {
 /// lane (`SMULL` + three `SMLAL`) before one `SADDLP`.
 #[target_feature(enable = "neon")]
 #[inline]
-fn dot32_narrow(a0: int8x16_t, a1: int8x16_t, b0: int8x16_t, b1: int8x16_t) -> int32x4_t {
+pub(super) fn dot32_narrow(
+    a0: int8x16_t,
+    a1: int8x16_t,
+    b0: int8x16_t,
+    b1: int8x16_t,
+) -> int32x4_t {
     let p = vmull_s8(vget_low_s8(a0), vget_low_s8(b0));
     let p = vmlal_high_s8(p, a0, b0);
     let p = vmlal_s8(p, vget_low_s8(a1), vget_low_s8(b1));
@@ -395,7 +400,7 @@ fn dot32_narrow(a0: int8x16_t, a1: int8x16_t, b0: int8x16_t, b1: int8x16_t) -> i
 /// `Σ a_i b_i` over 16 lanes when every `|a_i b_i| <= 16383`: two products per i16 lane.
 #[target_feature(enable = "neon")]
 #[inline]
-fn dot16_narrow(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) fn dot16_narrow(a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let p = vmull_s8(vget_low_s8(a), vget_low_s8(b));
     vpaddlq_s16(vmlal_high_s8(p, a, b))
 }

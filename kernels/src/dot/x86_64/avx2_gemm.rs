@@ -1,0 +1,785 @@
+//! Matrix–matrix (prefill) kernels of the `avx2` path: `out[r * nt + t] = dot(w row r,
+//! x row t)` with AVX2 only (no AVX-512, no VNNI), each weight block unpacked once for
+//! many tokens.
+//!
+//! # Layout: one weight row per i32 lane
+//!
+//! The same scheme as [`super::avx512_gemm`], on 256-bit registers: eight weight rows are
+//! transposed ("repacked") into vectors whose i32 lane `r` holds four consecutive weight
+//! values of row `r`, one unsigned byte each. `vpmaddubsw` multiplies such a vector by
+//! four activation bytes of one token broadcast to every lane (`vpbroadcastd` from the
+//! activation block) and adds adjacent products into i16 lanes; a lane pair never mixes
+//! rows, tokens or blocks, so no horizontal reduction is needed anywhere. Several such
+//! products are summed on i16 lanes while they provably fit (see "Overflow") and then
+//! widened by one `vpmaddwd`, which for the k-quants also applies the sub-block scale
+//! (both i16 halves of a lane carry the row's scale).
+//!
+//! # Tiles and register budget
+//!
+//! The micro-kernel covers 8 rows x [`GROUP`] = 4 tokens: four i16 accumulators, four
+//! i32 (or, for Q8_0, four more i16) accumulators, the weight vector, the broadcast and
+//! the constants fit the 16 ymm registers. Each token's float accumulator (lane = row)
+//! lives in the pass's float tile and is updated once per block.
+//!
+//! Passes cover up to 64 rows (eight row groups; the Q4_0/Q8_0 activation sums of a chunk
+//! are computed once and shared by all of them) by 128 tokens (each row group's repacked
+//! chunk is shared by 32 token groups). The caller, [`crate::matmul`], hands out tiles of
+//! exactly that size.
+//!
+//! # Formats
+//!
+//! - **Q4_0**: nibbles 0..15; the `-8` offset is `-8 * sum(x)` per activation block,
+//!   which seeds the block's i32 sum.
+//! - **Q8_0**: a signed byte is split as `w + 128 = 16 * hi + lo` with `lo` and `hi`
+//!   nibbles (0..15), so both halves go through `vpmaddubsw` without saturating, and the
+//!   `-128 * sum(x)` term seeds the sum. This is exact for every byte, -128 included.
+//! - **Q4_K / Q5_K / Q6_K**: unsigned values as in the AVX-512 kernels; each sub-block's
+//!   i16 partial sums are widened and scaled by `vpmaddwd` against the scale pair, the mins
+//!   (Q4_K/Q5_K) and the `-32` offset (Q6_K) come from the activations' `bsums` with one
+//!   `vpmaddwd` per `bsums` pair.
+//!
+//! Each block then adds `f32(sumi) * (d_w * d_x)` (minus `f32(summ) * (dmin * d_x)`) to
+//! its token's float accumulator, the scale product rounded as the reference rounds it.
+//!
+//! # Overflow
+//!
+//! `vpmaddubsw` pairs with activations in -128..127 are at most `2 * 15 * 128 = 3840` for
+//! nibbles, `2 * 31 * 128 = 7936` for Q5_K and `2 * 63 * 128 = 16128` for Q6_K; the i16
+//! sums therefore add at most 8 nibble products (30720), 4 Q5_K products (31744) or 2
+//! Q6_K products (32256) before widening. The i32 sums are bounded as in the AVX-512
+//! kernels (below `2^30`).
+//!
+//! # Shapes
+//!
+//! Any `nr, nt >= 1`: rows and tokens past the last repeat the last valid one and their
+//! results are never written out. Nothing allocates; the buffers are on the stack (about
+//! 40 KiB, most of it the float tile).
+
+use core::arch::x86_64::*;
+use core::array::from_fn;
+
+use crate::formats::*;
+
+/// Weight rows per register tile: one per i32 lane of a ymm register.
+const ROWS: usize = 8;
+/// Row groups per pass of the Q4_0/Q8_0 kernels (they share the activation sums).
+const ROW_GROUPS: usize = 8;
+/// Tokens per pass.
+const PASS_TOKENS: usize = 128;
+/// Tokens per register group of the micro-kernel.
+const GROUP: usize = 4;
+/// Groups per pass.
+const GROUPS: usize = PASS_TOKENS / GROUP;
+/// Q4_0/Q8_0 blocks per chunk.
+const BLOCKS32: usize = 8;
+
+/// Block `b` of a row.
+///
+/// # Safety
+/// `b < row.len()`.
+#[inline(always)]
+unsafe fn blk<T>(row: &[T], b: usize) -> &T {
+    debug_assert!(b < row.len());
+    // SAFETY: the caller guarantees `b < row.len()`.
+    unsafe { row.get_unchecked(b) }
+}
+
+/// Row `i` of a matrix of rows of `bpr` blocks.
+///
+/// # Safety
+/// `(i + 1) * bpr <= m.len()`.
+#[inline(always)]
+unsafe fn row_of<T>(m: &[T], i: usize, bpr: usize) -> &[T] {
+    debug_assert!((i + 1) * bpr <= m.len());
+    // SAFETY: the caller guarantees the range is in bounds.
+    unsafe { m.get_unchecked(i * bpr..(i + 1) * bpr) }
+}
+
+/// The rows `r0..r0 + 8` of `w`, the ones past `nr` replaced by row `nr - 1`.
+///
+/// # Safety
+/// `w.len() == nr * bpr` and `r0 < nr`.
+#[inline(always)]
+unsafe fn row_set<T>(w: &[T], bpr: usize, r0: usize, nr: usize) -> [&[T]; ROWS] {
+    // SAFETY: `(r0 + i).min(nr - 1) < nr`, so the row is inside `w`.
+    from_fn(|i| unsafe { row_of(w, (r0 + i).min(nr - 1), bpr) })
+}
+
+/// The token rows `t0..t0 + 128` of `x` in groups of four, the ones past `nt` replaced by
+/// row `nt - 1`.
+///
+/// # Safety
+/// `x.len() == nt * bpr` and `t0 < nt`.
+#[inline(always)]
+unsafe fn token_set<T>(x: &[T], bpr: usize, t0: usize, nt: usize) -> [[&[T]; GROUP]; GROUPS] {
+    // SAFETY: `(t0 + ..).min(nt - 1) < nt`, so the row is inside `x`.
+    from_fn(|g| from_fn(|i| unsafe { row_of(x, (t0 + g * GROUP + i).min(nt - 1), bpr) }))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_u8x16(a: &[u8; 16]) -> __m128i {
+    // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_i8x32(a: &[i8; 32]) -> __m256i {
+    // SAFETY: `a` is 32 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_u16x8(a: &[u16; 8]) -> __m128i {
+    // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
+}
+
+/// Four bytes (chunk `j` of a block's values) as an i32 broadcast to every lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn bcast4(q: &[i8], j: usize) -> __m256i {
+    let (c, _) = q.as_chunks::<4>();
+    _mm256_set1_epi32(i32::from_le_bytes(c[j].map(|b| b as u8)))
+}
+
+/// Two consecutive `bsums` (pair `j`) as an i32 broadcast to every lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn bcast_bsums(b: &BlockQ8K, j: usize) -> __m256i {
+    let (c, _) = b.bsums.as_chunks::<2>();
+    let [lo, hi] = c[j];
+    _mm256_set1_epi32(i32::from(lo as u16) | (i32::from(hi) << 16))
+}
+
+/// Eight f16 scales (one per row) as f32 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16x8(h: [f16; ROWS]) -> __m256 {
+    _mm256_cvtph_ps(load_u16x8(&h.map(f16::to_bits)))
+}
+
+/// `_mm256_set1_epi8` for a byte written as `u8`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn splat8(v: u8) -> __m256i {
+    _mm256_set1_epi8(v as i8)
+}
+
+/// Prefetches block `b` of each row (if the rows have one), `blocks` blocks long.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_rows<T>(rows: &[&[T]; ROWS], b: usize, blocks: usize) {
+    for row in rows {
+        if b < row.len() {
+            let p = row.as_ptr().wrapping_add(b).cast::<i8>();
+            let mut off = 0;
+            while off < blocks * size_of::<T>() {
+                // A prefetch never faults, so the address need not be valid.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off));
+                off += 64;
+            }
+        }
+    }
+}
+
+/// Lane `i` of the result is the exact sum of the eight i32 lanes of `v[i]` (a
+/// transposing tree of in-lane unpacks and adds).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lane_sums8(v: [__m256i; 8]) -> __m256i {
+    let pair = |a: __m256i, b: __m256i| {
+        _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
+    };
+    let quad = |ab: __m256i, cd: __m256i| {
+        _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd))
+    };
+    let lo = quad(pair(v[0], v[1]), pair(v[2], v[3]));
+    let hi = quad(pair(v[4], v[5]), pair(v[6], v[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(lo, hi),
+        _mm256_permute2x128_si256::<0x31>(lo, hi),
+    )
+}
+
+/// The 16-byte pieces `p[r]` of the 8 rows, transposed: lane `r` of output `j` is bytes
+/// `4j..4j + 4` of `p[r]` (rows `i` and `i + 4` in the two 128-bit lanes of input `i`,
+/// then a 4x4 dword transpose within each 128-bit lane, which leaves the rows in order).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn transpose8x4(p: [&[u8; 16]; ROWS]) -> [__m256i; 4] {
+    let pair = |i: usize| _mm256_set_m128i(load_u8x16(p[i + 4]), load_u8x16(p[i]));
+    let (a, b, c, d) = (pair(0), pair(1), pair(2), pair(3));
+    let ab_lo = _mm256_unpacklo_epi32(a, b);
+    let ab_hi = _mm256_unpackhi_epi32(a, b);
+    let cd_lo = _mm256_unpacklo_epi32(c, d);
+    let cd_hi = _mm256_unpackhi_epi32(c, d);
+    [
+        _mm256_unpacklo_epi64(ab_lo, cd_lo),
+        _mm256_unpackhi_epi64(ab_lo, cd_lo),
+        _mm256_unpacklo_epi64(ab_hi, cd_hi),
+        _mm256_unpackhi_epi64(ab_hi, cd_hi),
+    ]
+}
+
+/// Piece `g` (16 bytes) of an array of `N` bytes.
+#[inline(always)]
+fn piece<const N: usize>(a: &[u8; N], g: usize) -> &[u8; 16] {
+    &a.as_chunks::<16>().0[g]
+}
+
+/// Writes the float tile of one row group to `out[(r0 + r) * nt + t0 + t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn scatter(
+    ft: &[__m256; PASS_TOKENS],
+    out: &mut [f32],
+    r0: usize,
+    nr: usize,
+    t0: usize,
+    nt: usize,
+) {
+    let (rows, toks) = ((nr - r0).min(ROWS), (nt - t0).min(PASS_TOKENS));
+    for (t, v) in ft.iter().enumerate().take(toks) {
+        let mut lanes = [0f32; ROWS];
+        // SAFETY: `lanes` is 32 writable bytes; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *v) };
+        for (r, &value) in lanes.iter().enumerate().take(rows) {
+            if let Some(o) = out.get_mut((r0 + r) * nt + t0 + t) {
+                *o = value;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ Q4_0 and Q8_0
+
+/// A chunk of up to eight 32-value blocks of 8 rows, repacked: block `i`, values
+/// `4j..4j + 4` in `q[8i + j]`; for Q8_0 `q` holds the low nibbles and `hi` the high
+/// nibbles plus 8.
+struct Packed32 {
+    q: [__m256i; 8 * BLOCKS32],
+    hi: [__m256i; 8 * BLOCKS32],
+    d: [__m256; BLOCKS32],
+}
+
+/// Per token of a pass and block of a chunk: the seed `-offset * sum(x)` and `f32(d_x)`.
+struct Acts32 {
+    seed: [[[i32; BLOCKS32]; GROUP]; GROUPS],
+    dx: [[[f32; BLOCKS32]; GROUP]; GROUPS],
+}
+
+/// Fills `acts` for blocks `b0..b0 + nb` of every token (`SHIFT`: log2 of the offset).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prepare_acts<const SHIFT: i32>(
+    toks: &[[&[BlockQ8_0]; GROUP]; GROUPS],
+    groups: usize,
+    b0: usize,
+    nb: usize,
+    acts: &mut Acts32,
+) {
+    let ones8 = splat8(1);
+    let ones16 = _mm256_set1_epi16(1);
+    let z = _mm256_setzero_si256();
+    for (g, group) in toks.iter().enumerate().take(groups) {
+        for (t, row) in group.iter().enumerate() {
+            // SAFETY: `b0 + min(i, nb - 1) < b0 + nb <= bpr == row.len()`.
+            let blocks: [&BlockQ8_0; BLOCKS32] =
+                from_fn(|i| unsafe { blk(row, b0 + i.min(nb - 1)) });
+            let sums = lane_sums8(from_fn(|i| {
+                let pairs = _mm256_maddubs_epi16(ones8, load_i8x32(&blocks[i].qs));
+                _mm256_madd_epi16(pairs, ones16)
+            }));
+            let seed = _mm256_sub_epi32(z, _mm256_slli_epi32::<SHIFT>(sums));
+            // SAFETY: `seed[g][t]` is 32 writable bytes; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_si256(acts.seed[g][t].as_mut_ptr().cast(), seed) };
+            let dx = _mm256_cvtph_ps(load_u16x8(&blocks.map(|b| b.d.to_bits())));
+            // SAFETY: `dx[g][t]` is 32 writable bytes; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_ps(acts.dx[g][t].as_mut_ptr(), dx) };
+        }
+    }
+}
+
+/// Q4_0 / Q8_0 micro-kernel: 8 rows x 4 tokens over the chunk's blocks, into `ft`.
+/// `SPLIT` is set for Q8_0 (two nibble halves per value).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn micro32<const SPLIT: bool>(
+    pw: &Packed32,
+    seed: &[[i32; BLOCKS32]; GROUP],
+    dx: &[[f32; BLOCKS32]; GROUP],
+    toks: &[&[BlockQ8_0]; GROUP],
+    b0: usize,
+    nb: usize,
+    ft: &mut [__m256; GROUP],
+) {
+    let ones16 = _mm256_set1_epi16(1);
+    let sixteen16 = _mm256_set1_epi16(16);
+    for i in 0..nb.min(BLOCKS32) {
+        // SAFETY: `b0 + i < b0 + nb <= bpr == row.len()`.
+        let xb: [&BlockQ8_0; GROUP] = from_fn(|t| unsafe { blk(toks[t], b0 + i) });
+        let z = _mm256_setzero_si256();
+        let mut lo = [z; GROUP];
+        let mut hi = [z; GROUP];
+        for j in 0..8 {
+            let wl = pw.q[8 * i + j];
+            for t in 0..GROUP {
+                let x = bcast4(&xb[t].qs, j);
+                lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(wl, x));
+                if SPLIT {
+                    let wh = pw.hi[8 * i + j];
+                    hi[t] = _mm256_add_epi16(hi[t], _mm256_maddubs_epi16(wh, x));
+                }
+            }
+        }
+        for t in 0..GROUP {
+            let mut acc = _mm256_add_epi32(
+                _mm256_set1_epi32(seed[t][i]),
+                _mm256_madd_epi16(lo[t], ones16),
+            );
+            if SPLIT {
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(hi[t], sixteen16));
+            }
+            let s = _mm256_mul_ps(pw.d[i], _mm256_set1_ps(dx[t][i]));
+            ft[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), s, ft[t]);
+        }
+    }
+}
+
+/// The pass loop shared by Q4_0 and Q8_0 (see the module docs).
+///
+/// # Safety
+/// `bpr > 0`, `w.len() == nr * bpr`, `x.len() == nt * bpr`, `out.len() == nr * nt`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn gemm32<W, const SHIFT: i32, const SPLIT: bool>(
+    w: &[W],
+    x: &[BlockQ8_0],
+    bpr: usize,
+    out: &mut [f32],
+    repack: impl Fn(&[&[W]; ROWS], usize, usize, &mut Packed32),
+) {
+    let (nr, nt) = (w.len() / bpr, x.len() / bpr);
+    let z = _mm256_setzero_si256();
+    let mut pw = Packed32 {
+        q: [z; 8 * BLOCKS32],
+        hi: [z; 8 * BLOCKS32],
+        d: [_mm256_setzero_ps(); BLOCKS32],
+    };
+    let mut acts = Acts32 {
+        seed: [[[0; BLOCKS32]; GROUP]; GROUPS],
+        dx: [[[0.0; BLOCKS32]; GROUP]; GROUPS],
+    };
+    let mut ft = [[_mm256_setzero_ps(); PASS_TOKENS]; ROW_GROUPS];
+    for r0 in (0..nr).step_by(ROWS * ROW_GROUPS) {
+        let row_groups = (nr - r0).min(ROWS * ROW_GROUPS).div_ceil(ROWS);
+        // SAFETY: every `(r0 + ROWS * k).min(nr - 1)` is below `nr`, and
+        // `w.len() == nr * bpr` (this function's contract).
+        let rows: [[&[W]; ROWS]; ROW_GROUPS] =
+            from_fn(|k| unsafe { row_set(w, bpr, (r0 + ROWS * k).min(nr - 1), nr) });
+        for t0 in (0..nt).step_by(PASS_TOKENS) {
+            // SAFETY: `t0 < nt` and `x.len() == nt * bpr`.
+            let toks = unsafe { token_set(x, bpr, t0, nt) };
+            let groups = (nt - t0).min(PASS_TOKENS).div_ceil(GROUP);
+            for f in ft.iter_mut().take(row_groups) {
+                f.fill(_mm256_setzero_ps());
+            }
+            for b0 in (0..bpr).step_by(BLOCKS32) {
+                let nb = (bpr - b0).min(BLOCKS32);
+                prepare_acts::<SHIFT>(&toks, groups, b0, nb, &mut acts);
+                for (rg, ftr) in rows.iter().zip(ft.iter_mut()).take(row_groups) {
+                    prefetch_rows(rg, b0 + BLOCKS32, BLOCKS32);
+                    repack(rg, b0, nb, &mut pw);
+                    let (ftg, _) = ftr.as_chunks_mut::<GROUP>();
+                    for (g, fg) in ftg.iter_mut().enumerate().take(groups) {
+                        micro32::<SPLIT>(&pw, &acts.seed[g], &acts.dx[g], &toks[g], b0, nb, fg);
+                    }
+                }
+            }
+            for (k, ftr) in ft.iter().enumerate().take(row_groups) {
+                scatter(ftr, out, r0 + ROWS * k, nr, t0, nt);
+            }
+        }
+    }
+}
+
+/// Repacks blocks `b0..b0 + nb` of 8 Q4_0 rows (nibbles as bytes 0..15).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn repack_q4_0(rows: &[&[BlockQ4_0]; ROWS], b0: usize, nb: usize, pw: &mut Packed32) {
+    let m = splat8(0x0F);
+    for i in 0..nb.min(BLOCKS32) {
+        // SAFETY: `b0 + i < bpr`, the length of every row.
+        let blocks: [&BlockQ4_0; ROWS] = from_fn(|r| unsafe { blk(rows[r], b0 + i) });
+        let cols = transpose8x4(blocks.map(|b| &b.qs));
+        for (j, c) in cols.into_iter().enumerate() {
+            pw.q[8 * i + j] = _mm256_and_si256(c, m);
+            pw.q[8 * i + 4 + j] = _mm256_and_si256(_mm256_srli_epi16::<4>(c), m);
+        }
+        pw.d[i] = f16x8(blocks.map(|b| b.d));
+    }
+}
+
+/// Repacks blocks `b0..b0 + nb` of 8 Q8_0 rows as nibbles: `w + 128 = 16 * hi + lo`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn repack_q8_0(rows: &[&[BlockQ8_0]; ROWS], b0: usize, nb: usize, pw: &mut Packed32) {
+    let (flip, m) = (splat8(0x80), splat8(0x0F));
+    for i in 0..nb.min(BLOCKS32) {
+        // SAFETY: `b0 + i < bpr`, the length of every row.
+        let blocks: [&BlockQ8_0; ROWS] = from_fn(|r| unsafe { blk(rows[r], b0 + i) });
+        let bytes: [&[u8; 32]; ROWS] = blocks.map(|b| bytemuck::cast_ref(&b.qs));
+        for half in 0..2 {
+            let cols = transpose8x4(bytes.map(|b| piece(b, half)));
+            for (j, c) in cols.into_iter().enumerate() {
+                let u = _mm256_xor_si256(c, flip);
+                pw.q[8 * i + 4 * half + j] = _mm256_and_si256(u, m);
+                pw.hi[8 * i + 4 * half + j] = _mm256_and_si256(_mm256_srli_epi16::<4>(u), m);
+            }
+        }
+        pw.d[i] = f16x8(blocks.map(|b| b.d));
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `bpr > 0`, `w.len() == nr * bpr`,
+/// `x.len() == nt * bpr` and `out.len() == nr * nt`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q4_0(r, b, n, p);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm32::<_, 3, false>(w, x, bpr, out, repack) }
+}
+
+/// # Safety
+/// As for [`gemm_q4_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    // `w + 128 = 16 * hi + lo`, so `sum(w * x) = sum(lo * x) + 16 * sum(hi * x) - 128 * sum(x)`.
+    let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q8_0(r, b, n, p);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm32::<_, 7, true>(w, x, bpr, out, repack) }
+}
+
+// ------------------------------------------------------------------ k-quants
+
+/// One super-block of 8 rows, repacked: values `4c..4c + 4` in `q[c]`.
+struct PackedK {
+    q: [__m256i; 64],
+    /// Sub-block scales as i16 pairs (the scale in both halves of the lane).
+    sc: [__m256i; 16],
+    /// Per `bsums` pair: Q4_K/Q5_K `(min_j, min_j)`, Q6_K `(-32 scale_2j, -32 scale_2j+1)`.
+    pairs: [__m256i; 8],
+    d: __m256,
+    dmin: __m256,
+}
+
+/// `v` (i32 lanes within i16 range) in both i16 halves of each lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn twice(v: __m256i) -> __m256i {
+    _mm256_or_si256(
+        _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)),
+        _mm256_slli_epi32::<16>(v),
+    )
+}
+
+/// The Q4_K/Q5_K scales and mins of 8 blocks from their transposed 12 scale bytes (the
+/// 6-bit unpacking of `scale_min_k4` on all rows at once), and `d`, `dmin`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn k4_meta(head: [&[u8; 16]; ROWS], d: [f16; ROWS], dmin: [f16; ROWS], pk: &mut PackedK) {
+    let [_, s0, s1, s2] = transpose8x4(head);
+    let (m6, m4, top2) = (splat8(0x3F), splat8(0x0F), splat8(0x30));
+    let sc_lo = _mm256_and_si256(s0, m6);
+    let mn_lo = _mm256_and_si256(s1, m6);
+    let sc_hi = _mm256_or_si256(
+        _mm256_and_si256(s2, m4),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(s0), top2),
+    );
+    let mn_hi = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi16::<4>(s2), m4),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(s1), top2),
+    );
+    let byte = _mm256_set1_epi32(0xFF);
+    macro_rules! lane_byte {
+        ($v:expr, $j:literal) => {
+            twice(_mm256_and_si256(_mm256_srli_epi32::<{ 8 * $j }>($v), byte))
+        };
+    }
+    pk.sc[0] = lane_byte!(sc_lo, 0);
+    pk.sc[1] = lane_byte!(sc_lo, 1);
+    pk.sc[2] = lane_byte!(sc_lo, 2);
+    pk.sc[3] = lane_byte!(sc_lo, 3);
+    pk.sc[4] = lane_byte!(sc_hi, 0);
+    pk.sc[5] = lane_byte!(sc_hi, 1);
+    pk.sc[6] = lane_byte!(sc_hi, 2);
+    pk.sc[7] = lane_byte!(sc_hi, 3);
+    pk.pairs[0] = lane_byte!(mn_lo, 0);
+    pk.pairs[1] = lane_byte!(mn_lo, 1);
+    pk.pairs[2] = lane_byte!(mn_lo, 2);
+    pk.pairs[3] = lane_byte!(mn_lo, 3);
+    pk.pairs[4] = lane_byte!(mn_hi, 0);
+    pk.pairs[5] = lane_byte!(mn_hi, 1);
+    pk.pairs[6] = lane_byte!(mn_hi, 2);
+    pk.pairs[7] = lane_byte!(mn_hi, 3);
+    pk.d = f16x8(d);
+    pk.dmin = f16x8(dmin);
+}
+
+/// Repacks the nibbles of 8 Q4_K/Q5_K blocks: sub-block `s`, values `4j..4j + 4` in
+/// `q[8s + j]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn k4_nibbles(qs: [&[u8; 128]; ROWS], pk: &mut PackedK) {
+    let m = splat8(0x0F);
+    for g in 0..8 {
+        let cols = transpose8x4(qs.map(|q| piece(q, g)));
+        for (i, c) in cols.into_iter().enumerate() {
+            let k = 4 * g + i;
+            let (p, j) = (k / 8, k % 8);
+            pk.q[8 * (2 * p) + j] = _mm256_and_si256(c, m);
+            pk.q[8 * (2 * p + 1) + j] = _mm256_and_si256(_mm256_srli_epi16::<4>(c), m);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn repack_q4_k(blocks: &[&BlockQ4K; ROWS], pk: &mut PackedK) {
+    k4_nibbles(blocks.map(|b| &b.qs), pk);
+    let head = blocks.map(|b| piece(bytemuck::cast_ref::<_, [u8; 144]>(b), 0));
+    k4_meta(head, blocks.map(|b| b.d), blocks.map(|b| b.dmin), pk);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn repack_q5_k(blocks: &[&BlockQ5K; ROWS], pk: &mut PackedK) {
+    k4_nibbles(blocks.map(|b| &b.qs), pk);
+    let mut h = [_mm256_setzero_si256(); 8];
+    for half in 0..2 {
+        let cols = transpose8x4(blocks.map(|b| piece(&b.qh, half)));
+        h[4 * half..4 * half + 4].copy_from_slice(&cols);
+    }
+    // qh byte l, bit s: the fifth bit of value l of sub-block s, moved to bit 4.
+    let sixteen = splat8(16);
+    for s in 0..8 {
+        let bit = splat8(1 << s);
+        for (j, &hj) in h.iter().enumerate() {
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(hj, bit), bit);
+            pk.q[8 * s + j] = _mm256_or_si256(pk.q[8 * s + j], _mm256_and_si256(set, sixteen));
+        }
+    }
+    let head = blocks.map(|b| piece(bytemuck::cast_ref::<_, [u8; 176]>(b), 0));
+    k4_meta(head, blocks.map(|b| b.d), blocks.map(|b| b.dmin), pk);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn repack_q6_k(blocks: &[&BlockQ6K; ROWS], pk: &mut PackedK) {
+    let mut ql = [_mm256_setzero_si256(); 32];
+    for g in 0..8 {
+        let cols = transpose8x4(blocks.map(|b| piece(&b.ql, g)));
+        ql[4 * g..4 * g + 4].copy_from_slice(&cols);
+    }
+    let mut qh = [_mm256_setzero_si256(); 16];
+    for g in 0..4 {
+        let cols = transpose8x4(blocks.map(|b| piece(&b.qh, g)));
+        qh[4 * g..4 * g + 4].copy_from_slice(&cols);
+    }
+    let (low4, high2) = (splat8(0x0F), splat8(0x30));
+    for h in 0..2 {
+        for q in 0..4 {
+            for m in 0..8 {
+                let lo = ql[16 * h + 8 * (q & 1) + m];
+                let lo = if q < 2 {
+                    lo
+                } else {
+                    _mm256_srli_epi16::<4>(lo)
+                };
+                let hb = qh[8 * h + m];
+                let hi = match q {
+                    0 => _mm256_slli_epi16::<4>(hb),
+                    1 => _mm256_slli_epi16::<2>(hb),
+                    2 => hb,
+                    _ => _mm256_srli_epi16::<2>(hb),
+                };
+                pk.q[32 * h + 8 * q + m] =
+                    _mm256_or_si256(_mm256_and_si256(lo, low4), _mm256_and_si256(hi, high2));
+            }
+        }
+    }
+    let cols = transpose8x4(blocks.map(|b| bytemuck::cast_ref::<_, [u8; 16]>(&b.scales)));
+    let mut sc = [_mm256_setzero_si256(); 16];
+    for (c, &v) in cols.iter().enumerate() {
+        sc[4 * c] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v));
+        sc[4 * c + 1] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(v));
+        sc[4 * c + 2] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(v));
+        sc[4 * c + 3] = _mm256_srai_epi32::<24>(v);
+    }
+    let low16 = _mm256_set1_epi32(0xFFFF);
+    let z = _mm256_setzero_si256();
+    for j in 0..8 {
+        let a = _mm256_sub_epi32(z, _mm256_slli_epi32::<5>(sc[2 * j]));
+        let b = _mm256_sub_epi32(z, _mm256_slli_epi32::<5>(sc[2 * j + 1]));
+        pk.pairs[j] = _mm256_or_si256(_mm256_and_si256(a, low16), _mm256_slli_epi32::<16>(b));
+    }
+    for (j, &s) in sc.iter().enumerate() {
+        pk.sc[j] = twice(s);
+    }
+    pk.d = f16x8(blocks.map(|b| b.d));
+}
+
+/// The exact `sum_s scale_s * sum(q * x)` of 8 rows x 4 tokens over `SUB` sub-blocks of
+/// `64 / SUB` four-byte chunks, summing `PART` chunks on i16 lanes before each widening.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn k_sums<const SUB: usize, const PART: usize>(
+    pk: &PackedK,
+    xb: &[&BlockQ8K; GROUP],
+) -> [__m256i; GROUP] {
+    let per = 64 / SUB;
+    let z = _mm256_setzero_si256();
+    let mut sumi = [z; GROUP];
+    for s in 0..SUB {
+        for p in 0..per / PART {
+            let mut acc = [z; GROUP];
+            for j in 0..PART {
+                let c = per * s + PART * p + j;
+                let wc = pk.q[c];
+                for t in 0..GROUP {
+                    let prod = _mm256_maddubs_epi16(wc, bcast4(&xb[t].qs, c));
+                    acc[t] = _mm256_add_epi16(acc[t], prod);
+                }
+            }
+            for t in 0..GROUP {
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(acc[t], pk.sc[s]));
+            }
+        }
+    }
+    sumi
+}
+
+/// `acc + sum_j pairs_j . (bsums[2j], bsums[2j + 1])` per token.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn bsums_term(
+    pk: &PackedK,
+    xb: &[&BlockQ8K; GROUP],
+    mut acc: [__m256i; GROUP],
+) -> [__m256i; GROUP] {
+    for j in 0..8 {
+        for t in 0..GROUP {
+            let m = _mm256_madd_epi16(pk.pairs[j], bcast_bsums(xb[t], j));
+            acc[t] = _mm256_add_epi32(acc[t], m);
+        }
+    }
+    acc
+}
+
+/// Q4_K/Q5_K micro-kernel (`PART`: chunks summed on i16 lanes).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn micro_k4<const PART: usize>(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m256; GROUP]) {
+    let sumi = k_sums::<8, PART>(pk, xb);
+    let summ = bsums_term(pk, xb, [_mm256_setzero_si256(); GROUP]);
+    for t in 0..GROUP {
+        let dx = _mm256_set1_ps(xb[t].d);
+        let f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_mul_ps(pk.d, dx), ft[t]);
+        ft[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(summ[t]), _mm256_mul_ps(pk.dmin, dx), f);
+    }
+}
+
+/// Q6_K micro-kernel.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn micro_q6_k(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m256; GROUP]) {
+    let sumi = bsums_term(pk, xb, k_sums::<16, 2>(pk, xb));
+    for t in 0..GROUP {
+        let s = _mm256_mul_ps(pk.d, _mm256_set1_ps(xb[t].d));
+        ft[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), s, ft[t]);
+    }
+}
+
+/// The pass loop of the k-quants: passes of 8 rows by 128 tokens; per super-block,
+/// repack the rows' blocks once, then run the micro-kernel over every token group.
+///
+/// # Safety
+/// `bpr > 0`, `w.len() == nr * bpr`, `x.len() == nt * bpr`, `out.len() == nr * nt`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn gemm_k<W>(
+    w: &[W],
+    x: &[BlockQ8K],
+    bpr: usize,
+    out: &mut [f32],
+    repack: impl Fn(&[&W; ROWS], &mut PackedK),
+    micro: impl Fn(&PackedK, &[&BlockQ8K; GROUP], &mut [__m256; GROUP]),
+) {
+    let (nr, nt) = (w.len() / bpr, x.len() / bpr);
+    let z = _mm256_setzero_si256();
+    let mut pk = PackedK {
+        q: [z; 64],
+        sc: [z; 16],
+        pairs: [z; 8],
+        d: _mm256_setzero_ps(),
+        dmin: _mm256_setzero_ps(),
+    };
+    for r0 in (0..nr).step_by(ROWS) {
+        // SAFETY: `r0 < nr` and `w.len() == nr * bpr` (this function's contract).
+        let rows = unsafe { row_set(w, bpr, r0, nr) };
+        for t0 in (0..nt).step_by(PASS_TOKENS) {
+            // SAFETY: `t0 < nt` and `x.len() == nt * bpr`.
+            let toks = unsafe { token_set(x, bpr, t0, nt) };
+            let groups = (nt - t0).min(PASS_TOKENS).div_ceil(GROUP);
+            let mut ft = [_mm256_setzero_ps(); PASS_TOKENS];
+            for b in 0..bpr {
+                // SAFETY: `b < bpr`, the length of every row.
+                let blocks: [&W; ROWS] = from_fn(|r| unsafe { blk(rows[r], b) });
+                prefetch_rows(&rows, b + 1, 1);
+                repack(&blocks, &mut pk);
+                let (ftg, _) = ft.as_chunks_mut::<GROUP>();
+                for (g, fg) in ftg.iter_mut().enumerate().take(groups) {
+                    // SAFETY: `b < bpr`, the length of every token row.
+                    let xb: [&BlockQ8K; GROUP] = from_fn(|t| unsafe { blk(toks[g][t], b) });
+                    micro(&pk, &xb, fg);
+                }
+            }
+            scatter(&ft, out, r0, nr, t0, nt);
+        }
+    }
+}
+
+/// # Safety
+/// As for [`gemm_q4_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q4_k(w: &[BlockQ4K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q4_k(b, p);
+    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_k4::<8>(p, xb, f);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
+}
+
+/// # Safety
+/// As for [`gemm_q4_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q5_k(w: &[BlockQ5K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q5_k(b, p);
+    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_k4::<4>(p, xb, f);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
+}
+
+/// # Safety
+/// As for [`gemm_q4_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q6_k(w: &[BlockQ6K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q6_k(b, p);
+    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_q6_k(p, xb, f);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
+}

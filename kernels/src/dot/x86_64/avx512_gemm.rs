@@ -1,0 +1,768 @@
+//! Matrix–matrix (prefill) kernels of the `avx512` path: `out[r * nt + t] = dot(w row r,
+//! x row t)` with AVX-512 VNNI, each weight block unpacked once for many tokens.
+//!
+//! # Layout: one weight row per i32 lane
+//!
+//! A pass covers [`ROWS`] = 16 weight rows and up to [`PASS_TOKENS`] = 64 tokens (the
+//! caller, [`crate::matmul`], hands out exactly such tiles). The 16 rows' weights are
+//! transposed ("repacked") into vectors whose i32 lane `r` holds four consecutive weight
+//! bytes of row `r`, unpacked to one byte per value: for a 256-value chunk of the rows,
+//! 64 vectors, 4 KiB, which stay in L1. One `vpdpbusd` then multiplies such a vector by
+//! four activation bytes of one token broadcast to every lane (an embedded `{1to16}`
+//! broadcast straight from the activation block, no shuffles) and adds the four products
+//! into each row's lane: 64 multiply-adds per instruction, with no horizontal reduction
+//! anywhere, because a lane never mixes rows, tokens or blocks. Block and sub-block sums
+//! come out exact, one per lane, ready for their scales.
+//!
+//! The repacking costs a few instructions per 16 bytes of weights and is shared by all
+//! the tokens of the pass; each activation block is read straight from its row.
+//!
+//! # Register tile: 16 rows x 8 tokens
+//!
+//! The micro-kernel keeps [`GROUP`] = 8 tokens' accumulators in registers: per four
+//! weight bytes, one load of the repacked vector feeds eight `vpdpbusd` (eight
+//! independent dependency chains hide the instruction's latency). With the per-token
+//! float (or, for the k-quants, i32 sub-block) accumulators that is at most 8 + 8 + 8 of
+//! the 32 zmm registers, leaving room for the weight vector, scales and broadcasts, so
+//! nothing spills. The float accumulators of all 64 tokens of a pass live in a 4 KiB tile
+//! (one zmm per token, lane = row) that is written back once per pass.
+//!
+//! # Formats
+//!
+//! `vpdpbusd` multiplies unsigned bytes (the weights) by signed bytes (the activations):
+//!
+//! - **Q4_0**: nibbles 0..15 as they are; `sum((q - 8) * x) = sum(q * x) - 8 * sum(x)`,
+//!   and `sum(x)` of each activation block (computed once per pass for 8 blocks at a time
+//!   and all tokens) seeds the accumulator as `-8 * sum(x)`.
+//! - **Q8_0**: weights flipped to `w + 128` (unsigned, exact even for -128); the seed is
+//!   `-128 * sum(x)`.
+//! - **Q4_K / Q5_K**: nibbles (plus Q5_K's fifth bit, added with a byte mask) are
+//!   unsigned already. Each 32-value sub-block's sum is multiplied by its 6-bit scale
+//!   (`vpmulld`, the scales of the 16 rows in one vector) into a per-token i32 sum; the
+//!   mins term `sum_j min_j * (bsums[2j] + bsums[2j+1])` is eight `vpdpwssd` of
+//!   broadcast `bsums` pairs against the rows' mins.
+//! - **Q6_K**: values 0..63 unsigned; 16-value sub-blocks with signed scales, and the
+//!   `-32` offset is eight `vpdpwssd` of the `bsums` against `-32 * scale` pairs,
+//!   accumulated into the same i32 sum, so it is exactly the reference's `sumi`.
+//!
+//! Every block (super-block) then adds `f32(sumi) * (d_w * d_x)` to its token's float
+//! accumulator with one FMA, the scale product rounded as the reference rounds it (Q4_K and
+//! Q5_K also subtract `f32(summ) * (dmin * d_x)`), so each output is the scalar
+//! reference's sum of the same per-block terms, in the same block order.
+//!
+//! # Overflow
+//!
+//! `vpdpbusd`/`vpdpwssd` accumulate in i32 without saturation; the largest sums are
+//! Q6_K's (`128 * 63 * 128 * 256` plus the offset term `32 * 128 * 2048 * 16`, below
+//! `2^30`) and Q5_K's (`63 * 31 * 128 * 256 < 2^26`).
+//!
+//! # Shapes
+//!
+//! Any `nr, nt >= 1`: rows past the last (in a pass of fewer than 16) and tokens past the
+//! last (in a group of fewer than 8) repeat the last valid row or token, and their results
+//! are never written out. Nothing allocates; the buffers are on the stack (about 14 KiB).
+
+use core::arch::x86_64::*;
+use core::array::from_fn;
+
+use super::avx512::{load_i8x32, load_u8x16, load_u16x8, transpose_sums8};
+use crate::formats::*;
+
+/// Weight rows per register tile: one per i32 lane of a zmm register.
+const ROWS: usize = 16;
+/// Row groups of [`ROWS`] per pass of the Q4_0/Q8_0 kernels, which share the activation
+/// sums of a chunk among them (the k-quants' passes are one row group).
+const ROW_GROUPS: usize = 4;
+/// Tokens per pass (the float tile).
+const PASS_TOKENS: usize = 128;
+/// Tokens per register group of the micro-kernel.
+const GROUP: usize = 8;
+/// Groups per pass.
+const GROUPS: usize = PASS_TOKENS / GROUP;
+/// Q4_0/Q8_0 blocks per chunk: 256 values, like one k-quant super-block.
+const BLOCKS32: usize = 8;
+
+/// Block `b` of a row.
+///
+/// # Safety
+/// `b < row.len()`.
+#[inline(always)]
+unsafe fn blk<T>(row: &[T], b: usize) -> &T {
+    debug_assert!(b < row.len());
+    // SAFETY: the caller guarantees `b < row.len()`.
+    unsafe { row.get_unchecked(b) }
+}
+
+/// Row `i` of a matrix of rows of `bpr` blocks.
+///
+/// # Safety
+/// `(i + 1) * bpr <= m.len()`.
+#[inline(always)]
+unsafe fn row_of<T>(m: &[T], i: usize, bpr: usize) -> &[T] {
+    debug_assert!((i + 1) * bpr <= m.len());
+    // SAFETY: the caller guarantees the range is in bounds.
+    unsafe { m.get_unchecked(i * bpr..(i + 1) * bpr) }
+}
+
+/// The rows `r0..r0 + 16` of `w`, the ones past `nr` replaced by row `nr - 1`.
+///
+/// # Safety
+/// `w.len() == nr * bpr` and `r0 < nr`.
+#[inline(always)]
+unsafe fn row_set<T>(w: &[T], bpr: usize, r0: usize, nr: usize) -> [&[T]; ROWS] {
+    // SAFETY: `(r0 + i).min(nr - 1) < nr`, so the row is inside `w`.
+    from_fn(|i| unsafe { row_of(w, (r0 + i).min(nr - 1), bpr) })
+}
+
+/// The token rows `t0..t0 + 128` of `x` in groups of eight, the ones past `nt` replaced by
+/// row `nt - 1`.
+///
+/// # Safety
+/// `x.len() == nt * bpr` and `t0 < nt`.
+#[inline(always)]
+unsafe fn token_set<T>(x: &[T], bpr: usize, t0: usize, nt: usize) -> [[&[T]; GROUP]; GROUPS] {
+    // SAFETY: `(t0 + ..).min(nt - 1) < nt`, so the row is inside `x`.
+    from_fn(|g| from_fn(|i| unsafe { row_of(x, (t0 + g * GROUP + i).min(nt - 1), bpr) }))
+}
+
+/// Four bytes (`chunk` `j` of a block's values) as an i32 broadcast to every lane.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn bcast4(q: &[i8], j: usize) -> __m512i {
+    let (c, _) = q.as_chunks::<4>();
+    _mm512_set1_epi32(i32::from_le_bytes(c[j].map(|b| b as u8)))
+}
+
+/// Two consecutive `bsums` (pair `j`) as an i32 broadcast to every lane.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn bcast_bsums(b: &BlockQ8K, j: usize) -> __m512i {
+    let (c, _) = b.bsums.as_chunks::<2>();
+    let [lo, hi] = c[j];
+    _mm512_set1_epi32(i32::from(lo as u16) | (i32::from(hi) << 16))
+}
+
+/// Sixteen f16 scales (one per row) as f32 lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn f16x16(h: [f16; ROWS]) -> __m512 {
+    let bits = h.map(f16::to_bits);
+    let (c, _) = bits.as_chunks::<8>();
+    let v = _mm256_set_m128i(load_u16x8(&c[1]), load_u16x8(&c[0]));
+    _mm512_cvtph_ps(v)
+}
+
+/// `_mm512_set1_epi8` for a byte written as `u8`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn splat8(v: u8) -> __m512i {
+    _mm512_set1_epi8(v as i8)
+}
+
+/// Hints that the `bytes` bytes from `start` will be read soon (one prefetch per cache
+/// line). Used on the rows' next block while the current one is computed on: 16 rows are
+/// 16 concurrent streams, more than the hardware prefetchers follow.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn prefetch<T>(start: *const T, bytes: usize) {
+    let p = start.cast::<i8>();
+    let mut off = 0;
+    while off < bytes {
+        // A prefetch never faults, so the address (possibly past the end) need not be valid.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off));
+        off += 64;
+    }
+}
+
+/// Prefetches block `b` of each row (if the rows have one).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn prefetch_rows<T>(rows: &[&[T]; ROWS], b: usize, blocks: usize) {
+    for row in rows {
+        if b < row.len() {
+            prefetch(row.as_ptr().wrapping_add(b), blocks * size_of::<T>());
+        }
+    }
+}
+
+/// The 16-byte pieces `p[r]` of the 16 rows, transposed: lane `r` of output `j` is bytes
+/// `4j..4j + 4` of `p[r]`. Four 128-bit loads per input vector (rows `i, i+4, i+8, i+12`
+/// in its four 128-bit lanes), then a 4x4 dword transpose within each 128-bit lane, which
+/// puts row `4 * lane + i` at position `4 * lane + i`: the natural order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn transpose16x4(p: [&[u8; 16]; ROWS]) -> [__m512i; 4] {
+    let quad = |i: usize| {
+        let v = _mm512_castsi128_si512(load_u8x16(p[i]));
+        let v = _mm512_inserti32x4::<1>(v, load_u8x16(p[i + 4]));
+        let v = _mm512_inserti32x4::<2>(v, load_u8x16(p[i + 8]));
+        _mm512_inserti32x4::<3>(v, load_u8x16(p[i + 12]))
+    };
+    let (a, b, c, d) = (quad(0), quad(1), quad(2), quad(3));
+    let ab_lo = _mm512_unpacklo_epi32(a, b);
+    let ab_hi = _mm512_unpackhi_epi32(a, b);
+    let cd_lo = _mm512_unpacklo_epi32(c, d);
+    let cd_hi = _mm512_unpackhi_epi32(c, d);
+    [
+        _mm512_unpacklo_epi64(ab_lo, cd_lo),
+        _mm512_unpackhi_epi64(ab_lo, cd_lo),
+        _mm512_unpacklo_epi64(ab_hi, cd_hi),
+        _mm512_unpackhi_epi64(ab_hi, cd_hi),
+    ]
+}
+
+/// Piece `g` (16 bytes) of an array of `N` bytes.
+#[inline(always)]
+fn piece<const N: usize>(a: &[u8; N], g: usize) -> &[u8; 16] {
+    &a.as_chunks::<16>().0[g]
+}
+
+/// Writes the float tile of one row group (`ft[t]`, lane = row) to
+/// `out[(r0 + r) * nt + t0 + t]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn scatter(
+    ft: &[__m512; PASS_TOKENS],
+    out: &mut [f32],
+    r0: usize,
+    nr: usize,
+    t0: usize,
+    nt: usize,
+) {
+    let (rows, toks) = ((nr - r0).min(ROWS), (nt - t0).min(PASS_TOKENS));
+    for (t, v) in ft.iter().enumerate().take(toks) {
+        let mut lanes = [0f32; ROWS];
+        // SAFETY: `lanes` is 64 writable bytes; `storeu` has no alignment requirement.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *v) };
+        for (r, &value) in lanes.iter().enumerate().take(rows) {
+            if let Some(o) = out.get_mut((r0 + r) * nt + t0 + t) {
+                *o = value;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ Q4_0 and Q8_0
+
+/// A chunk of up to eight 32-value blocks of the 16 rows, repacked.
+struct Packed32 {
+    /// Block `i`, bytes `4j..4j + 4`: `q[8i + j]`, lane = row.
+    q: [__m512i; 8 * BLOCKS32],
+    /// Block `i`'s weight scales, lane = row.
+    d: [__m512; BLOCKS32],
+}
+
+/// Per token of a pass and block of a chunk: the accumulator seed (`-offset * sum(x)`)
+/// and `f32(d_x)`.
+struct Acts32 {
+    seed: [[[i32; BLOCKS32]; GROUP]; GROUPS],
+    dx: [[[f32; BLOCKS32]; GROUP]; GROUPS],
+}
+
+/// Fills `acts` for blocks `b0..b0 + nb` of every token. `SHIFT` is log2 of the weights'
+/// offset (3 for Q4_0's 8, 7 for Q8_0's 128).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn prepare_acts<const SHIFT: i32>(
+    toks: &[[&[BlockQ8_0]; GROUP]; GROUPS],
+    groups: usize,
+    b0: usize,
+    nb: usize,
+    acts: &mut Acts32,
+) {
+    let ones = _mm256_set1_epi8(1);
+    let z = _mm256_setzero_si256();
+    for (g, group) in toks.iter().enumerate().take(groups) {
+        for (t, row) in group.iter().enumerate() {
+            // SAFETY: `b0 + min(i, nb - 1) < b0 + nb <= bpr == row.len()`.
+            let blocks: [&BlockQ8_0; BLOCKS32] =
+                from_fn(|i| unsafe { blk(row, b0 + i.min(nb - 1)) });
+            let sums = transpose_sums8(from_fn(|i| {
+                _mm256_dpbusd_epi32(z, ones, load_i8x32(&blocks[i].qs))
+            }));
+            let seed = _mm256_sub_epi32(z, _mm256_slli_epi32::<SHIFT>(sums));
+            // SAFETY: `seed[g][t]` is 32 writable bytes; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_si256(acts.seed[g][t].as_mut_ptr().cast(), seed) };
+            let dx = if nb == BLOCKS32 {
+                // The eight blocks are consecutive: gather the dword at the start of each
+                // (its `d` and two quants) and keep the low halves.
+                let idx = _mm256_setr_epi32(0, 34, 68, 102, 136, 170, 204, 238);
+                let base = (blocks[0] as *const BlockQ8_0).cast::<i32>();
+                // SAFETY: the gathered dwords are the first four bytes of blocks
+                // `b0..b0 + 8` of this row (34 bytes each), all inside the row.
+                let d = unsafe { _mm256_i32gather_epi32::<1>(base, idx) };
+                _mm256_cvtph_ps(_mm256_cvtepi32_epi16(d))
+            } else {
+                _mm256_cvtph_ps(load_u16x8(&blocks.map(|b| b.d.to_bits())))
+            };
+            // SAFETY: `dx[g][t]` is 32 writable bytes; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_ps(acts.dx[g][t].as_mut_ptr(), dx) };
+        }
+    }
+}
+
+/// The micro-kernel shared by Q4_0 and Q8_0: 16 rows x 8 tokens over the chunk's blocks,
+/// added into the tokens' float accumulators `ft`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn micro32(
+    pw: &Packed32,
+    seed: &[[i32; BLOCKS32]; GROUP],
+    dx: &[[f32; BLOCKS32]; GROUP],
+    toks: &[&[BlockQ8_0]; GROUP],
+    b0: usize,
+    nb: usize,
+    ft: &mut [__m512; GROUP],
+) {
+    let mut fa = *ft;
+    for i in 0..nb.min(BLOCKS32) {
+        // SAFETY: `b0 + i < b0 + nb <= bpr == row.len()`.
+        let xb: [&BlockQ8_0; GROUP] = from_fn(|t| unsafe { blk(toks[t], b0 + i) });
+        let mut acc: [__m512i; GROUP] = from_fn(|t| _mm512_set1_epi32(seed[t][i]));
+        for j in 0..8 {
+            let wj = pw.q[8 * i + j];
+            for t in 0..GROUP {
+                acc[t] = _mm512_dpbusd_epi32(acc[t], wj, bcast4(&xb[t].qs, j));
+            }
+        }
+        for t in 0..GROUP {
+            let s = _mm512_mul_ps(pw.d[i], _mm512_set1_ps(dx[t][i]));
+            fa[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), s, fa[t]);
+        }
+    }
+    *ft = fa;
+}
+
+/// The pass loop shared by Q4_0 and Q8_0: passes of up to 64 rows (four row groups) by
+/// 128 tokens. Per chunk of eight blocks, the activations' sums and scales are prepared
+/// once for all the pass's tokens, then each row group is repacked and multiplied by
+/// every token group. `repack` fills a [`Packed32`] from a row group.
+///
+/// # Safety
+/// `bpr > 0`, `w.len() == nr * bpr`, `x.len() == nt * bpr`, `out.len() == nr * nt`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn gemm32<W, const SHIFT: i32>(
+    w: &[W],
+    x: &[BlockQ8_0],
+    bpr: usize,
+    out: &mut [f32],
+    repack: impl Fn(&[&[W]; ROWS], usize, usize, &mut Packed32),
+) {
+    let (nr, nt) = (w.len() / bpr, x.len() / bpr);
+    let mut pw = Packed32 {
+        q: [_mm512_setzero_si512(); 8 * BLOCKS32],
+        d: [_mm512_setzero_ps(); BLOCKS32],
+    };
+    let mut acts = Acts32 {
+        seed: [[[0; BLOCKS32]; GROUP]; GROUPS],
+        dx: [[[0.0; BLOCKS32]; GROUP]; GROUPS],
+    };
+    let mut ft = [[_mm512_setzero_ps(); PASS_TOKENS]; ROW_GROUPS];
+    for r0 in (0..nr).step_by(ROWS * ROW_GROUPS) {
+        let row_groups = (nr - r0).min(ROWS * ROW_GROUPS).div_ceil(ROWS);
+        // SAFETY: every `r0 + ROWS * k` with `k < row_groups` is below `nr`, and
+        // `w.len() == nr * bpr` (this function's contract).
+        let rows: [[&[W]; ROWS]; ROW_GROUPS] =
+            from_fn(|k| unsafe { row_set(w, bpr, (r0 + ROWS * k).min(nr - 1), nr) });
+        for t0 in (0..nt).step_by(PASS_TOKENS) {
+            // SAFETY: `t0 < nt` and `x.len() == nt * bpr`.
+            let toks = unsafe { token_set(x, bpr, t0, nt) };
+            let groups = (nt - t0).min(PASS_TOKENS).div_ceil(GROUP);
+            for f in ft.iter_mut().take(row_groups) {
+                f.fill(_mm512_setzero_ps());
+            }
+            for b0 in (0..bpr).step_by(BLOCKS32) {
+                let nb = (bpr - b0).min(BLOCKS32);
+                prepare_acts::<SHIFT>(&toks, groups, b0, nb, &mut acts);
+                for (rg, ftr) in rows.iter().zip(ft.iter_mut()).take(row_groups) {
+                    prefetch_rows(rg, b0 + BLOCKS32, BLOCKS32);
+                    repack(rg, b0, nb, &mut pw);
+                    let (ftg, _) = ftr.as_chunks_mut::<GROUP>();
+                    for (g, fg) in ftg.iter_mut().enumerate().take(groups) {
+                        micro32(&pw, &acts.seed[g], &acts.dx[g], &toks[g], b0, nb, fg);
+                    }
+                }
+            }
+            for (k, ftr) in ft.iter().enumerate().take(row_groups) {
+                scatter(ftr, out, r0 + ROWS * k, nr, t0, nt);
+            }
+        }
+    }
+}
+
+/// Repacks blocks `b0..b0 + nb` of 16 Q4_0 rows: nibbles as bytes 0..15, low nibbles
+/// (values 0..16) in `q[8i..8i + 4]`, high nibbles (values 16..32) in `q[8i + 4..8i + 8]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn repack_q4_0(rows: &[&[BlockQ4_0]; ROWS], b0: usize, nb: usize, pw: &mut Packed32) {
+    let m = splat8(0x0F);
+    for i in 0..nb.min(BLOCKS32) {
+        // SAFETY: `b0 + i < bpr`, the length of every row.
+        let blocks: [&BlockQ4_0; ROWS] = from_fn(|r| unsafe { blk(rows[r], b0 + i) });
+        let cols = transpose16x4(blocks.map(|b| &b.qs));
+        for (j, c) in cols.into_iter().enumerate() {
+            pw.q[8 * i + j] = _mm512_and_si512(c, m);
+            pw.q[8 * i + 4 + j] = _mm512_and_si512(_mm512_srli_epi16::<4>(c), m);
+        }
+        pw.d[i] = f16x16(blocks.map(|b| b.d));
+    }
+}
+
+/// Repacks blocks `b0..b0 + nb` of 16 Q8_0 rows as `w + 128` (unsigned).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn repack_q8_0(rows: &[&[BlockQ8_0]; ROWS], b0: usize, nb: usize, pw: &mut Packed32) {
+    let flip = splat8(0x80);
+    for i in 0..nb.min(BLOCKS32) {
+        // SAFETY: `b0 + i < bpr`, the length of every row.
+        let blocks: [&BlockQ8_0; ROWS] = from_fn(|r| unsafe { blk(rows[r], b0 + i) });
+        let bytes: [&[u8; 32]; ROWS] = blocks.map(|b| bytemuck::cast_ref(&b.qs));
+        for half in 0..2 {
+            let cols = transpose16x4(bytes.map(|b| piece(b, half)));
+            for (j, c) in cols.into_iter().enumerate() {
+                pw.q[8 * i + 4 * half + j] = _mm512_xor_si512(c, flip);
+            }
+        }
+        pw.d[i] = f16x16(blocks.map(|b| b.d));
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C; `bpr > 0`,
+/// `w.len() == nr * bpr`, `x.len() == nt * bpr` and `out.len() == nr * nt`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q4_0(r, b, n, p);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm32::<_, 3>(w, x, bpr, out, repack) }
+}
+
+/// # Safety
+/// As for [`gemm_q4_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q8_0(r, b, n, p);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm32::<_, 7>(w, x, bpr, out, repack) }
+}
+
+// ------------------------------------------------------------------ k-quants
+
+/// One super-block of the 16 rows, repacked.
+struct PackedK {
+    /// Values `4c..4c + 4` of the super-block: `q[c]`, lane = row.
+    q: [__m512i; 64],
+    /// Sub-block scales as i32 lanes (8 for Q4_K/Q5_K, 16 for Q6_K).
+    sc: [__m512i; 16],
+    /// Per `bsums` pair `j`: the two i16 factors (Q4_K/Q5_K: `min_j` twice; Q6_K:
+    /// `-32 * scale_2j`, `-32 * scale_2j+1`).
+    pairs: [__m512i; 8],
+    d: __m512,
+    dmin: __m512,
+}
+
+impl PackedK {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    fn new() -> PackedK {
+        PackedK {
+            q: [_mm512_setzero_si512(); 64],
+            sc: [_mm512_setzero_si512(); 16],
+            pairs: [_mm512_setzero_si512(); 8],
+            d: _mm512_setzero_ps(),
+            dmin: _mm512_setzero_ps(),
+        }
+    }
+}
+
+/// The Q4_K/Q5_K `d`, `dmin`, scales and mins of 16 blocks, from their first 16 bytes
+/// (`d`, `dmin`, the 12 packed scale bytes) transposed: dword 0 of a row is `d | dmin <<
+/// 16`, dwords 1..3 are the scale bytes `q[0..4]`, `q[4..8]`, `q[8..12]`. The 6-bit
+/// unpacking of `scale_min_k4` then runs on all 16 rows at once, four sub-blocks per
+/// vector (one per byte of each lane).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn k4_meta(head: [&[u8; 16]; ROWS], pk: &mut PackedK) {
+    let [dd, s0, s1, s2] = transpose16x4(head);
+    pk.d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
+    pk.dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dd)));
+    let (m6, m4, top2) = (splat8(0x3F), splat8(0x0F), splat8(0x30));
+    // Bytes j of each lane: scale / min of sub-block j (lo) and j + 4 (hi).
+    let sc_lo = _mm512_and_si512(s0, m6);
+    let mn_lo = _mm512_and_si512(s1, m6);
+    let sc_hi = _mm512_or_si512(
+        _mm512_and_si512(s2, m4),
+        _mm512_and_si512(_mm512_srli_epi16::<2>(s0), top2),
+    );
+    let mn_hi = _mm512_or_si512(
+        _mm512_and_si512(_mm512_srli_epi16::<4>(s2), m4),
+        _mm512_and_si512(_mm512_srli_epi16::<2>(s1), top2),
+    );
+    let byte = _mm512_set1_epi32(0xFF);
+    let pair = |m: __m512i| _mm512_or_si512(m, _mm512_slli_epi32::<16>(m));
+    macro_rules! lane_byte {
+        ($v:expr, $j:literal) => {
+            _mm512_and_si512(_mm512_srli_epi32::<{ 8 * $j }>($v), byte)
+        };
+    }
+    pk.sc[0] = lane_byte!(sc_lo, 0);
+    pk.sc[1] = lane_byte!(sc_lo, 1);
+    pk.sc[2] = lane_byte!(sc_lo, 2);
+    pk.sc[3] = lane_byte!(sc_lo, 3);
+    pk.sc[4] = lane_byte!(sc_hi, 0);
+    pk.sc[5] = lane_byte!(sc_hi, 1);
+    pk.sc[6] = lane_byte!(sc_hi, 2);
+    pk.sc[7] = lane_byte!(sc_hi, 3);
+    pk.pairs[0] = pair(lane_byte!(mn_lo, 0));
+    pk.pairs[1] = pair(lane_byte!(mn_lo, 1));
+    pk.pairs[2] = pair(lane_byte!(mn_lo, 2));
+    pk.pairs[3] = pair(lane_byte!(mn_lo, 3));
+    pk.pairs[4] = pair(lane_byte!(mn_hi, 0));
+    pk.pairs[5] = pair(lane_byte!(mn_hi, 1));
+    pk.pairs[6] = pair(lane_byte!(mn_hi, 2));
+    pk.pairs[7] = pair(lane_byte!(mn_hi, 3));
+}
+
+/// Repacks the nibbles of 16 Q4_K/Q5_K blocks' `qs`: sub-block `s`, values `4j..4j + 4`
+/// in `q[8s + j]` (low nibbles of `qs[32p..32p + 32]` are sub-block `2p`, high ones `2p + 1`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn k4_nibbles(qs: [&[u8; 128]; ROWS], pk: &mut PackedK) {
+    let m = splat8(0x0F);
+    for g in 0..8 {
+        let cols = transpose16x4(qs.map(|q| piece(q, g)));
+        for (i, c) in cols.into_iter().enumerate() {
+            let k = 4 * g + i; // dword of qs: pair k / 8, values 4 * (k % 8)..
+            let (p, j) = (k / 8, k % 8);
+            pk.q[8 * (2 * p) + j] = _mm512_and_si512(c, m);
+            pk.q[8 * (2 * p + 1) + j] = _mm512_and_si512(_mm512_srli_epi16::<4>(c), m);
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn repack_q4_k(blocks: &[&BlockQ4K; ROWS], pk: &mut PackedK) {
+    k4_nibbles(blocks.map(|b| &b.qs), pk);
+    k4_meta(
+        blocks.map(|b| piece(bytemuck::cast_ref::<_, [u8; 144]>(b), 0)),
+        pk,
+    );
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn repack_q5_k(blocks: &[&BlockQ5K; ROWS], pk: &mut PackedK) {
+    k4_nibbles(blocks.map(|b| &b.qs), pk);
+    // qh byte l, bit s: the fifth bit of value l of sub-block s.
+    let mut h = [_mm512_setzero_si512(); 8];
+    for half in 0..2 {
+        let cols = transpose16x4(blocks.map(|b| piece(&b.qh, half)));
+        h[4 * half..4 * half + 4].copy_from_slice(&cols);
+    }
+    let sixteen = splat8(16);
+    for s in 0..8 {
+        let bit = splat8(1 << s);
+        for (j, &hj) in h.iter().enumerate() {
+            let k = _mm512_test_epi8_mask(hj, bit);
+            let q = pk.q[8 * s + j];
+            pk.q[8 * s + j] = _mm512_mask_add_epi8(q, k, q, sixteen);
+        }
+    }
+    k4_meta(
+        blocks.map(|b| piece(bytemuck::cast_ref::<_, [u8; 176]>(b), 0)),
+        pk,
+    );
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn repack_q6_k(blocks: &[&BlockQ6K; ROWS], pk: &mut PackedK) {
+    let mut ql = [_mm512_setzero_si512(); 32];
+    for g in 0..8 {
+        let cols = transpose16x4(blocks.map(|b| piece(&b.ql, g)));
+        ql[4 * g..4 * g + 4].copy_from_slice(&cols);
+    }
+    let mut qh = [_mm512_setzero_si512(); 16];
+    for g in 0..4 {
+        let cols = transpose16x4(blocks.map(|b| piece(&b.qh, g)));
+        qh[4 * g..4 * g + 4].copy_from_slice(&cols);
+    }
+    let (low4, high2) = (splat8(0x0F), splat8(0x30));
+    // Value 128h + 32q + l: low bits from ql[64h + 32(q & 1) + l] (low nibble for q < 2),
+    // high bits from qh[32h + l] bits 2q, 2q + 1.
+    for h in 0..2 {
+        for q in 0..4 {
+            for m in 0..8 {
+                let lo = ql[16 * h + 8 * (q & 1) + m];
+                let lo = if q < 2 {
+                    lo
+                } else {
+                    _mm512_srli_epi16::<4>(lo)
+                };
+                let hb = qh[8 * h + m];
+                let hi = match q {
+                    0 => _mm512_slli_epi16::<4>(hb),
+                    1 => _mm512_slli_epi16::<2>(hb),
+                    2 => hb,
+                    _ => _mm512_srli_epi16::<2>(hb),
+                };
+                pk.q[32 * h + 8 * q + m] =
+                    _mm512_or_si512(_mm512_and_si512(lo, low4), _mm512_and_si512(hi, high2));
+            }
+        }
+    }
+    // Scale 4c + k is byte k of dword c: sign-extended by shifting it to the top.
+    let cols = transpose16x4(blocks.map(|b| bytemuck::cast_ref::<_, [u8; 16]>(&b.scales)));
+    for (c, &v) in cols.iter().enumerate() {
+        pk.sc[4 * c] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(v));
+        pk.sc[4 * c + 1] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<16>(v));
+        pk.sc[4 * c + 2] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<8>(v));
+        pk.sc[4 * c + 3] = _mm512_srai_epi32::<24>(v);
+    }
+    let low16 = _mm512_set1_epi32(0xFFFF);
+    let z = _mm512_setzero_si512();
+    for j in 0..8 {
+        let a = _mm512_sub_epi32(z, _mm512_slli_epi32::<5>(pk.sc[2 * j]));
+        let b = _mm512_sub_epi32(z, _mm512_slli_epi32::<5>(pk.sc[2 * j + 1]));
+        pk.pairs[j] = _mm512_or_si512(_mm512_and_si512(a, low16), _mm512_slli_epi32::<16>(b));
+    }
+    pk.d = f16x16(blocks.map(|b| b.d));
+}
+
+/// `SUB` sub-blocks of `64 / SUB` four-byte chunks each: the exact `sum_s scale_s *
+/// sum(q * x)` of 16 rows x 8 tokens.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn k_sums<const SUB: usize>(pk: &PackedK, xb: &[&BlockQ8K; GROUP]) -> [__m512i; GROUP] {
+    let per = 64 / SUB;
+    let z = _mm512_setzero_si512();
+    let mut sumi = [z; GROUP];
+    for s in 0..SUB {
+        let mut acc = [z; GROUP];
+        for j in 0..per {
+            let c = per * s + j;
+            let wc = pk.q[c];
+            for t in 0..GROUP {
+                acc[t] = _mm512_dpbusd_epi32(acc[t], wc, bcast4(&xb[t].qs, c));
+            }
+        }
+        for t in 0..GROUP {
+            sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(acc[t], pk.sc[s]));
+        }
+    }
+    sumi
+}
+
+/// `acc + sum_j pairs_j . (bsums[2j], bsums[2j + 1])` per token.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn bsums_term(
+    pk: &PackedK,
+    xb: &[&BlockQ8K; GROUP],
+    mut acc: [__m512i; GROUP],
+) -> [__m512i; GROUP] {
+    for j in 0..8 {
+        for t in 0..GROUP {
+            acc[t] = _mm512_dpwssd_epi32(acc[t], pk.pairs[j], bcast_bsums(xb[t], j));
+        }
+    }
+    acc
+}
+
+/// Q4_K/Q5_K micro-kernel: one super-block of 16 rows x 8 tokens into `ft`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn micro_k4(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m512; GROUP]) {
+    let sumi = k_sums::<8>(pk, xb);
+    let summ = bsums_term(pk, xb, [_mm512_setzero_si512(); GROUP]);
+    for t in 0..GROUP {
+        let dx = _mm512_set1_ps(xb[t].d);
+        let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), _mm512_mul_ps(pk.d, dx), ft[t]);
+        ft[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(summ[t]), _mm512_mul_ps(pk.dmin, dx), f);
+    }
+}
+
+/// Q6_K micro-kernel: one super-block of 16 rows x 8 tokens into `ft`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn micro_q6_k(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m512; GROUP]) {
+    let sumi = bsums_term(pk, xb, k_sums::<16>(pk, xb));
+    for t in 0..GROUP {
+        let s = _mm512_mul_ps(pk.d, _mm512_set1_ps(xb[t].d));
+        ft[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), s, ft[t]);
+    }
+}
+
+/// The pass loop of the k-quants: per super-block, repack the 16 rows' blocks, then run
+/// the micro-kernel over the pass's token groups.
+///
+/// # Safety
+/// `bpr > 0`, `w.len() == nr * bpr`, `x.len() == nt * bpr`, `out.len() == nr * nt`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn gemm_k<W>(
+    w: &[W],
+    x: &[BlockQ8K],
+    bpr: usize,
+    out: &mut [f32],
+    repack: impl Fn(&[&W; ROWS], &mut PackedK),
+    micro: impl Fn(&PackedK, &[&BlockQ8K; GROUP], &mut [__m512; GROUP]),
+) {
+    let (nr, nt) = (w.len() / bpr, x.len() / bpr);
+    let mut pk = PackedK::new();
+    for r0 in (0..nr).step_by(ROWS) {
+        // SAFETY: `r0 < nr` and `w.len() == nr * bpr` (this function's contract).
+        let rows = unsafe { row_set(w, bpr, r0, nr) };
+        for t0 in (0..nt).step_by(PASS_TOKENS) {
+            // SAFETY: `t0 < nt` and `x.len() == nt * bpr`.
+            let toks = unsafe { token_set(x, bpr, t0, nt) };
+            let groups = (nt - t0).min(PASS_TOKENS).div_ceil(GROUP);
+            let mut ft = [_mm512_setzero_ps(); PASS_TOKENS];
+            for b in 0..bpr {
+                // SAFETY: `b < bpr`, the length of every row.
+                let blocks: [&W; ROWS] = from_fn(|r| unsafe { blk(rows[r], b) });
+                prefetch_rows(&rows, b + 1, 1);
+                repack(&blocks, &mut pk);
+                let (ftg, _) = ft.as_chunks_mut::<GROUP>();
+                for (g, fg) in ftg.iter_mut().enumerate().take(groups) {
+                    // SAFETY: `b < bpr`, the length of every token row.
+                    let xb: [&BlockQ8K; GROUP] = from_fn(|t| unsafe { blk(toks[g][t], b) });
+                    micro(&pk, &xb, fg);
+                }
+            }
+            scatter(&ft, out, r0, nr, t0, nt);
+        }
+    }
+}
+
+/// # Safety
+/// As for [`gemm_q4_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q4_k(w: &[BlockQ4K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q4_k(b, p);
+    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_k4(p, xb, f);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
+}
+
+/// # Safety
+/// As for [`gemm_q4_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q5_k(w: &[BlockQ5K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q5_k(b, p);
+    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_k4(p, xb, f);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
+}
+
+/// # Safety
+/// As for [`gemm_q4_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_q6_k(w: &[BlockQ6K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q6_k(b, p);
+    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_q6_k(p, xb, f);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
+}
