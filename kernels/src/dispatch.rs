@@ -24,7 +24,8 @@ pub enum KernelPath {
     /// x86_64 with AVX2, FMA and F16C.
     Avx2,
     /// x86_64 with AVX-512 F, BW, VL and VNNI on top of AVX2, FMA and F16C (Intel Ice Lake
-    /// and later, AMD Zen 4 and later): `vpdpbusd` dots and matrix–matrix kernels.
+    /// and later, AMD Zen 4 and later): `vpdpbusd` matrix–matrix kernels for prefill; decode
+    /// uses the AVX2 dots.
     Avx512,
     /// aarch64 Advanced SIMD (every ARMv8-A core: Cortex-A53/A72, Pi 3/4).
     Neon,
@@ -225,17 +226,15 @@ const AVX2: Table = {
     }
 };
 
-/// The AVX2 table with VNNI quantized dots and matrix–matrix kernels; the float dots,
-/// activation quantizers and ops are AVX2's (memory-bound or a small share of the time).
+/// The AVX2 table with VNNI matrix–matrix kernels for prefill. Decode keeps AVX2's dots:
+/// VNNI single-row dots were measured slower on the development machine (3B Q4_0
+/// matrix–vector, one thread: 18.6 GB/s against AVX2's 26.5; tg64 16.8 against 20.8
+/// tokens/s), because decode is bound by loads and the 512-bit units' frequency cost, not
+/// by multiply-adds.
 #[cfg(target_arch = "x86_64")]
 const AVX512: Table = {
-    use crate::dot::x86_64::{avx512, avx512_gemm};
+    use crate::dot::x86_64::avx512_gemm;
     Table {
-        dot_q8_0: avx512::dot_q8_0,
-        dot_q4_0: avx512::dot_q4_0,
-        dot_q4_k: avx512::dot_q4_k,
-        dot_q5_k: avx512::dot_q5_k,
-        dot_q6_k: avx512::dot_q6_k,
         gemm_q8_0: Some(avx512_gemm::gemm_q8_0),
         gemm_q4_0: Some(avx512_gemm::gemm_q4_0),
         gemm_q4_k: Some(avx512_gemm::gemm_q4_k),

@@ -65,7 +65,6 @@
 use core::arch::x86_64::*;
 use core::array::from_fn;
 
-use super::avx512::{load_i8x32, load_u8x16, load_u16x8, transpose_sums8};
 use crate::formats::*;
 
 /// Weight rows per register tile: one per i32 lane of a zmm register.
@@ -240,6 +239,52 @@ fn scatter(
             }
         }
     }
+}
+
+// ------------------------------------------------------------------ loads and reductions
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn load_u8x16(a: &[u8; 16]) -> __m128i {
+    // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn load_i8x32(a: &[i8; 32]) -> __m256i {
+    // SAFETY: `a` is 32 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
+}
+
+/// Eight 16-bit values (f16 bit patterns).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn load_u16x8(a: &[u16; 8]) -> __m128i {
+    // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
+}
+
+/// Lane `i` of the result is the exact sum of the eight i32 lanes of `v[i]`: a transposing
+/// tree (unpack and add within 128-bit lanes, then across the halves), 21 instructions for
+/// eight vectors instead of eight horizontal sums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn transpose_sums8(v: [__m256i; 8]) -> __m256i {
+    // Per 128-bit half: [a0 + a2, b0 + b2, a1 + a3, b1 + b3].
+    let pair = |a: __m256i, b: __m256i| {
+        _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
+    };
+    // Per 128-bit half: the four inputs' sums over that half.
+    let quad = |ab: __m256i, cd: __m256i| {
+        _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd))
+    };
+    let lo = quad(pair(v[0], v[1]), pair(v[2], v[3]));
+    let hi = quad(pair(v[4], v[5]), pair(v[6], v[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(lo, hi),
+        _mm256_permute2x128_si256::<0x31>(lo, hi),
+    )
 }
 
 // ------------------------------------------------------------------ Q4_0 and Q8_0

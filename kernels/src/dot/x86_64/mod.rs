@@ -3,5 +3,4 @@
 
 pub(crate) mod avx2;
 pub(crate) mod avx2_gemm;
-pub(crate) mod avx512;
 pub(crate) mod avx512_gemm;
