@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod demo;
 mod inspect;
 mod kernels;
 mod logits;
@@ -34,6 +35,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the commented default configuration, or check a configuration file.
     Config(config::ConfigArgs),
+    /// See it work: embedded MQTT broker, a (synthesized) model, the service, one prompt
+    /// sent over MQTT and its streamed answer.
+    Demo(demo::DemoArgs),
     /// Report the CPU's kernel paths, self-check them against the scalar reference, and
     /// optionally measure matrix–vector bandwidth against the memory's read roofline.
     Kernels(kernels::KernelsArgs),
@@ -86,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Config(args) => config::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Kernels(args) => kernels::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
