@@ -1,4 +1,54 @@
-//! Matrix–matrix (GEMM) micro-kernels for NEON with the dot-product extension (placeholder).
+//! Matrix–matrix (prefill) kernels of the `dotprod` path (NEON with the ARMv8.2
+//! dot-product extension): `out[r * nt + t] = dot(w row r, x row t)` for Q8_0, Q4_0, Q4_K,
+//! Q5_K and Q6_K weights.
+//!
+//! These are the micro-tiles of [`super::neon_gemm`], instantiated from its [`gemm_tiles`]
+//! macro with the features `neon,dotprod` and `SDOT` ([`sdot`]) as the integer dot
+//! product. Everything else is that module's, and documented there: the result (the
+//! [`crate::dot::scalar`] dot of every pair, with exact integer sums and the f32 steps
+//! fused and, for Q4_K/Q5_K, reordered as listed there), the tiles of [`ROWS_Q8_0`] = 4
+//! (Q8_0, Q4_0) or [`ROWS_K`] = 2 (k-quants) rows × four tokens with one `ADDP` tree per
+//! row reducing four tokens' sums into one vector, the weight unpacking ([`q8_0_weights`],
+//! [`q4_0_weights`], [`q4_k_sub`], [`q5_k_sub`] and
+//! [`q6_k_sub_block`](super::neon_gemm::q6_k_sub_block)), the Q4_K/Q5_K mins through the
+//! activation `bsums`, and the partial tiles of [`drive`] (remaining rows one at a time,
+//! the last token group padded with its final token and only real tokens stored). Nothing
+//! allocates.
+//!
+//! # Integer products
+//!
+//! `SDOT` adds four i8 × i8 products into each i32 lane, 16 per instruction, with no i16
+//! intermediate, so every format, Q8_0 included, is exact with plain chained `SDOT`s:
+//!
+//! - **Q8_0, Q4_0**: [`dot32`], two chained `SDOT`s from zero per block, row and token.
+//! - **Q4_K, Q5_K**: two chained `SDOT`s per 32-value sub-block, row and token.
+//! - **Q6_K**: one `SDOT` per 16-value sub-block, row and token.
+//!
+//! # Running sums
+//!
+//! The k-quant tiles run with `RUNNING = true`: the `SDOT`s of every sub-block add into one
+//! i32x4 per (row, token) that is never reset, neither per sub-block nor per super-block,
+//! so no zeroing is needed. After sub-block `j` the four tokens' running sums are reduced
+//! to `S_j` (one lane per token), and sub-block `j`'s own sum is `S_j - S_{j-1}`, where
+//! `S_-1` is the reduction after the previous super-block (zero before the first). With
+//! the sub-block scales `s_j` and `s_n = 0` past the last one,
+//!
+//! `Σ_j s_j (S_j - S_{j-1}) = -(s_0 S_-1 + Σ_j S_j (s_{j+1} - s_j))`,
+//!
+//! so the tile starts each super-block's integer sum at `s_0 S_-1` and adds one `MLA` by
+//! element of `S_j` and the scale step `s_{j+1} - s_j` per sub-block, the steps computed
+//! once per super-block and row (`EXT` + `SUB`). The result is `-sumi`, and the tile
+//! subtracts `f32(-sumi) · (d_w · d_x)` with `FMLS`, which is the same as adding
+//! `f32(sumi) · (d_w · d_x)` (the conversion is symmetric in sign).
+//!
+//! # Overflow
+//!
+//! `SDOT`, `ADDP`, `MUL` and `MLA` all wrap in i32 (modulo `2^32`, no saturation). The
+//! running sums grow over the whole row and may wrap on very long rows, but only their
+//! differences enter the result, through wrapping arithmetic whose true value, `-sumi`,
+//! fits in i32 (below `2^26` for Q4_K/Q5_K and at most `2^27` for Q6_K, as in
+//! [`super::neon_gemm`]), so it is exact. Q8_0/Q4_0 block sums start from zero and stay
+//! below `2^19`; the mins sum `summ` is computed as in the NEON path.
 
 use core::arch::aarch64::*;
 

@@ -1,4 +1,98 @@
-//! Matrix–matrix (GEMM) micro-kernels for the baseline NEON path (placeholder docs).
+//! Matrix–matrix (prefill) kernels of the `neon` path: `out[r * nt + t] = dot(w row r,
+//! x row t)` for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights, each weight block unpacked once
+//! for four tokens and each activation block loaded once for all the rows of a tile.
+//!
+//! The micro-tiles are written once, in the [`gemm_tiles`] macro, generic over the integer
+//! dot product: this module instantiates them with the baseline `SMULL`/`SADALP` products,
+//! [`super::dotprod_gemm`] with `SDOT`. The driver ([`drive`]) and the weight unpacking
+//! are shared the same way.
+//!
+//! # What is computed
+//!
+//! Every output is the dot product [`crate::dot::scalar`] defines for its (row, token)
+//! pair: per block (super-block for the k-quants) the same integer sum `sumi`, and for
+//! Q4_K/Q5_K the same mins sum `summ`, exact and equal to the reference's; converted to f32
+//! by `SCVTF` (round to nearest, as `as f32`); multiplied by the same scale products
+//! `d_w · d_x` (and `dmin_w · d_x`), rounded as the reference rounds them; and accumulated
+//! into one f32 per pair, starting from zero, in block order. Only the f32 steps differ:
+//!
+//! - each term is added with a fused multiply-add (`FMLA`, or `FMLS` for a subtracted
+//!   term): `acc + f32(sumi) · (d_w · d_x)` is rounded once, where the reference rounds the
+//!   product and then the sum;
+//! - Q4_K/Q5_K subtract the mins term `f32(summ) · (dmin_w · d_x)` from the accumulator
+//!   first and add the scales term after it, where the reference adds the difference of
+//!   the two rounded products.
+//!
+//! So an output can differ from the reference by a few roundings per block, not by any
+//! integer; the tests hold it to the dot products' error budgets.
+//!
+//! # Micro-tiles: `R` rows × four tokens
+//!
+//! A tile covers `R` weight rows and [`LANES`] = 4 tokens over their whole length (all
+//! `bpr` blocks) and returns `R` `float32x4_t` accumulators: lane `t` of vector `r` is
+//! the output of row `r` and token `t`. `R` is [`ROWS_Q8_0`] = 4 for Q8_0/Q4_0
+//! ([`tile_q8_0`]) and [`ROWS_K`] = 2 for the k-quants ([`tile_k4`] for Q4_K/Q5_K,
+//! [`tile_q6_k`]). Per block, the tile loads the four tokens' values (for the k-quants one
+//! sub-block at a time) and their scales as one vector of four lanes ([`f16x4`] widens the
+//! f16 scales of Q8_0 with one `FCVTL`); then, per row, it unpacks the weights once and
+//! multiplies them by the four tokens', one i32x4 of partial sums per (row, token). The
+//! four i32x4 of a row are reduced with one `ADDP` tree ([`sum4`](super::neon::sum4)) to
+//! one vector whose lane `t` is token `t`'s sum, so every scale is applied to four tokens
+//! at once: the float scales `d_w · d_x` (four lanes) with one `SCVTF` and one FMA per row
+//! and block, and for the k-quants each sub-block's integer scale with one `MLA` by element
+//! (the four token sums times the scale, in i32).
+//!
+//! # Formats
+//!
+//! - **Q8_0**: the 32 weights as they are ([`q8_0_weights`]).
+//! - **Q4_0**: `AND 0x0F` and `USHR #4` give elements 0..16 and 16..32, minus 8: -8..=7
+//!   ([`q4_0_weights`]).
+//! - **Q4_K**: sub-block `j` (32 values) is the low (`j` even) or high nibbles of the 32
+//!   bytes of group `j / 2`: 0..=15 ([`q4_k_sub`]).
+//! - **Q5_K**: as Q4_K, with bit `j` of `qh[l]` as the fifth bit, moved by `USHL` and merged
+//!   by `SLI #4` (low nibble) or `SRI #4` (high nibble): 0..=31 ([`q5_k_sub`]).
+//! - **Q6_K**: one 16-value sub-block at a time: four bits of `ql` and a bit pair of `qh`
+//!   masked into bits 4..5, merged with `ORR`/`SRI`, minus 32: -32..=31
+//!   ([`q6_k_sub_block`]).
+//!
+//! The k-quant scales come from [`k4_scales_mins`](super::neon::k4_scales_mins) and
+//! [`q6_k_scales`](super::neon::q6_k_scales) as i32x4 of four sub-blocks each. The Q4_K/Q5_K
+//! mins never touch the values: per super-block each token's 16 `bsums` are widened
+//! pairwise (`SADDLP`) to the eight 32-value sub-blocks, multiplied by the row's mins
+//! (`MUL`, `MLA`) and reduced over the four tokens with one `ADDP` tree into `summ`.
+//!
+//! The NEON products widen i8 × i8 to i16 (`SMULL`/`SMLAL` and their `2` forms) and fold
+//! the i16 lanes pairwise into i32 (`SADDLP`/`SADALP`), with as many products per i16 lane
+//! as the value ranges allow (activations are any i8, `|x| <= 128`):
+//!
+//! | weights | max abs product | products per i16 lane | function |
+//! |---|---|---|---|
+//! | Q8_0 | 16384 | 1 | `dot32_wide` |
+//! | Q4_0 | 1024 | 4 | [`dot32_narrow`] |
+//! | Q4_K, Q5_K | 1920, 3968 | 4 (at most 15872) | `dot32_i16`, then `SADALP` |
+//! | Q6_K | 4096 | 2 | `SMULL` + `SMLAL2`, then `SADALP` |
+//!
+//! Here every sub-block's sum starts from zero and the scales multiply the sub-block sums
+//! directly (the tiles' `RUNNING = false`); the dotprod path uses running sums instead
+//! (see [`super::dotprod_gemm`]).
+//!
+//! # Overflow
+//!
+//! The i32 sums are far from overflowing: a Q8_0 block sums to at most `32 · 16384 = 2^19`
+//! in magnitude, a Q4_0 block to `32 · 1024 = 2^15`; Q4_K/Q5_K's `sumi` to
+//! `8 · 63 · 32 · 3968 < 2^26` (6-bit scales) and `summ` to `8 · 63 · 2 · 32768 < 2^25`
+//! (even for arbitrary i16 `bsums`); Q6_K's `sumi` to `16 · 128 · 16 · 4096 = 2^27` (i8
+//! scales). So each is exactly the reference's integer.
+//!
+//! # Shapes
+//!
+//! [`drive`] runs the tiles over any `nr, nt >= 1`: rows in groups of `R`, the remaining
+//! `nr % R` rows one at a time (the same tile with `R = 1`), and tokens in groups of four,
+//! the last group filling its missing lanes with its final token, whose extra results are
+//! computed and never stored. An empty product writes nothing. Rows, tokens and outputs are
+//! taken with `chunks_exact`/`get`, so nothing is read or written outside `w`, `x` and
+//! `out`, and nothing panics. Nothing allocates: the tiles' state is a few arrays of
+//! vectors on the stack.
 
 use core::arch::aarch64::*;
 
@@ -18,12 +112,14 @@ pub(super) const ROWS_K: usize = 2;
 
 // ---------------------------------------------------------------- small helpers
 
+/// Four floats as a vector (`LD1`).
 #[inline(always)]
 pub(super) fn ld_f32x4(a: &[f32; 4]) -> float32x4_t {
     // SAFETY: `a` is 4 readable floats; LD1 needs only the element alignment `a` has.
     unsafe { vld1q_f32(a.as_ptr()) }
 }
 
+/// A vector as four floats (`ST1`).
 #[inline(always)]
 fn st_f32x4(v: float32x4_t) -> [f32; 4] {
     let mut a = [0.0f32; 4];
@@ -132,11 +228,14 @@ pub(super) fn q4_0_weights(b: &BlockQ4_0) -> (f32, int8x16_t, int8x16_t) {
     (f16_to_f32(b.d), lo, hi)
 }
 
-/// The scales of a Q4_K or Q5_K block (their values differ: see [`q4_k_pair`] and
-/// [`q5_k_pair`]).
+/// The scales of a Q4_K or Q5_K block (their values differ: see [`q4_k_sub`] and
+/// [`q5_k_sub`]).
 pub(super) trait K4Block {
+    /// The super-block scale.
     fn d(&self) -> f16;
+    /// The super-block scale of the mins.
     fn dmin(&self) -> f16;
+    /// The packed 6-bit sub-block scales and mins.
     fn scales(&self) -> &[u8; K_SCALE_SIZE];
 }
 
