@@ -29,6 +29,9 @@ cargo fmt --all -- --check
 step "cargo clippy (x86_64, warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo doc (broken intra-doc links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
+
 step "cargo test (native)"
 cargo test --workspace --locked
 

@@ -9,7 +9,7 @@
 //! - [`dot`]: per-format dot products, scalar reference and SIMD paths.
 //! - [`dispatch`]: picks a path once from CPU features (`SPILLWAY_KERNELS` overrides) and is
 //!   the only safe door to the SIMD code.
-//! - [`matmul`]: matrix–vector and matrix–matrix products split over a [`pool`] of
+//! - [`matmul`](mod@matmul): matrix–vector and matrix–matrix products split over a [`pool`] of
 //!   persistent threads.
 //! - [`ops`]: RMSNorm, RoPE/YaRN, softmax, SiLU·mul, residual add.
 //!

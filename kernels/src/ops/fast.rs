@@ -1,6 +1,6 @@
 //! Vectorizable versions of the [`super::reference`] operations: independent f32 lanes
 //! and a branch-free polynomial `exp`, so loops compile to SIMD (NEON on aarch64, AVX2
-//! through [`super::avx2`]).
+//! through `super::avx2`).
 //!
 //! Error budgets against the reference: `exp_fast` is within 2 ulp over its whole range;
 //! rmsnorm, softmax and silu_mul within 1e-5 relative (checked in `tests/ops.rs`).

@@ -1,9 +1,9 @@
 //! The f32 operations of the forward pass: RMSNorm, RoPE with YaRN, softmax, SiLU·mul,
 //! residual add, and attention's weighted sum of V rows (`axpy` over f16 and Q8_0 rows).
 //!
-//! [`reference`] defines the behaviour (f64 sums, libm `exp`). [`fast`] holds the same
+//! [`reference`](mod@reference) defines the behaviour (f64 sums, libm `exp`). [`fast`] holds the same
 //! operations written so the compiler vectorizes them (f32 lanes, a polynomial `exp`); on
-//! aarch64 that is NEON code as compiled, on x86_64 [`avx2`] recompiles them with AVX2+FMA
+//! aarch64 that is NEON code as compiled, on x86_64 `avx2` recompiles them with AVX2+FMA
 //! enabled. The dispatch table picks one set; tests hold each to the reference.
 //! RoPE and the residual add are not hot enough to need more than one version.
 

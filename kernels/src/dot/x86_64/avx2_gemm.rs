@@ -23,7 +23,7 @@
 //!
 //! Passes cover up to 64 rows (eight row groups; the Q4_0/Q8_0 activation sums of a chunk
 //! are computed once and shared by all of them) by 128 tokens (each row group's repacked
-//! chunk is shared by 32 token groups). The caller, [`crate::matmul`], hands out tiles of
+//! chunk is shared by 32 token groups). The caller, [`crate::matmul`](mod@crate::matmul), hands out tiles of
 //! exactly that size.
 //!
 //! # Formats
