@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 step() { printf '\n==== %s\n' "$*"; }
 
 missing=()
-for tool in /usr/bin/cargo /usr/bin/rustc qemu-aarch64 aarch64-linux-gnu-gcc python3 mosquitto; do
+for tool in /usr/bin/cargo /usr/bin/rustc qemu-aarch64 aarch64-linux-gnu-gcc python3 mosquitto openssl; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 [ -d ../shared/fixtures ] || [ -n "${SPILLWAY_FIXTURES:-}" ] || missing+=("../shared/fixtures")

@@ -7,4 +7,4 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends \
     rustc-web cargo-web libstd-rust-web-dev:arm64 rust-web-clippy \
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user python3 \
-    mosquitto mosquitto-clients
+    mosquitto mosquitto-clients openssl

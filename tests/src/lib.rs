@@ -130,17 +130,6 @@ impl Drop for TempDir {
     }
 }
 
-fn wait_for_port(port: u16, what: &str) {
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed().as_secs() < 10,
-            "{what} did not open port {port}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 /// Debian's mosquitto on a free loopback port, with on-disk persistence (so sessions and
 /// queued messages survive a restart), killed on drop.
 #[derive(Debug)]
@@ -152,13 +141,22 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with("")
+    }
+
+    /// Like [`Mosquitto::start`], with `extra` configuration lines after the listener's:
+    /// TLS files, `require_certificate true`, `allow_anonymous false`, `password_file ...`
+    /// (a later line overrides an earlier one). Under root, mosquitto stays root
+    /// (`user root`) so that it can read the test's own files (keys, password file, its
+    /// persistence directory).
+    pub fn start_with(extra: &str) -> Mosquitto {
         let dir = TempDir::new("mosquitto");
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 10000\nlog_dest file {}/mosquitto.log\n",
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 10000\nlog_dest file {}/mosquitto.log\n{extra}\n",
                 dir.path().display(),
                 dir.path().display()
             ),
@@ -182,7 +180,25 @@ impl Mosquitto {
             .spawn()
             .expect("starting mosquitto (apt-get install mosquitto)");
         self.child = Some(child);
-        wait_for_port(self.port, "mosquitto");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && start.elapsed().as_secs() < 10,
+                "mosquitto did not open port {} (exit: {exited:?}); its log:\n{}",
+                self.port,
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The broker's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
     /// Kills the broker abruptly (SIGKILL).
@@ -280,6 +296,20 @@ impl Serve {
     /// The daemon's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the daemon's log contains `needle`; false if `timeout` passes first.
+    pub fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 
