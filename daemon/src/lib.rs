@@ -25,6 +25,7 @@ pub mod config;
 pub mod engine;
 pub mod model;
 pub mod monitor;
+pub mod router;
 pub mod service;
 pub mod synth;
 pub mod tokenizer;

@@ -1,0 +1,16 @@
+//! Overflow routing: deciding, for each request, whether it runs on the board, waits for
+//! local capacity, goes to a cloud route (HTTPS router or cloud MQTT broker) or is refused,
+//! and saying why.
+//!
+//! - [`policy`]: the pure decision state machine (thermal hysteresis, memory, queue wait,
+//!   context, route hint, privacy, cloud health) and the generation-rate [`Ewma`].
+//!
+//! The monitor (readings) and the cloud forwarders (health) feed it; the service acts on
+//! its [`Decision`]s.
+
+pub mod policy;
+
+pub use policy::{
+    CloudHealth, CloudRoute, Conditions, Decision, Ewma, Policy, PolicyConfig, PolicyError,
+    RejectCode, RequestFacts, Route, RouteHealth, Rule, Thermal, ThermalLimits, ThermalState,
+};
