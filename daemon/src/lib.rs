@@ -21,6 +21,7 @@
 //! GGUF reading and writing live in the `spillway-gguf` crate.
 
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod engine;
 pub mod model;

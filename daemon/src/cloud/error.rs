@@ -1,0 +1,265 @@
+//! Why a cloud request failed, and the reply error code each failure maps to. Messages
+//! quote the endpoint and (cleaned, truncated) server text, never the token.
+
+use std::fmt;
+
+/// Which timeout fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// DNS, TCP connect and TLS handshake.
+    Connect,
+    /// Waiting for the response and its first text delta.
+    FirstToken,
+    /// Silence between chunks after text had started.
+    Idle,
+}
+
+impl fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::Connect => "connecting",
+            TimeoutPhase::FirstToken => "waiting for the first token",
+            TimeoutPhase::Idle => "waiting for the next chunk (stalled stream)",
+        })
+    }
+}
+
+/// What went wrong, on which endpoint (`endpoint` is "base URL (model)").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CloudErrorKind {
+    /// Nothing was sent: every endpoint is cooling down or behind an open circuit.
+    #[error("cloud unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// The request cannot be sent as it is.
+    #[error("invalid cloud request: {0}")]
+    InvalidRequest(String),
+    #[error("cannot connect to {endpoint}: {message}")]
+    Connect { endpoint: String, message: String },
+    #[error("TLS with {endpoint} failed: {message}")]
+    Tls { endpoint: String, message: String },
+    /// 401 or 403: the token was refused; the circuit is now open.
+    #[error("{endpoint} refused the API token (HTTP {status}): {message}")]
+    Auth {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
+    /// 402: the account is out of credits; the circuit is now open.
+    #[error("{endpoint}: credits exhausted (HTTP 402): {message}")]
+    Credits { endpoint: String, message: String },
+    /// 429, 5xx and other statuses that say nothing about the request itself.
+    #[error("{endpoint}: HTTP {status}: {message}")]
+    Http {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
+    /// 400, 413, 422: the request itself was refused; another try would fare no better.
+    #[error("{endpoint} rejected the request (HTTP {status}): {message}")]
+    Rejected {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{endpoint}: timed out {phase}")]
+    Timeout {
+        endpoint: String,
+        phase: TimeoutPhase,
+    },
+    /// An `error` event in the stream, or the stream ending before `[DONE]`.
+    #[error("{endpoint}: the stream failed: {message}")]
+    Stream { endpoint: String, message: String },
+    /// A response that breaks the protocol or a limit (oversize line, not an event stream,
+    /// malformed chunk).
+    #[error("{endpoint}: bad response: {message}")]
+    Protocol { endpoint: String, message: String },
+}
+
+impl CloudErrorKind {
+    /// The reply error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CloudErrorKind::Unavailable { .. }
+            | CloudErrorKind::Connect { .. }
+            | CloudErrorKind::Tls { .. }
+            | CloudErrorKind::Auth { .. }
+            | CloudErrorKind::Credits { .. } => "cloud_unavailable",
+            CloudErrorKind::Http { status, .. } if *status == 429 || *status >= 500 => {
+                "cloud_unavailable"
+            }
+            CloudErrorKind::InvalidRequest(_) => "invalid_request",
+            CloudErrorKind::Timeout { .. } => "timeout",
+            CloudErrorKind::Http { .. }
+            | CloudErrorKind::Rejected { .. }
+            | CloudErrorKind::Stream { .. }
+            | CloudErrorKind::Protocol { .. } => "cloud_error",
+        }
+    }
+
+    /// The failure without the endpoint, for cooldown and circuit reasons (which name the
+    /// endpoint themselves).
+    pub(crate) fn summary(&self) -> String {
+        match self {
+            CloudErrorKind::Unavailable { reason } => reason.clone(),
+            CloudErrorKind::InvalidRequest(m) => m.clone(),
+            CloudErrorKind::Connect { message, .. } => format!("connection failed: {message}"),
+            CloudErrorKind::Tls { message, .. } => format!("TLS failed: {message}"),
+            CloudErrorKind::Auth {
+                status, message, ..
+            } => format!("API token refused (HTTP {status}): {message}"),
+            CloudErrorKind::Credits { message, .. } => {
+                format!("credits exhausted (HTTP 402): {message}")
+            }
+            CloudErrorKind::Http {
+                status, message, ..
+            }
+            | CloudErrorKind::Rejected {
+                status, message, ..
+            } => format!("HTTP {status}: {message}"),
+            CloudErrorKind::Timeout { phase, .. } => format!("timed out {phase}"),
+            CloudErrorKind::Stream { message, .. } => format!("stream failed: {message}"),
+            CloudErrorKind::Protocol { message, .. } => format!("bad response: {message}"),
+        }
+    }
+}
+
+/// A failed cloud request: the last failure, how many HTTP attempts were made, and whether
+/// text had already been forwarded (then the caller must not fall back to another route,
+/// or the answer would be duplicated).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}{}", attempts_note(*attempts))]
+pub struct CloudError {
+    pub kind: CloudErrorKind,
+    pub attempts: u32,
+    pub partial: bool,
+}
+
+fn attempts_note(attempts: u32) -> String {
+    match attempts {
+        0 | 1 => String::new(),
+        n => format!(" (after {n} attempts)"),
+    }
+}
+
+impl CloudError {
+    /// The reply error code: `cloud_unavailable`, `cloud_error`, `timeout` or
+    /// `invalid_request`.
+    pub fn code(&self) -> &'static str {
+        self.kind.code()
+    }
+
+    pub(crate) fn new(kind: CloudErrorKind, attempts: u32, partial: bool) -> CloudError {
+        CloudError {
+            kind,
+            attempts,
+            partial,
+        }
+    }
+}
+
+/// Makes server-supplied text fit for a log line or a reply: control characters become
+/// spaces, runs of whitespace collapse, and it is cut to `max` characters.
+pub(crate) fn clean_text(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max + 3));
+    let mut n = 0;
+    let mut last_space = true;
+    for c in s.chars() {
+        let c = if c.is_control() || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' && last_space {
+            continue;
+        }
+        if n == max {
+            out.push('…');
+            return out;
+        }
+        last_space = c == ' ';
+        out.push(c);
+        n += 1;
+    }
+    if out.ends_with(' ') {
+        out.pop();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        let e = |kind| CloudError::new(kind, 1, false).code();
+        let ep = || "x".to_string();
+        assert_eq!(
+            e(CloudErrorKind::Unavailable { reason: ep() }),
+            "cloud_unavailable"
+        );
+        assert_eq!(
+            e(CloudErrorKind::Credits {
+                endpoint: ep(),
+                message: ep()
+            }),
+            "cloud_unavailable"
+        );
+        assert_eq!(
+            e(CloudErrorKind::Http {
+                endpoint: ep(),
+                status: 503,
+                message: ep()
+            }),
+            "cloud_unavailable"
+        );
+        assert_eq!(
+            e(CloudErrorKind::Http {
+                endpoint: ep(),
+                status: 404,
+                message: ep()
+            }),
+            "cloud_error"
+        );
+        assert_eq!(
+            e(CloudErrorKind::Timeout {
+                endpoint: ep(),
+                phase: TimeoutPhase::Idle
+            }),
+            "timeout"
+        );
+        assert_eq!(
+            e(CloudErrorKind::Stream {
+                endpoint: ep(),
+                message: ep()
+            }),
+            "cloud_error"
+        );
+        assert_eq!(e(CloudErrorKind::InvalidRequest(ep())), "invalid_request");
+    }
+
+    #[test]
+    fn display_mentions_attempts_only_when_retried() {
+        let kind = CloudErrorKind::Http {
+            endpoint: "https://r/v1 (m)".into(),
+            status: 503,
+            message: "busy".into(),
+        };
+        assert_eq!(
+            CloudError::new(kind.clone(), 1, false).to_string(),
+            "https://r/v1 (m): HTTP 503: busy"
+        );
+        assert_eq!(
+            CloudError::new(kind, 3, false).to_string(),
+            "https://r/v1 (m): HTTP 503: busy (after 3 attempts)"
+        );
+    }
+
+    #[test]
+    fn clean_text_strips_controls_and_truncates() {
+        assert_eq!(clean_text("a\r\n\x1b[31mb  \t c ", 100), "a [31mb c");
+        assert_eq!(clean_text("ééééé", 3), "ééé…");
+        assert_eq!(clean_text("", 3), "");
+        assert_eq!(clean_text("abc", 3), "abc");
+    }
+}

@@ -1,0 +1,775 @@
+//! One HTTP attempt against one endpoint: connect (TCP, then TLS with rustls and the `ring`
+//! provider), `POST .../chat/completions` over HTTP/1.1 with hyper's connection API, and
+//! either stream the event stream, forwarding deltas as they are parsed, or turn the error
+//! status into a failure that says what the caller should do next.
+//!
+//! A new connection per attempt: spill-over requests are occasional and last seconds, so
+//! a pool would save little, and a retry must never reuse a connection that just failed.
+//! HTTP/1.1 only, as every OpenAI-compatible server speaks it and it keeps hyper's h2
+//! stack out of the binary.
+//!
+//! The token goes into one `Authorization` header value built at start and marked
+//! sensitive (hyper's `Debug` hides it). That copy, and hyper's write buffer, are not
+//! zeroized: hyper's `Bytes` offer no hook for it.
+
+use std::io::{BufReader, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use secrecy::ExposeSecret;
+use secrecy::zeroize::Zeroizing;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsConnector;
+
+use super::client::Usage;
+use super::config::{CloudConfig, CloudConfigError};
+use super::error::{CloudErrorKind, TimeoutPhase, clean_text};
+use super::openai::{self, StreamEvent};
+use super::secrets::ApiToken;
+use super::sse::{SseLimits, SseParser};
+
+const USER_AGENT: &str = concat!("spillway/", env!("CARGO_PKG_VERSION"));
+/// Largest response head (status line and headers).
+const MAX_HEAD_BYTES: usize = 64 << 10;
+/// Largest error body read for its message.
+const MAX_ERROR_BODY_BYTES: usize = 16 << 10;
+/// Longest `x-inference-provider` value kept.
+const MAX_PROVIDER_CHARS: usize = 64;
+/// Largest CA file read.
+const MAX_CA_FILE_BYTES: u64 = 4 << 20;
+/// Longest `Retry-After` believed (a day); anything longer is a broken server.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// A parsed endpoint: where to connect and what to send.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    /// As configured, without a trailing slash.
+    pub(crate) base_url: String,
+    pub(crate) model: String,
+    /// `base_url (model)`, for messages.
+    pub(crate) label: String,
+    tls: bool,
+    /// Host name or IP address to connect to (IPv6 without brackets).
+    host: String,
+    port: u16,
+    host_header: HeaderValue,
+    /// `/v1/chat/completions`.
+    path: String,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl Target {
+    /// Parses `scheme://host[:port][/path]`; the message says what is wrong.
+    pub(crate) fn parse(base_url: &str, model: &str) -> Result<Target, String> {
+        if base_url
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err("contains whitespace or a control character".into());
+        }
+        let trimmed = base_url.trim_end_matches('/');
+        if trimmed.contains(['?', '#']) {
+            return Err("must not have a query or fragment".into());
+        }
+        let uri: Uri = trimmed
+            .parse()
+            .map_err(|e| format!("{trimmed:?} is not a URL ({e})"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(format!(
+                    "{trimmed:?} must start with https:// (or http:// for a router on the LAN)"
+                ));
+            }
+        };
+        let auth = uri
+            .authority()
+            .ok_or_else(|| format!("{trimmed:?} has no host"))?;
+        if auth.as_str().contains('@') {
+            return Err(
+                "must not hold credentials (user:password@); the token has its own settings".into(),
+            );
+        }
+        let host = auth.host();
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if bare.is_empty() {
+            return Err(format!("{trimmed:?} has no host"));
+        }
+        let port = auth.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let server_name = if tls {
+            Some(
+                ServerName::try_from(bare.to_string())
+                    .map_err(|_| format!("{bare:?} is not a valid host name or IP address"))?,
+            )
+        } else {
+            None
+        };
+        let host_header = HeaderValue::from_str(auth.as_str())
+            .map_err(|_| format!("{:?} is not a valid host", auth.as_str()))?;
+        let path = format!("{}/chat/completions", uri.path().trim_end_matches('/'));
+        Ok(Target {
+            base_url: trimmed.to_string(),
+            model: model.to_string(),
+            label: format!("{trimmed} ({model})"),
+            tls,
+            host: bare.to_string(),
+            port,
+            host_header,
+            path,
+            server_name,
+        })
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls
+    }
+}
+
+/// A completed stream.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) text: String,
+    pub(crate) finish_reason: Option<String>,
+    pub(crate) usage: Option<Usage>,
+    pub(crate) provider: Option<String>,
+}
+
+/// What the client should do after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// Transient: try this endpoint again after a backoff (or `after`, from `Retry-After`).
+    Retry { after: Option<Duration> },
+    /// This endpoint cannot serve it; try the next one.
+    NextEndpoint,
+    /// The account was refused at this base URL: open its circuit, try other base URLs.
+    OpenCircuit { cooldown: Duration },
+    /// The request itself is at fault; stop.
+    Stop,
+}
+
+/// A failed attempt.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) kind: CloudErrorKind,
+    pub(crate) next: Then,
+    /// Text had been forwarded before the failure (so no retry and no fallback).
+    pub(crate) emitted: bool,
+}
+
+impl Failure {
+    fn new(kind: CloudErrorKind, next: Then) -> Failure {
+        Failure {
+            kind,
+            next,
+            emitted: false,
+        }
+    }
+}
+
+/// Aborts the spawned connection task when the attempt ends, however it ends (including
+/// when the caller drops the request future).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What every attempt shares: TLS, the token, timeouts and limits.
+pub(crate) struct Transport {
+    tls: Option<TlsConnector>,
+    token: Option<ApiToken>,
+    authorization: Option<HeaderValue>,
+    connect_timeout: Duration,
+    first_token_timeout: Duration,
+    idle_timeout: Duration,
+    sse_limits: SseLimits,
+    max_body_bytes: usize,
+    auth_cooldown: Duration,
+    credits_cooldown: Duration,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("tls", &self.tls.is_some())
+            .field("token", &self.token)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_token_timeout", &self.first_token_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("sse_limits", &self.sse_limits)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    pub(crate) fn new(
+        cfg: &CloudConfig,
+        targets: &[Target],
+        token: Option<ApiToken>,
+    ) -> Result<Transport, CloudConfigError> {
+        let tls = if targets.iter().any(Target::is_tls) {
+            Some(tls_connector(&cfg.ca_file)?)
+        } else {
+            None
+        };
+        let authorization = match &token {
+            Some(t) => {
+                let text = Zeroizing::new(format!("Bearer {}", t.expose_secret()));
+                // `ApiToken` admits only visible ASCII, which is always a valid header value.
+                let mut v =
+                    HeaderValue::from_str(&text).map_err(|_| CloudConfigError::Invalid {
+                        field: "token".into(),
+                        message: "not usable in an HTTP header".into(),
+                    })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(Transport {
+            tls,
+            token,
+            authorization,
+            connect_timeout: cfg.connect_timeout(),
+            first_token_timeout: cfg.first_token_timeout(),
+            idle_timeout: cfg.idle_timeout(),
+            sse_limits: SseLimits {
+                max_line_bytes: cfg.max_line_bytes,
+                max_event_bytes: cfg.max_event_bytes,
+            },
+            max_body_bytes: cfg.max_body_bytes,
+            auth_cooldown: Duration::from_secs(cfg.auth_cooldown_secs),
+            credits_cooldown: Duration::from_secs(cfg.credits_cooldown_secs),
+        })
+    }
+
+    pub(crate) fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Replaces the token wherever a server echoed it back (some APIs quote the key they
+    /// refused), before the text is truncated or logged.
+    fn redact(&self, text: &mut String) {
+        if let Some(t) = &self.token {
+            let t = t.expose_secret();
+            if text.contains(t) {
+                *text = text.replace(t, "[redacted]");
+            }
+        }
+    }
+
+    /// One attempt: connect, send `body`, stream the answer into `on_delta`.
+    pub(crate) async fn attempt<F: FnMut(&str)>(
+        &self,
+        target: &Target,
+        body: Bytes,
+        on_delta: &mut F,
+    ) -> Result<Answer, Failure> {
+        let conn = match timeout(self.connect_timeout, self.connect(target)).await {
+            Err(_) => {
+                return Err(Failure::new(
+                    CloudErrorKind::Timeout {
+                        endpoint: target.label.clone(),
+                        phase: TimeoutPhase::Connect,
+                    },
+                    Then::Retry { after: None },
+                ));
+            }
+            Ok(r) => r?,
+        };
+        match conn {
+            Conn::Plain(tcp) => self.exchange(target, tcp, body, on_delta).await,
+            Conn::Tls(tls) => self.exchange(target, *tls, body, on_delta).await,
+        }
+    }
+
+    async fn connect(&self, t: &Target) -> Result<Conn, Failure> {
+        let tcp = TcpStream::connect((t.host.as_str(), t.port))
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    CloudErrorKind::Connect {
+                        endpoint: t.label.clone(),
+                        message: e.to_string(),
+                    },
+                    Then::Retry { after: None },
+                )
+            })?;
+        // Deltas are small and their latency is the point of streaming.
+        let _ = tcp.set_nodelay(true);
+        match (&self.tls, &t.server_name) {
+            (Some(connector), Some(name)) => {
+                let stream = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                    // A certificate the trust store refuses will be refused again; another
+                    // endpoint may still work.
+                    Failure::new(
+                        CloudErrorKind::Tls {
+                            endpoint: t.label.clone(),
+                            message: e.to_string(),
+                        },
+                        Then::NextEndpoint,
+                    )
+                })?;
+                Ok(Conn::Tls(Box::new(stream)))
+            }
+            _ => Ok(Conn::Plain(tcp)),
+        }
+    }
+
+    async fn exchange<IO, F: FnMut(&str)>(
+        &self,
+        t: &Target,
+        io: IO,
+        body: Bytes,
+        on_delta: &mut F,
+    ) -> Result<Answer, Failure>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let lost = |e: hyper::Error| {
+            Failure::new(
+                CloudErrorKind::Connect {
+                    endpoint: t.label.clone(),
+                    message: format!("connection failed before the response: {e}"),
+                },
+                Then::Retry { after: None },
+            )
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_header_size(MAX_HEAD_BYTES)
+            .handshake::<_, Full<Bytes>>(TokioIo::new(io))
+            .await
+            .map_err(lost)?;
+        let _driver = AbortOnDrop(tokio::spawn(async move {
+            // Its errors surface through the response and body futures.
+            let _ = conn.await;
+        }));
+
+        let mut req = Request::post(t.path.as_str())
+            .header(header::HOST, t.host_header.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "text/event-stream")
+            .header(header::USER_AGENT, USER_AGENT);
+        if let Some(auth) = &self.authorization {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        let req = req.body(Full::new(body)).map_err(|e| {
+            Failure::new(
+                CloudErrorKind::InvalidRequest(format!("cannot build the request: {e}")),
+                Then::Stop,
+            )
+        })?;
+
+        let first_deadline = Instant::now() + self.first_token_timeout;
+        let resp = match timeout_at(first_deadline, sender.send_request(req)).await {
+            Err(_) => {
+                return Err(Failure::new(
+                    CloudErrorKind::Timeout {
+                        endpoint: t.label.clone(),
+                        phase: TimeoutPhase::FirstToken,
+                    },
+                    Then::Retry { after: None },
+                ));
+            }
+            Ok(r) => r.map_err(lost)?,
+        };
+        if !resp.status().is_success() {
+            return Err(self.status_failure(t, resp).await);
+        }
+        let headers = resp.headers();
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if !content_type.starts_with("text/event-stream") {
+            let mut text = String::from_utf8_lossy(
+                &read_bounded(resp.into_body(), MAX_ERROR_BODY_BYTES, self.idle_timeout).await,
+            )
+            .into_owned();
+            self.redact(&mut text);
+            return Err(Failure::new(
+                CloudErrorKind::Protocol {
+                    endpoint: t.label.clone(),
+                    message: format!(
+                        "expected an event stream, got content-type {:?}: {}",
+                        clean_text(&content_type, 80),
+                        openai::error_message_from_text(&text)
+                    ),
+                },
+                Then::NextEndpoint,
+            ));
+        }
+        if let Some(enc) = headers.get(header::CONTENT_ENCODING)
+            && enc.as_bytes() != b"identity"
+        {
+            return Err(Failure::new(
+                CloudErrorKind::Protocol {
+                    endpoint: t.label.clone(),
+                    message: format!(
+                        "unrequested content-encoding {:?}",
+                        clean_text(&String::from_utf8_lossy(enc.as_bytes()), 40)
+                    ),
+                },
+                Then::NextEndpoint,
+            ));
+        }
+        let provider = headers
+            .get("x-inference-provider")
+            .map(|v| clean_text(&String::from_utf8_lossy(v.as_bytes()), MAX_PROVIDER_CHARS))
+            .filter(|p| !p.is_empty());
+        self.stream(t, resp.into_body(), first_deadline, provider, on_delta)
+            .await
+    }
+
+    /// Reads the event stream to `[DONE]`, forwarding each non-empty text delta.
+    async fn stream<F: FnMut(&str)>(
+        &self,
+        t: &Target,
+        mut body: Incoming,
+        first_deadline: Instant,
+        provider: Option<String>,
+        on_delta: &mut F,
+    ) -> Result<Answer, Failure> {
+        let mut parser = SseParser::new(self.sse_limits);
+        let mut events = Vec::new();
+        let mut answer = Answer {
+            text: String::new(),
+            finish_reason: None,
+            usage: None,
+            provider,
+        };
+        let mut received = 0usize;
+        let mut emitted = false;
+        let fail = |kind: CloudErrorKind, next: Then, emitted: bool| Failure {
+            kind,
+            next,
+            emitted,
+        };
+        let protocol = |message: String| CloudErrorKind::Protocol {
+            endpoint: t.label.clone(),
+            message,
+        };
+        loop {
+            // Before the first delta the provider may be queueing or reading the prompt;
+            // after it, a silence is a stall.
+            let deadline = if emitted {
+                Instant::now() + self.idle_timeout
+            } else {
+                first_deadline
+            };
+            let frame = match timeout_at(deadline, body.frame()).await {
+                Err(_) => {
+                    let phase = if emitted {
+                        TimeoutPhase::Idle
+                    } else {
+                        TimeoutPhase::FirstToken
+                    };
+                    let kind = CloudErrorKind::Timeout {
+                        endpoint: t.label.clone(),
+                        phase,
+                    };
+                    return Err(fail(kind, Then::Retry { after: None }, emitted));
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    let kind = CloudErrorKind::Stream {
+                        endpoint: t.label.clone(),
+                        message: format!("connection failed mid-stream: {e}"),
+                    };
+                    return Err(fail(kind, Then::Retry { after: None }, emitted));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            received += data.len();
+            if received > self.max_body_bytes {
+                let kind = protocol(format!(
+                    "response larger than {} bytes",
+                    self.max_body_bytes
+                ));
+                return Err(fail(kind, Then::NextEndpoint, emitted));
+            }
+            if let Err(e) = parser.feed(&data, &mut events) {
+                return Err(fail(protocol(e.to_string()), Then::NextEndpoint, emitted));
+            }
+            for mut ev in events.drain(..) {
+                self.redact(&mut ev.data);
+                match openai::interpret(&ev) {
+                    Err(m) => return Err(fail(protocol(m), Then::NextEndpoint, emitted)),
+                    Ok(StreamEvent::Done) => return Ok(answer),
+                    Ok(StreamEvent::Error(message)) => {
+                        let kind = CloudErrorKind::Stream {
+                            endpoint: t.label.clone(),
+                            message,
+                        };
+                        return Err(fail(kind, Then::Retry { after: None }, emitted));
+                    }
+                    Ok(StreamEvent::Chunk {
+                        content,
+                        finish_reason,
+                        usage,
+                    }) => {
+                        if usage.is_some() {
+                            answer.usage = usage;
+                        }
+                        if finish_reason.is_some() {
+                            answer.finish_reason = finish_reason;
+                        }
+                        if let Some(c) = content.filter(|c| !c.is_empty()) {
+                            answer.text.push_str(&c);
+                            emitted = true;
+                            on_delta(&c);
+                        }
+                    }
+                }
+            }
+        }
+        // The connection closed without `[DONE]`. Some servers do that after the final
+        // chunk; without a finish reason, though, the answer was cut short.
+        if answer.finish_reason.is_some() && !parser.has_partial_event() {
+            return Ok(answer);
+        }
+        let kind = CloudErrorKind::Stream {
+            endpoint: t.label.clone(),
+            message: "the stream ended before [DONE]".into(),
+        };
+        Err(fail(kind, Then::Retry { after: None }, emitted))
+    }
+
+    /// The failure for a non-2xx response, with the server's message and what to do next.
+    async fn status_failure(&self, t: &Target, resp: Response<Incoming>) -> Failure {
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let mut text = String::from_utf8_lossy(
+            &read_bounded(resp.into_body(), MAX_ERROR_BODY_BYTES, self.idle_timeout).await,
+        )
+        .into_owned();
+        self.redact(&mut text);
+        let mut message = openai::error_message_from_text(&text);
+        if message.is_empty() {
+            message = status
+                .canonical_reason()
+                .unwrap_or("no message")
+                .to_string();
+        }
+        let endpoint = t.label.clone();
+        let code = status.as_u16();
+        match code {
+            401 | 403 => Failure::new(
+                CloudErrorKind::Auth {
+                    endpoint,
+                    status: code,
+                    message,
+                },
+                Then::OpenCircuit {
+                    cooldown: self.auth_cooldown,
+                },
+            ),
+            402 => Failure::new(
+                CloudErrorKind::Credits { endpoint, message },
+                Then::OpenCircuit {
+                    cooldown: self.credits_cooldown,
+                },
+            ),
+            408 | 429 | 500..=599 => Failure::new(
+                CloudErrorKind::Http {
+                    endpoint,
+                    status: code,
+                    message,
+                },
+                Then::Retry { after: retry_after },
+            ),
+            400 | 413 | 422 => Failure::new(
+                CloudErrorKind::Rejected {
+                    endpoint,
+                    status: code,
+                    message,
+                },
+                Then::Stop,
+            ),
+            // 404 (unknown model here), redirects (never followed: the token must not go
+            // to another host) and the rest: this endpoint cannot serve it.
+            _ => Failure::new(
+                CloudErrorKind::Http {
+                    endpoint,
+                    status: code,
+                    message,
+                },
+                Then::NextEndpoint,
+            ),
+        }
+    }
+}
+
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Reads at most `limit` bytes of a body, giving up after `max_wait` in total (an error
+/// body only supplies a message; a server trickling it must not hold up the retry).
+async fn read_bounded(mut body: Incoming, limit: usize, max_wait: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + max_wait;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(d) = frame.into_data() {
+                    let n = d.len().min(limit - out.len());
+                    out.extend_from_slice(&d[..n]);
+                }
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3), relative to `now`;
+/// `None` when unparsable. Capped at a day.
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    let d = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // More digits than fit a u64 is still "a very long time".
+        Duration::from_secs(
+            v.parse::<u64>()
+                .unwrap_or(u64::MAX)
+                .min(MAX_RETRY_AFTER.as_secs()),
+        )
+    } else {
+        let date = httpdate::parse_http_date(v).ok()?;
+        date.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(d.min(MAX_RETRY_AFTER))
+}
+
+/// The TLS connector: the configured CA file, or the system's roots; ring as the crypto
+/// provider (no aws-lc, so it cross-compiles without cmake); ALPN offering HTTP/1.1 only.
+fn tls_connector(ca_file: &Path) -> Result<TlsConnector, CloudConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if ca_file.as_os_str().is_empty() {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            // A malformed system certificate is skipped, as every TLS client does.
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            return Err(CloudConfigError::Tls(
+                "no system CA certificates found; install ca-certificates or set cloud.ca_file"
+                    .into(),
+            ));
+        }
+    } else {
+        let ca_err = |message: String| CloudConfigError::CaFile {
+            path: ca_file.to_path_buf(),
+            message,
+        };
+        let file = std::fs::File::open(ca_file).map_err(|e| ca_err(e.to_string()))?;
+        let mut pem = Vec::new();
+        file.take(MAX_CA_FILE_BYTES + 1)
+            .read_to_end(&mut pem)
+            .map_err(|e| ca_err(e.to_string()))?;
+        if pem.len() as u64 > MAX_CA_FILE_BYTES {
+            return Err(ca_err(format!("larger than {MAX_CA_FILE_BYTES} bytes")));
+        }
+        for cert in rustls_pemfile::certs(&mut BufReader::new(&pem[..])) {
+            let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| ca_err(format!("unusable certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(ca_err("holds no PEM certificate".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CloudConfigError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("https://router.huggingface.co/v1/", "m:fastest").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.base_url, "https://router.huggingface.co/v1");
+        assert_eq!((t.host.as_str(), t.port), ("router.huggingface.co", 443));
+        assert_eq!(t.host_header, "router.huggingface.co");
+        assert_eq!(t.path, "/v1/chat/completions");
+        assert_eq!(t.label, "https://router.huggingface.co/v1 (m:fastest)");
+
+        let t = Target::parse("http://[::1]:8080", "m").unwrap();
+        assert!(!t.tls && t.server_name.is_none());
+        assert_eq!((t.host.as_str(), t.port), ("::1", 8080));
+        assert_eq!(t.host_header, "[::1]:8080");
+        assert_eq!(t.path, "/chat/completions");
+
+        let t = Target::parse("https://127.0.0.1:4443/api/v1", "m").unwrap();
+        assert_eq!(
+            t.server_name,
+            Some(ServerName::try_from("127.0.0.1").unwrap())
+        );
+        assert_eq!(t.path, "/api/v1/chat/completions");
+
+        for bad in [
+            "router.huggingface.co/v1",
+            "ftp://x/v1",
+            "https://user:pw@x/v1",
+            "https://x/v1?key=1",
+            "https://x/v1#f",
+            "https://x /v1",
+            "https:///v1",
+            "",
+        ] {
+            assert!(Target::parse(bad, "m").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2026 07:28:00 GMT").unwrap();
+        let p = |v: &str| parse_retry_after(v, now);
+        assert_eq!(p("3"), Some(Duration::from_secs(3)));
+        assert_eq!(p(" 0 "), Some(Duration::ZERO));
+        assert_eq!(p("99999999999999999999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            p("Wed, 21 Oct 2026 07:28:07 GMT"),
+            Some(Duration::from_secs(7))
+        );
+        // A date in the past means "now".
+        assert_eq!(p("Wed, 21 Oct 2026 07:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(p("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        assert_eq!(p("-1"), None);
+        assert_eq!(p("1.5"), None);
+        assert_eq!(p("soon"), None);
+        assert_eq!(p(""), None);
+    }
+}

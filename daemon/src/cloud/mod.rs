@@ -1,0 +1,58 @@
+//! Spill-over to a cloud router over HTTPS: an OpenAI-compatible streaming client for the
+//! Hugging Face router (`https://router.huggingface.co/v1`) or any compatible server (a
+//! LiteLLM proxy, llama.cpp's server on the LAN).
+//!
+//! - [`CloudClient`] sends `POST {base}/chat/completions` with `stream: true` to an ordered
+//!   list of endpoints, forwards each text delta to the caller as it arrives, retries
+//!   429/5xx with jittered backoff (honouring `Retry-After`) only while nothing has been
+//!   forwarded, cools endpoints down after repeated failures and opens a circuit on
+//!   401/403/402. [`CloudClient::availability`] tells the routing policy whether a request
+//!   sent now could be served, and why not.
+//! - [`sse`]: the incremental server-sent-events parser, bounded in line and event size.
+//! - [`secrets`]: the API token from a systemd credential, a private file or the
+//!   environment, held in a zeroizing type that never prints.
+//! - [`CloudConfig`]: the `[cloud]` settings with their defaults.
+//!
+//! Wiring it up:
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use spillway::cloud::{CloudClient, CloudConfig, CloudMessage, CloudRequest, load_token};
+//!
+//! let config = CloudConfig::default();
+//! let token = load_token(&config.token_sources())?;
+//! tracing::info!("cloud API token from {}", token.source);
+//! let client = CloudClient::new(config, Some(token.token))?;
+//! if let Err(why) = client.availability() {
+//!     println!("not spilling over: {why}");
+//! }
+//! let req = CloudRequest {
+//!     messages: vec![CloudMessage::new("user", "Hello")],
+//!     max_tokens: Some(64),
+//!     ..CloudRequest::default()
+//! };
+//! let out = client.complete(&req, |delta| print!("{delta}")).await?;
+//! println!("\n{} via {:?} in {} attempt(s)", out.endpoint.model, out.provider, out.attempts);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Everything received is untrusted: bodies, lines and events are bounded, error messages
+//! from the server are cleaned and truncated before they reach logs or replies, and the
+//! token is scrubbed from anything the server echoes back.
+
+mod client;
+mod config;
+mod error;
+mod health;
+mod https;
+mod openai;
+pub mod secrets;
+pub mod sse;
+
+pub use client::{CloudClient, CloudMessage, CloudOutcome, CloudRequest, EndpointStatus, Usage};
+pub use config::{CloudConfig, CloudConfigError, DEFAULT_BASE_URL, DEFAULT_MODEL, EndpointConfig};
+pub use error::{CloudError, CloudErrorKind, TimeoutPhase};
+pub use secrets::{
+    ApiToken, LoadedToken, SecretError, TokenSource, TokenSources, load_token, load_token_with,
+};

@@ -1,0 +1,335 @@
+//! The OpenAI chat-completions wire format: the streaming request body, and the meaning of
+//! each server-sent event (`chat.completion.chunk` objects, the usage chunk, `[DONE]`, and
+//! error events, whether as `event: error` or as a `{"error": ...}` object).
+//!
+//! Chunks are parsed leniently (unknown fields, `null`s and missing fields are normal:
+//! providers differ), but each is an untrusted JSON document: only the first choice's text,
+//! the finish reason and the token counts are kept, and server text that may reach a log is
+//! cleaned and truncated.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::client::{CloudMessage, CloudRequest, Usage};
+use super::error::clean_text;
+use super::sse::SseEvent;
+
+/// Longest error message kept from the server.
+pub(crate) const MAX_MESSAGE_CHARS: usize = 300;
+/// Longest finish reason kept (real ones are words like `stop` or `length`).
+const MAX_FINISH_REASON_CHARS: usize = 32;
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct RequestBody<'a> {
+    model: &'a str,
+    messages: &'a [CloudMessage],
+    stream: bool,
+    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+}
+
+/// The JSON body of a streaming chat completion for `model`. Unset sampling options are
+/// left out rather than sent as `null`, which some providers refuse.
+pub(crate) fn request_body(model: &str, req: &CloudRequest) -> Vec<u8> {
+    let body = RequestBody {
+        model,
+        messages: &req.messages,
+        stream: true,
+        stream_options: StreamOptions {
+            include_usage: true,
+        },
+        max_tokens: req.max_tokens,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        seed: req.seed,
+        stop: &req.stop,
+    };
+    // Serializing plain strings and numbers cannot fail (non-finite floats are refused
+    // by `CloudRequest::validate` and would be written as `null` anyway).
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+struct ChunkJson {
+    #[serde(default)]
+    choices: Option<Vec<ChoiceJson>>,
+    #[serde(default)]
+    usage: Option<UsageJson>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceJson {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    delta: Option<DeltaJson>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeltaJson {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UsageJson {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+/// What one event means for the completion.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum StreamEvent {
+    /// `data: [DONE]`: the stream is complete.
+    Done,
+    /// A chunk; any part may be absent (role-only chunks, the usage-only chunk).
+    Chunk {
+        content: Option<String>,
+        finish_reason: Option<String>,
+        usage: Option<Usage>,
+    },
+    /// The server reported a failure inside the stream.
+    Error(String),
+}
+
+/// Interprets one event; `Err` is a malformed event (a protocol violation).
+pub(crate) fn interpret(ev: &SseEvent) -> Result<StreamEvent, String> {
+    let data = ev.data.trim();
+    if ev.event == "error" {
+        return Ok(StreamEvent::Error(error_message_from_text(data)));
+    }
+    if data == "[DONE]" {
+        return Ok(StreamEvent::Done);
+    }
+    let chunk: ChunkJson = serde_json::from_str(data)
+        .map_err(|e| format!("malformed chunk ({e}): {}", clean_text(data, 80)))?;
+    if let Some(err) = chunk.error.filter(|e| !e.is_null()) {
+        return Ok(StreamEvent::Error(error_message(&err)));
+    }
+    // We ask for one choice; a server that sends more is answered with the first.
+    let choice = chunk
+        .choices
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.index.unwrap_or(0) == 0);
+    let (content, finish_reason) = match choice {
+        Some(c) => (
+            c.delta.and_then(|d| d.content),
+            c.finish_reason
+                .map(|r| clean_text(&r, MAX_FINISH_REASON_CHARS)),
+        ),
+        None => (None, None),
+    };
+    let usage = chunk.usage.map(|u| Usage {
+        prompt_tokens: u.prompt_tokens.unwrap_or(0),
+        completion_tokens: u.completion_tokens.unwrap_or(0),
+    });
+    Ok(StreamEvent::Chunk {
+        content,
+        finish_reason,
+        usage,
+    })
+}
+
+/// The message of an OpenAI-style error value: `{"message": ...}` (possibly with a `code`
+/// or `type`), or a bare string as TGI sends.
+pub(crate) fn error_message(err: &Value) -> String {
+    let text = match err {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => {
+            let msg = o.get("message").and_then(Value::as_str).unwrap_or("");
+            let code = ["code", "type"]
+                .iter()
+                .filter_map(|k| o.get(*k))
+                .find(|v| !v.is_null())
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+            match (msg.is_empty(), code) {
+                (false, Some(c)) => format!("{msg} ({c})"),
+                (false, None) => msg.to_string(),
+                (true, Some(c)) => c,
+                (true, None) => err.to_string(),
+            }
+        }
+        other => other.to_string(),
+    };
+    clean_text(&text, MAX_MESSAGE_CHARS)
+}
+
+/// The message in an error body: a JSON `{"error": ...}` document, `{"message": ...}`, or
+/// plain text.
+pub(crate) fn error_message_from_text(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(o)) => match o.get("error") {
+            Some(e) if !e.is_null() => error_message(e),
+            _ => error_message(&Value::Object(o)),
+        },
+        Ok(Value::String(s)) => clean_text(&s, MAX_MESSAGE_CHARS),
+        _ => clean_text(text, MAX_MESSAGE_CHARS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(d: &str) -> SseEvent {
+        SseEvent {
+            event: "message".into(),
+            data: d.into(),
+        }
+    }
+
+    #[test]
+    fn body_has_every_field_and_omits_unset_ones() {
+        let req = CloudRequest {
+            messages: vec![CloudMessage::new("user", "Hi")],
+            max_tokens: Some(16),
+            temperature: Some(0.5),
+            top_p: Some(0.9),
+            seed: Some(7),
+            stop: vec!["\n\n".into()],
+        };
+        let v: Value = serde_json::from_slice(&request_body("m:cheapest", &req)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "model": "m:cheapest",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "max_tokens": 16, "temperature": 0.5, "top_p": 0.9,
+                "seed": 7, "stop": ["\n\n"],
+            })
+        );
+        let bare = CloudRequest {
+            messages: vec![CloudMessage::new("user", "Hi")],
+            ..CloudRequest::default()
+        };
+        let v: Value = serde_json::from_slice(&request_body("m", &bare)).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys, ["model", "messages", "stream", "stream_options"]);
+    }
+
+    #[test]
+    fn chunks() {
+        let role = r#"{"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}"#;
+        assert_eq!(
+            interpret(&data(role)).unwrap(),
+            StreamEvent::Chunk {
+                content: None,
+                finish_reason: None,
+                usage: None
+            }
+        );
+        let text =
+            r#"{"choices":[{"index":0,"delta":{"content":"Hel"},"logprobs":null}],"usage":null}"#;
+        assert_eq!(
+            interpret(&data(text)).unwrap(),
+            StreamEvent::Chunk {
+                content: Some("Hel".into()),
+                finish_reason: None,
+                usage: None
+            }
+        );
+        let fin = r#"{"choices":[{"index":1,"delta":{"content":"no"}},{"delta":{},"finish_reason":"length"}]}"#;
+        assert_eq!(
+            interpret(&data(fin)).unwrap(),
+            StreamEvent::Chunk {
+                content: None,
+                finish_reason: Some("length".into()),
+                usage: None
+            }
+        );
+        let usage = r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+        assert_eq!(
+            interpret(&data(usage)).unwrap(),
+            StreamEvent::Chunk {
+                content: None,
+                finish_reason: None,
+                usage: Some(Usage {
+                    prompt_tokens: 12,
+                    completion_tokens: 3
+                }),
+            }
+        );
+        assert_eq!(interpret(&data(" [DONE] ")).unwrap(), StreamEvent::Done);
+        assert!(interpret(&data("{\"choices\": 5}")).is_err());
+        assert!(
+            interpret(&data("not json"))
+                .unwrap_err()
+                .contains("not json")
+        );
+    }
+
+    #[test]
+    fn errors_in_the_stream() {
+        let e = interpret(&data(
+            r#"{"error":{"message":"Model too busy","type":"overloaded","code":null}}"#,
+        ))
+        .unwrap();
+        assert_eq!(e, StreamEvent::Error("Model too busy (overloaded)".into()));
+        let tgi = interpret(&data(
+            r#"{"error":"Input validation error","error_type":"validation"}"#,
+        ));
+        assert_eq!(
+            tgi.unwrap(),
+            StreamEvent::Error("Input validation error".into())
+        );
+        let typed = SseEvent {
+            event: "error".into(),
+            data: "upstream\nreset".into(),
+        };
+        assert_eq!(
+            interpret(&typed).unwrap(),
+            StreamEvent::Error("upstream reset".into())
+        );
+        // `"error": null` is not an error.
+        assert!(matches!(
+            interpret(&data(r#"{"error":null,"choices":[]}"#)).unwrap(),
+            StreamEvent::Chunk { .. }
+        ));
+    }
+
+    #[test]
+    fn error_bodies() {
+        assert_eq!(
+            error_message_from_text(r#"{"error":"Invalid credentials in Authorization header"}"#),
+            "Invalid credentials in Authorization header"
+        );
+        assert_eq!(
+            error_message_from_text(r#"{"message":"rate limited","code":429}"#),
+            "rate limited (429)"
+        );
+        assert_eq!(
+            error_message_from_text("<html>\n502</html>"),
+            "<html> 502</html>"
+        );
+        assert_eq!(
+            error_message_from_text(&"x".repeat(1000)).chars().count(),
+            301
+        );
+    }
+}
