@@ -11,9 +11,9 @@
 //! row reducing four tokens' sums into one vector, the weight unpacking ([`q8_0_weights`],
 //! [`q4_0_weights`], [`q4_k_sub`], [`q5_k_sub`] and
 //! [`q6_k_sub_block`](super::neon_gemm::q6_k_sub_block)), the Q4_K/Q5_K mins through the
-//! activation `bsums`, and the partial tiles of [`drive`] (remaining rows one at a time,
-//! the last token group padded with its final token and only real tokens stored). Nothing
-//! allocates.
+//! activation `bsums`, and the partial tiles of [`drive`](super::neon_gemm::drive)
+//! (remaining rows one at a time, the last token group padded with its final token and only
+//! real tokens stored). Nothing allocates.
 //!
 //! # Integer products
 //!
@@ -54,7 +54,7 @@ use core::arch::aarch64::*;
 
 use super::dotprod::sdot;
 use super::neon_gemm::{
-    ROWS_K, ROWS_Q8_0, drive, gemm_tiles, q4_0_weights, q4_k_sub, q5_k_sub, q8_0_weights,
+    ROWS_K, ROWS_Q8_0, drive_tiles, gemm_tiles, q4_0_weights, q4_k_sub, q5_k_sub, q8_0_weights,
 };
 use crate::formats::*;
 
@@ -77,14 +77,7 @@ fn dot32(a0: int8x16_t, a1: int8x16_t, b0: int8x16_t, b1: int8x16_t) -> int32x4_
 pub(crate) unsafe fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     let weights = |b: &BlockQ8_0| q8_0_weights(b);
     let dot = |a0, a1, b0, b1| dot32(a0, a1, b0, b1);
-    drive::<_, _, ROWS_Q8_0>(
-        w,
-        x,
-        bpr,
-        out,
-        |r, t| tile_q8_0(r, t, weights, dot),
-        |r, t| tile_q8_0(r, t, weights, dot),
-    );
+    drive_tiles!(w, x, bpr, out; ROWS_Q8_0, |r, t| tile_q8_0(r, t, weights, dot));
 }
 
 /// Q4_0 weights · Q8_0 activations, every (row, token) pair.
@@ -95,14 +88,7 @@ pub(crate) unsafe fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out
 pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     let weights = |b: &BlockQ4_0| q4_0_weights(b);
     let dot = |a0, a1, b0, b1| dot32(a0, a1, b0, b1);
-    drive::<_, _, ROWS_Q8_0>(
-        w,
-        x,
-        bpr,
-        out,
-        |r, t| tile_q8_0(r, t, weights, dot),
-        |r, t| tile_q8_0(r, t, weights, dot),
-    );
+    drive_tiles!(w, x, bpr, out; ROWS_Q8_0, |r, t| tile_q8_0(r, t, weights, dot));
 }
 
 /// Q4_K weights · Q8_K activations, every (row, token) pair.
@@ -113,14 +99,7 @@ pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out
 pub(crate) unsafe fn gemm_q4_k(w: &[BlockQ4K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
     let values = |b: &BlockQ4K, j| q4_k_sub(b, j);
     let dot = |acc, a0, a1, b0, b1| sdot(sdot(acc, a0, b0), a1, b1);
-    drive::<_, _, ROWS_K>(
-        w,
-        x,
-        bpr,
-        out,
-        |r, t| tile_k4::<_, _, true>(r, t, values, dot),
-        |r, t| tile_k4::<_, _, true>(r, t, values, dot),
-    );
+    drive_tiles!(w, x, bpr, out; ROWS_K, |r, t| tile_k4::<_, _, true>(r, t, values, dot));
 }
 
 /// Q5_K weights · Q8_K activations, every (row, token) pair.
@@ -131,14 +110,7 @@ pub(crate) unsafe fn gemm_q4_k(w: &[BlockQ4K], x: &[BlockQ8K], bpr: usize, out: 
 pub(crate) unsafe fn gemm_q5_k(w: &[BlockQ5K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
     let values = |b: &BlockQ5K, j| q5_k_sub(b, j);
     let dot = |acc, a0, a1, b0, b1| sdot(sdot(acc, a0, b0), a1, b1);
-    drive::<_, _, ROWS_K>(
-        w,
-        x,
-        bpr,
-        out,
-        |r, t| tile_k4::<_, _, true>(r, t, values, dot),
-        |r, t| tile_k4::<_, _, true>(r, t, values, dot),
-    );
+    drive_tiles!(w, x, bpr, out; ROWS_K, |r, t| tile_k4::<_, _, true>(r, t, values, dot));
 }
 
 /// Q6_K weights · Q8_K activations, every (row, token) pair.
@@ -148,12 +120,5 @@ pub(crate) unsafe fn gemm_q5_k(w: &[BlockQ5K], x: &[BlockQ8K], bpr: usize, out: 
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn gemm_q6_k(w: &[BlockQ6K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
     let dot = |acc, a, b| sdot(acc, a, b);
-    drive::<_, _, ROWS_K>(
-        w,
-        x,
-        bpr,
-        out,
-        |r, t| tile_q6_k::<_, true>(r, t, dot),
-        |r, t| tile_q6_k::<_, true>(r, t, dot),
-    );
+    drive_tiles!(w, x, bpr, out; ROWS_K, |r, t| tile_q6_k::<_, true>(r, t, dot));
 }

@@ -210,6 +210,23 @@ pub(super) fn drive<W, A, const R: usize>(
     }
 }
 
+/// `drive_tiles!(w, x, bpr, out; R, |r, t| tile)`: [`drive`] with the same micro-tile for
+/// the groups of `R` rows and for the remaining single rows. The tile closure is written
+/// once and expanded twice, since one closure (one type) cannot serve both row counts.
+macro_rules! drive_tiles {
+    ($w:expr, $x:expr, $bpr:expr, $out:expr; $rows:ident, |$r:ident, $t:ident| $tile:expr) => {
+        $crate::dot::aarch64::neon_gemm::drive::<_, _, $rows>(
+            $w,
+            $x,
+            $bpr,
+            $out,
+            |$r, $t| $tile,
+            |$r, $t| $tile,
+        )
+    };
+}
+pub(super) use drive_tiles;
+
 // ---------------------------------------------------------------- weight unpacking
 
 /// The scale and the 32 values of a Q8_0 weight block.
@@ -696,14 +713,7 @@ fn dot32_i16(a0: int8x16_t, a1: int8x16_t, b0: int8x16_t, b1: int8x16_t) -> int1
 pub(crate) unsafe fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     let weights = |b: &BlockQ8_0| q8_0_weights(b);
     let dot = |a0, a1, b0, b1| dot32_wide(a0, a1, b0, b1);
-    drive::<_, _, ROWS_Q8_0>(
-        w,
-        x,
-        bpr,
-        out,
-        |r, t| tile_q8_0(r, t, weights, dot),
-        |r, t| tile_q8_0(r, t, weights, dot),
-    );
+    drive_tiles!(w, x, bpr, out; ROWS_Q8_0, |r, t| tile_q8_0(r, t, weights, dot));
 }
 
 /// Q4_0 weights · Q8_0 activations, every (row, token) pair.
@@ -714,14 +724,7 @@ pub(crate) unsafe fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out
 pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     let weights = |b: &BlockQ4_0| q4_0_weights(b);
     let dot = |a0, a1, b0, b1| dot32_narrow(a0, a1, b0, b1);
-    drive::<_, _, ROWS_Q8_0>(
-        w,
-        x,
-        bpr,
-        out,
-        |r, t| tile_q8_0(r, t, weights, dot),
-        |r, t| tile_q8_0(r, t, weights, dot),
-    );
+    drive_tiles!(w, x, bpr, out; ROWS_Q8_0, |r, t| tile_q8_0(r, t, weights, dot));
 }
 
 /// Q4_K weights · Q8_K activations, every (row, token) pair.
@@ -732,14 +735,7 @@ pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out
 pub(crate) unsafe fn gemm_q4_k(w: &[BlockQ4K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
     let values = |b: &BlockQ4K, j| q4_k_sub(b, j);
     let dot = |acc, a0, a1, b0, b1| vpadalq_s16(acc, dot32_i16(a0, a1, b0, b1));
-    drive::<_, _, ROWS_K>(
-        w,
-        x,
-        bpr,
-        out,
-        |r, t| tile_k4::<_, _, false>(r, t, values, dot),
-        |r, t| tile_k4::<_, _, false>(r, t, values, dot),
-    );
+    drive_tiles!(w, x, bpr, out; ROWS_K, |r, t| tile_k4::<_, _, false>(r, t, values, dot));
 }
 
 /// Q5_K weights · Q8_K activations, every (row, token) pair.
@@ -750,14 +746,7 @@ pub(crate) unsafe fn gemm_q4_k(w: &[BlockQ4K], x: &[BlockQ8K], bpr: usize, out: 
 pub(crate) unsafe fn gemm_q5_k(w: &[BlockQ5K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
     let values = |b: &BlockQ5K, j| q5_k_sub(b, j);
     let dot = |acc, a0, a1, b0, b1| vpadalq_s16(acc, dot32_i16(a0, a1, b0, b1));
-    drive::<_, _, ROWS_K>(
-        w,
-        x,
-        bpr,
-        out,
-        |r, t| tile_k4::<_, _, false>(r, t, values, dot),
-        |r, t| tile_k4::<_, _, false>(r, t, values, dot),
-    );
+    drive_tiles!(w, x, bpr, out; ROWS_K, |r, t| tile_k4::<_, _, false>(r, t, values, dot));
 }
 
 /// Q6_K weights · Q8_K activations, every (row, token) pair.
@@ -772,12 +761,5 @@ pub(crate) unsafe fn gemm_q6_k(w: &[BlockQ6K], x: &[BlockQ8K], bpr: usize, out: 
             vmlal_high_s8(vmull_s8(vget_low_s8(a), vget_low_s8(b)), a, b),
         )
     };
-    drive::<_, _, ROWS_K>(
-        w,
-        x,
-        bpr,
-        out,
-        |r, t| tile_q6_k::<_, false>(r, t, dot),
-        |r, t| tile_q6_k::<_, false>(r, t, dot),
-    );
+    drive_tiles!(w, x, bpr, out; ROWS_K, |r, t| tile_q6_k::<_, false>(r, t, dot));
 }

@@ -119,14 +119,14 @@ fn load_u8x32(a: &[u8; 32]) -> __m256i {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load_i8x32(a: &[i8; 32]) -> __m256i {
+pub(super) fn load_i8x32(a: &[i8; 32]) -> __m256i {
     // SAFETY: `a` is 32 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load_u8x16(a: &[u8; 16]) -> __m128i {
+pub(super) fn load_u8x16(a: &[u8; 16]) -> __m128i {
     // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
 }
@@ -168,7 +168,7 @@ fn load_f32x8(a: &[f32; 8]) -> __m256 {
 /// Eight f16 (or bf16) values as raw 16-bit lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load_16bit_x8<T>(a: &[T; 8]) -> __m128i {
+pub(super) fn load_16bit_x8<T>(a: &[T; 8]) -> __m128i {
     const { assert!(size_of::<T>() == 2) };
     // SAFETY: `a` is 8 elements of 2 bytes, 16 readable bytes; no alignment requirement.
     unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
@@ -268,7 +268,7 @@ fn f32_to_f16(v: f32) -> f16 {
 /// `_mm256_set1_epi8(v)` for a byte constant written as `u8` (the intrinsic takes `i8`).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn splat_u8(v: u8) -> __m256i {
+pub(super) fn splat_u8(v: u8) -> __m256i {
     _mm256_set1_epi8(v as i8)
 }
 
@@ -394,7 +394,7 @@ fn fold_halves(lo: __m256i, hi: __m256i) -> __m256i {
 /// Lane `i` of the result is the sum of the eight i32 lanes of `v[i]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn transpose_sum8(v: [__m256i; 8]) -> __m256i {
+pub(super) fn transpose_sum8(v: [__m256i; 8]) -> __m256i {
     let [v0, v1, v2, v3, v4, v5, v6, v7] = v;
     fold_halves(
         lane_sums4_epi32(v0, v1, v2, v3),

@@ -58,6 +58,8 @@
 use core::arch::x86_64::*;
 use core::array::from_fn;
 
+use super::avx2::{load_16bit_x8, load_i8x32, load_u8x16, splat_u8, transpose_sum8};
+use super::gemm_common::{BLOCKS32, blk, gemm_passes, piece};
 use crate::formats::*;
 
 /// Weight rows per register tile: one per i32 lane of a ymm register.
@@ -70,72 +72,8 @@ const PASS_TOKENS: usize = 128;
 const GROUP: usize = 4;
 /// Groups per pass.
 const GROUPS: usize = PASS_TOKENS / GROUP;
-/// Q4_0/Q8_0 blocks per chunk.
-const BLOCKS32: usize = 8;
 
-/// Block `b` of a row.
-///
-/// # Safety
-/// `b < row.len()`.
-#[inline(always)]
-unsafe fn blk<T>(row: &[T], b: usize) -> &T {
-    debug_assert!(b < row.len());
-    // SAFETY: the caller guarantees `b < row.len()`.
-    unsafe { row.get_unchecked(b) }
-}
-
-/// Row `i` of a matrix of rows of `bpr` blocks.
-///
-/// # Safety
-/// `(i + 1) * bpr <= m.len()`.
-#[inline(always)]
-unsafe fn row_of<T>(m: &[T], i: usize, bpr: usize) -> &[T] {
-    debug_assert!((i + 1) * bpr <= m.len());
-    // SAFETY: the caller guarantees the range is in bounds.
-    unsafe { m.get_unchecked(i * bpr..(i + 1) * bpr) }
-}
-
-/// The rows `r0..r0 + 8` of `w`, the ones past `nr` replaced by row `nr - 1`.
-///
-/// # Safety
-/// `w.len() == nr * bpr` and `r0 < nr`.
-#[inline(always)]
-unsafe fn row_set<T>(w: &[T], bpr: usize, r0: usize, nr: usize) -> [&[T]; ROWS] {
-    // SAFETY: `(r0 + i).min(nr - 1) < nr`, so the row is inside `w`.
-    from_fn(|i| unsafe { row_of(w, (r0 + i).min(nr - 1), bpr) })
-}
-
-/// The token rows `t0..t0 + 128` of `x` in groups of four, the ones past `nt` replaced by
-/// row `nt - 1`.
-///
-/// # Safety
-/// `x.len() == nt * bpr` and `t0 < nt`.
-#[inline(always)]
-unsafe fn token_set<T>(x: &[T], bpr: usize, t0: usize, nt: usize) -> [[&[T]; GROUP]; GROUPS] {
-    // SAFETY: `(t0 + ..).min(nt - 1) < nt`, so the row is inside `x`.
-    from_fn(|g| from_fn(|i| unsafe { row_of(x, (t0 + g * GROUP + i).min(nt - 1), bpr) }))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn load_u8x16(a: &[u8; 16]) -> __m128i {
-    // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn load_i8x32(a: &[i8; 32]) -> __m256i {
-    // SAFETY: `a` is 32 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn load_u16x8(a: &[u16; 8]) -> __m128i {
-    // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
-}
+gemm_passes!("avx2,fma,f16c", __m256, _mm256_setzero_ps, _mm256_storeu_ps);
 
 /// Four bytes (chunk `j` of a block's values) as an i32 broadcast to every lane.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -158,50 +96,7 @@ fn bcast_bsums(b: &BlockQ8K, j: usize) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn f16x8(h: [f16; ROWS]) -> __m256 {
-    _mm256_cvtph_ps(load_u16x8(&h.map(f16::to_bits)))
-}
-
-/// `_mm256_set1_epi8` for a byte written as `u8`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn splat8(v: u8) -> __m256i {
-    _mm256_set1_epi8(v as i8)
-}
-
-/// Prefetches block `b` of each row (if the rows have one), `blocks` blocks long.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn prefetch_rows<T>(rows: &[&[T]; ROWS], b: usize, blocks: usize) {
-    for row in rows {
-        if b < row.len() {
-            let p = row.as_ptr().wrapping_add(b).cast::<i8>();
-            let mut off = 0;
-            while off < blocks * size_of::<T>() {
-                // A prefetch never faults, so the address need not be valid.
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off));
-                off += 64;
-            }
-        }
-    }
-}
-
-/// Lane `i` of the result is the exact sum of the eight i32 lanes of `v[i]` (a
-/// transposing tree of in-lane unpacks and adds).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn lane_sums8(v: [__m256i; 8]) -> __m256i {
-    let pair = |a: __m256i, b: __m256i| {
-        _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
-    };
-    let quad = |ab: __m256i, cd: __m256i| {
-        _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd))
-    };
-    let lo = quad(pair(v[0], v[1]), pair(v[2], v[3]));
-    let hi = quad(pair(v[4], v[5]), pair(v[6], v[7]));
-    _mm256_add_epi32(
-        _mm256_permute2x128_si256::<0x20>(lo, hi),
-        _mm256_permute2x128_si256::<0x31>(lo, hi),
-    )
+    _mm256_cvtph_ps(load_16bit_x8(&h))
 }
 
 /// The 16-byte pieces `p[r]` of the 8 rows, transposed: lane `r` of output `j` is bytes
@@ -224,36 +119,6 @@ fn transpose8x4(p: [&[u8; 16]; ROWS]) -> [__m256i; 4] {
     ]
 }
 
-/// Piece `g` (16 bytes) of an array of `N` bytes.
-#[inline(always)]
-fn piece<const N: usize>(a: &[u8; N], g: usize) -> &[u8; 16] {
-    &a.as_chunks::<16>().0[g]
-}
-
-/// Writes the float tile of one row group to `out[(r0 + r) * nt + t0 + t]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn scatter(
-    ft: &[__m256; PASS_TOKENS],
-    out: &mut [f32],
-    r0: usize,
-    nr: usize,
-    t0: usize,
-    nt: usize,
-) {
-    let (rows, toks) = ((nr - r0).min(ROWS), (nt - t0).min(PASS_TOKENS));
-    for (t, v) in ft.iter().enumerate().take(toks) {
-        let mut lanes = [0f32; ROWS];
-        // SAFETY: `lanes` is 32 writable bytes; `storeu` has no alignment requirement.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *v) };
-        for (r, &value) in lanes.iter().enumerate().take(rows) {
-            if let Some(o) = out.get_mut((r0 + r) * nt + t0 + t) {
-                *o = value;
-            }
-        }
-    }
-}
-
 // ------------------------------------------------------------------ Q4_0 and Q8_0
 
 /// A chunk of up to eight 32-value blocks of 8 rows, repacked: block `i`, values
@@ -265,42 +130,38 @@ struct Packed32 {
     d: [__m256; BLOCKS32],
 }
 
-/// Per token of a pass and block of a chunk: the seed `-offset * sum(x)` and `f32(d_x)`.
-struct Acts32 {
-    seed: [[[i32; BLOCKS32]; GROUP]; GROUPS],
-    dx: [[[f32; BLOCKS32]; GROUP]; GROUPS],
-}
-
-/// Fills `acts` for blocks `b0..b0 + nb` of every token (`SHIFT`: log2 of the offset).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn prepare_acts<const SHIFT: i32>(
-    toks: &[[&[BlockQ8_0]; GROUP]; GROUPS],
-    groups: usize,
-    b0: usize,
-    nb: usize,
-    acts: &mut Acts32,
-) {
-    let ones8 = splat8(1);
-    let ones16 = _mm256_set1_epi16(1);
-    let z = _mm256_setzero_si256();
-    for (g, group) in toks.iter().enumerate().take(groups) {
-        for (t, row) in group.iter().enumerate() {
-            // SAFETY: `b0 + min(i, nb - 1) < b0 + nb <= bpr == row.len()`.
-            let blocks: [&BlockQ8_0; BLOCKS32] =
-                from_fn(|i| unsafe { blk(row, b0 + i.min(nb - 1)) });
-            let sums = lane_sums8(from_fn(|i| {
-                let pairs = _mm256_maddubs_epi16(ones8, load_i8x32(&blocks[i].qs));
-                _mm256_madd_epi16(pairs, ones16)
-            }));
-            let seed = _mm256_sub_epi32(z, _mm256_slli_epi32::<SHIFT>(sums));
-            // SAFETY: `seed[g][t]` is 32 writable bytes; `storeu` has no alignment requirement.
-            unsafe { _mm256_storeu_si256(acts.seed[g][t].as_mut_ptr().cast(), seed) };
-            let dx = _mm256_cvtph_ps(load_u16x8(&blocks.map(|b| b.d.to_bits())));
-            // SAFETY: `dx[g][t]` is 32 writable bytes; `storeu` has no alignment requirement.
-            unsafe { _mm256_storeu_ps(acts.dx[g][t].as_mut_ptr(), dx) };
+impl Packed32 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn new() -> Packed32 {
+        let z = _mm256_setzero_si256();
+        Packed32 {
+            q: [z; 8 * BLOCKS32],
+            hi: [z; 8 * BLOCKS32],
+            d: [_mm256_setzero_ps(); BLOCKS32],
         }
     }
+}
+
+/// The sums of the eight activation blocks' values, one per lane (for the seeds of
+/// `prepare_acts`): `vpmaddubsw` by ones and `vpmaddwd` by ones per block, then a
+/// transposing reduction.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn act_sums(blocks: &[&BlockQ8_0; BLOCKS32]) -> __m256i {
+    let ones8 = splat_u8(1);
+    let ones16 = _mm256_set1_epi16(1);
+    transpose_sum8(from_fn(|i| {
+        let pairs = _mm256_maddubs_epi16(ones8, load_i8x32(&blocks[i].qs));
+        _mm256_madd_epi16(pairs, ones16)
+    }))
+}
+
+/// The eight activation blocks' scales as f32 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn act_scales(_chunk: &[BlockQ8_0], blocks: &[&BlockQ8_0; BLOCKS32]) -> __m256 {
+    f16x8(blocks.map(|b| b.d))
 }
 
 /// Q4_0 / Q8_0 micro-kernel: 8 rows x 4 tokens over the chunk's blocks, into `ft`.
@@ -350,68 +211,11 @@ fn micro32<const SPLIT: bool>(
     }
 }
 
-/// The pass loop shared by Q4_0 and Q8_0 (see the module docs).
-///
-/// # Safety
-/// `bpr > 0`, `w.len() == nr * bpr`, `x.len() == nt * bpr`, `out.len() == nr * nt`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn gemm32<W, const SHIFT: i32, const SPLIT: bool>(
-    w: &[W],
-    x: &[BlockQ8_0],
-    bpr: usize,
-    out: &mut [f32],
-    repack: impl Fn(&[&[W]; ROWS], usize, usize, &mut Packed32),
-) {
-    let (nr, nt) = (w.len() / bpr, x.len() / bpr);
-    let z = _mm256_setzero_si256();
-    let mut pw = Packed32 {
-        q: [z; 8 * BLOCKS32],
-        hi: [z; 8 * BLOCKS32],
-        d: [_mm256_setzero_ps(); BLOCKS32],
-    };
-    let mut acts = Acts32 {
-        seed: [[[0; BLOCKS32]; GROUP]; GROUPS],
-        dx: [[[0.0; BLOCKS32]; GROUP]; GROUPS],
-    };
-    let mut ft = [[_mm256_setzero_ps(); PASS_TOKENS]; ROW_GROUPS];
-    for r0 in (0..nr).step_by(ROWS * ROW_GROUPS) {
-        let row_groups = (nr - r0).min(ROWS * ROW_GROUPS).div_ceil(ROWS);
-        // SAFETY: every `(r0 + ROWS * k).min(nr - 1)` is below `nr`, and
-        // `w.len() == nr * bpr` (this function's contract).
-        let rows: [[&[W]; ROWS]; ROW_GROUPS] =
-            from_fn(|k| unsafe { row_set(w, bpr, (r0 + ROWS * k).min(nr - 1), nr) });
-        for t0 in (0..nt).step_by(PASS_TOKENS) {
-            // SAFETY: `t0 < nt` and `x.len() == nt * bpr`.
-            let toks = unsafe { token_set(x, bpr, t0, nt) };
-            let groups = (nt - t0).min(PASS_TOKENS).div_ceil(GROUP);
-            for f in ft.iter_mut().take(row_groups) {
-                f.fill(_mm256_setzero_ps());
-            }
-            for b0 in (0..bpr).step_by(BLOCKS32) {
-                let nb = (bpr - b0).min(BLOCKS32);
-                prepare_acts::<SHIFT>(&toks, groups, b0, nb, &mut acts);
-                for (rg, ftr) in rows.iter().zip(ft.iter_mut()).take(row_groups) {
-                    prefetch_rows(rg, b0 + BLOCKS32, BLOCKS32);
-                    repack(rg, b0, nb, &mut pw);
-                    let (ftg, _) = ftr.as_chunks_mut::<GROUP>();
-                    for (g, fg) in ftg.iter_mut().enumerate().take(groups) {
-                        micro32::<SPLIT>(&pw, &acts.seed[g], &acts.dx[g], &toks[g], b0, nb, fg);
-                    }
-                }
-            }
-            for (k, ftr) in ft.iter().enumerate().take(row_groups) {
-                scatter(ftr, out, r0 + ROWS * k, nr, t0, nt);
-            }
-        }
-    }
-}
-
 /// Repacks blocks `b0..b0 + nb` of 8 Q4_0 rows (nibbles as bytes 0..15).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn repack_q4_0(rows: &[&[BlockQ4_0]; ROWS], b0: usize, nb: usize, pw: &mut Packed32) {
-    let m = splat8(0x0F);
+    let m = splat_u8(0x0F);
     for i in 0..nb.min(BLOCKS32) {
         // SAFETY: `b0 + i < bpr`, the length of every row.
         let blocks: [&BlockQ4_0; ROWS] = from_fn(|r| unsafe { blk(rows[r], b0 + i) });
@@ -428,7 +232,7 @@ fn repack_q4_0(rows: &[&[BlockQ4_0]; ROWS], b0: usize, nb: usize, pw: &mut Packe
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn repack_q8_0(rows: &[&[BlockQ8_0]; ROWS], b0: usize, nb: usize, pw: &mut Packed32) {
-    let (flip, m) = (splat8(0x80), splat8(0x0F));
+    let (flip, m) = (splat_u8(0x80), splat_u8(0x0F));
     for i in 0..nb.min(BLOCKS32) {
         // SAFETY: `b0 + i < bpr`, the length of every row.
         let blocks: [&BlockQ8_0; ROWS] = from_fn(|r| unsafe { blk(rows[r], b0 + i) });
@@ -451,8 +255,11 @@ fn repack_q8_0(rows: &[&[BlockQ8_0]; ROWS], b0: usize, nb: usize, pw: &mut Packe
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q4_0(r, b, n, p);
+    let micro = |p: &_, s: &_, d: &_, t: &[&[_]; GROUP], b0, nb, f: &mut _| {
+        micro32::<false>(p, s, d, t, b0, nb, f)
+    };
     // SAFETY: forwarded from this function's contract.
-    unsafe { gemm32::<_, 3, false>(w, x, bpr, out, repack) }
+    unsafe { gemm32::<_, 3>(w, x, bpr, out, repack, micro) }
 }
 
 /// # Safety
@@ -461,8 +268,11 @@ pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out
 pub(crate) unsafe fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     // `w + 128 = 16 * hi + lo`, so `sum(w * x) = sum(lo * x) + 16 * sum(hi * x) - 128 * sum(x)`.
     let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q8_0(r, b, n, p);
+    let micro = |p: &_, s: &_, d: &_, t: &[&[_]; GROUP], b0, nb, f: &mut _| {
+        micro32::<true>(p, s, d, t, b0, nb, f)
+    };
     // SAFETY: forwarded from this function's contract.
-    unsafe { gemm32::<_, 7, true>(w, x, bpr, out, repack) }
+    unsafe { gemm32::<_, 7>(w, x, bpr, out, repack, micro) }
 }
 
 // ------------------------------------------------------------------ k-quants
@@ -476,6 +286,21 @@ struct PackedK {
     pairs: [__m256i; 8],
     d: __m256,
     dmin: __m256,
+}
+
+impl PackedK {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn new() -> PackedK {
+        let z = _mm256_setzero_si256();
+        PackedK {
+            q: [z; 64],
+            sc: [z; 16],
+            pairs: [z; 8],
+            d: _mm256_setzero_ps(),
+            dmin: _mm256_setzero_ps(),
+        }
+    }
 }
 
 /// `v` (i32 lanes within i16 range) in both i16 halves of each lane.
@@ -494,7 +319,7 @@ fn twice(v: __m256i) -> __m256i {
 #[inline]
 fn k4_meta(head: [&[u8; 16]; ROWS], d: [f16; ROWS], dmin: [f16; ROWS], pk: &mut PackedK) {
     let [_, s0, s1, s2] = transpose8x4(head);
-    let (m6, m4, top2) = (splat8(0x3F), splat8(0x0F), splat8(0x30));
+    let (m6, m4, top2) = (splat_u8(0x3F), splat_u8(0x0F), splat_u8(0x30));
     let sc_lo = _mm256_and_si256(s0, m6);
     let mn_lo = _mm256_and_si256(s1, m6);
     let sc_hi = _mm256_or_si256(
@@ -536,7 +361,7 @@ fn k4_meta(head: [&[u8; 16]; ROWS], d: [f16; ROWS], dmin: [f16; ROWS], pk: &mut 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn k4_nibbles(qs: [&[u8; 128]; ROWS], pk: &mut PackedK) {
-    let m = splat8(0x0F);
+    let m = splat_u8(0x0F);
     for g in 0..8 {
         let cols = transpose8x4(qs.map(|q| piece(q, g)));
         for (i, c) in cols.into_iter().enumerate() {
@@ -566,9 +391,9 @@ fn repack_q5_k(blocks: &[&BlockQ5K; ROWS], pk: &mut PackedK) {
         h[4 * half..4 * half + 4].copy_from_slice(&cols);
     }
     // qh byte l, bit s: the fifth bit of value l of sub-block s, moved to bit 4.
-    let sixteen = splat8(16);
+    let sixteen = splat_u8(16);
     for s in 0..8 {
-        let bit = splat8(1 << s);
+        let bit = splat_u8(1 << s);
         for (j, &hj) in h.iter().enumerate() {
             let set = _mm256_cmpeq_epi8(_mm256_and_si256(hj, bit), bit);
             pk.q[8 * s + j] = _mm256_or_si256(pk.q[8 * s + j], _mm256_and_si256(set, sixteen));
@@ -591,7 +416,7 @@ fn repack_q6_k(blocks: &[&BlockQ6K; ROWS], pk: &mut PackedK) {
         let cols = transpose8x4(blocks.map(|b| piece(&b.qh, g)));
         qh[4 * g..4 * g + 4].copy_from_slice(&cols);
     }
-    let (low4, high2) = (splat8(0x0F), splat8(0x30));
+    let (low4, high2) = (splat_u8(0x0F), splat_u8(0x30));
     for h in 0..2 {
         for q in 0..4 {
             for m in 0..8 {
@@ -702,55 +527,6 @@ fn micro_q6_k(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m256; GROUP]) {
     for t in 0..GROUP {
         let s = _mm256_mul_ps(pk.d, _mm256_set1_ps(xb[t].d));
         ft[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), s, ft[t]);
-    }
-}
-
-/// The pass loop of the k-quants: passes of 8 rows by 128 tokens; per super-block,
-/// repack the rows' blocks once, then run the micro-kernel over every token group.
-///
-/// # Safety
-/// `bpr > 0`, `w.len() == nr * bpr`, `x.len() == nt * bpr`, `out.len() == nr * nt`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn gemm_k<W>(
-    w: &[W],
-    x: &[BlockQ8K],
-    bpr: usize,
-    out: &mut [f32],
-    repack: impl Fn(&[&W; ROWS], &mut PackedK),
-    micro: impl Fn(&PackedK, &[&BlockQ8K; GROUP], &mut [__m256; GROUP]),
-) {
-    let (nr, nt) = (w.len() / bpr, x.len() / bpr);
-    let z = _mm256_setzero_si256();
-    let mut pk = PackedK {
-        q: [z; 64],
-        sc: [z; 16],
-        pairs: [z; 8],
-        d: _mm256_setzero_ps(),
-        dmin: _mm256_setzero_ps(),
-    };
-    for r0 in (0..nr).step_by(ROWS) {
-        // SAFETY: `r0 < nr` and `w.len() == nr * bpr` (this function's contract).
-        let rows = unsafe { row_set(w, bpr, r0, nr) };
-        for t0 in (0..nt).step_by(PASS_TOKENS) {
-            // SAFETY: `t0 < nt` and `x.len() == nt * bpr`.
-            let toks = unsafe { token_set(x, bpr, t0, nt) };
-            let groups = (nt - t0).min(PASS_TOKENS).div_ceil(GROUP);
-            let mut ft = [_mm256_setzero_ps(); PASS_TOKENS];
-            for b in 0..bpr {
-                // SAFETY: `b < bpr`, the length of every row.
-                let blocks: [&W; ROWS] = from_fn(|r| unsafe { blk(rows[r], b) });
-                prefetch_rows(&rows, b + 1, 1);
-                repack(&blocks, &mut pk);
-                let (ftg, _) = ft.as_chunks_mut::<GROUP>();
-                for (g, fg) in ftg.iter_mut().enumerate().take(groups) {
-                    // SAFETY: `b < bpr`, the length of every token row.
-                    let xb: [&BlockQ8K; GROUP] = from_fn(|t| unsafe { blk(toks[g][t], b) });
-                    micro(&pk, &xb, fg);
-                }
-            }
-            scatter(&ft, out, r0, nr, t0, nt);
-        }
     }
 }
 

@@ -65,6 +65,8 @@
 use core::arch::x86_64::*;
 use core::array::from_fn;
 
+use super::avx2::{load_16bit_x8, load_i8x32, load_u8x16, transpose_sum8};
+use super::gemm_common::{BLOCKS32, blk, gemm_passes, piece};
 use crate::formats::*;
 
 /// Weight rows per register tile: one per i32 lane of a zmm register.
@@ -78,51 +80,13 @@ const PASS_TOKENS: usize = 128;
 const GROUP: usize = 8;
 /// Groups per pass.
 const GROUPS: usize = PASS_TOKENS / GROUP;
-/// Q4_0/Q8_0 blocks per chunk: 256 values, like one k-quant super-block.
-const BLOCKS32: usize = 8;
 
-/// Block `b` of a row.
-///
-/// # Safety
-/// `b < row.len()`.
-#[inline(always)]
-unsafe fn blk<T>(row: &[T], b: usize) -> &T {
-    debug_assert!(b < row.len());
-    // SAFETY: the caller guarantees `b < row.len()`.
-    unsafe { row.get_unchecked(b) }
-}
-
-/// Row `i` of a matrix of rows of `bpr` blocks.
-///
-/// # Safety
-/// `(i + 1) * bpr <= m.len()`.
-#[inline(always)]
-unsafe fn row_of<T>(m: &[T], i: usize, bpr: usize) -> &[T] {
-    debug_assert!((i + 1) * bpr <= m.len());
-    // SAFETY: the caller guarantees the range is in bounds.
-    unsafe { m.get_unchecked(i * bpr..(i + 1) * bpr) }
-}
-
-/// The rows `r0..r0 + 16` of `w`, the ones past `nr` replaced by row `nr - 1`.
-///
-/// # Safety
-/// `w.len() == nr * bpr` and `r0 < nr`.
-#[inline(always)]
-unsafe fn row_set<T>(w: &[T], bpr: usize, r0: usize, nr: usize) -> [&[T]; ROWS] {
-    // SAFETY: `(r0 + i).min(nr - 1) < nr`, so the row is inside `w`.
-    from_fn(|i| unsafe { row_of(w, (r0 + i).min(nr - 1), bpr) })
-}
-
-/// The token rows `t0..t0 + 128` of `x` in groups of eight, the ones past `nt` replaced by
-/// row `nt - 1`.
-///
-/// # Safety
-/// `x.len() == nt * bpr` and `t0 < nt`.
-#[inline(always)]
-unsafe fn token_set<T>(x: &[T], bpr: usize, t0: usize, nt: usize) -> [[&[T]; GROUP]; GROUPS] {
-    // SAFETY: `(t0 + ..).min(nt - 1) < nt`, so the row is inside `x`.
-    from_fn(|g| from_fn(|i| unsafe { row_of(x, (t0 + g * GROUP + i).min(nt - 1), bpr) }))
-}
+gemm_passes!(
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    __m512,
+    _mm512_setzero_ps,
+    _mm512_storeu_ps
+);
 
 /// Four bytes (`chunk` `j` of a block's values) as an i32 broadcast to every lane.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -145,9 +109,8 @@ fn bcast_bsums(b: &BlockQ8K, j: usize) -> __m512i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn f16x16(h: [f16; ROWS]) -> __m512 {
-    let bits = h.map(f16::to_bits);
-    let (c, _) = bits.as_chunks::<8>();
-    let v = _mm256_set_m128i(load_u16x8(&c[1]), load_u16x8(&c[0]));
+    let (c, _) = h.as_chunks::<8>();
+    let v = _mm256_set_m128i(load_16bit_x8(&c[1]), load_16bit_x8(&c[0]));
     _mm512_cvtph_ps(v)
 }
 
@@ -156,32 +119,6 @@ fn f16x16(h: [f16; ROWS]) -> __m512 {
 #[inline]
 fn splat8(v: u8) -> __m512i {
     _mm512_set1_epi8(v as i8)
-}
-
-/// Hints that the `bytes` bytes from `start` will be read soon (one prefetch per cache
-/// line). Used on the rows' next block while the current one is computed on: 16 rows are
-/// 16 concurrent streams, more than the hardware prefetchers follow.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn prefetch<T>(start: *const T, bytes: usize) {
-    let p = start.cast::<i8>();
-    let mut off = 0;
-    while off < bytes {
-        // A prefetch never faults, so the address (possibly past the end) need not be valid.
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off));
-        off += 64;
-    }
-}
-
-/// Prefetches block `b` of each row (if the rows have one).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn prefetch_rows<T>(rows: &[&[T]; ROWS], b: usize, blocks: usize) {
-    for row in rows {
-        if b < row.len() {
-            prefetch(row.as_ptr().wrapping_add(b), blocks * size_of::<T>());
-        }
-    }
 }
 
 /// The 16-byte pieces `p[r]` of the 16 rows, transposed: lane `r` of output `j` is bytes
@@ -210,83 +147,6 @@ fn transpose16x4(p: [&[u8; 16]; ROWS]) -> [__m512i; 4] {
     ]
 }
 
-/// Piece `g` (16 bytes) of an array of `N` bytes.
-#[inline(always)]
-fn piece<const N: usize>(a: &[u8; N], g: usize) -> &[u8; 16] {
-    &a.as_chunks::<16>().0[g]
-}
-
-/// Writes the float tile of one row group (`ft[t]`, lane = row) to
-/// `out[(r0 + r) * nt + t0 + t]`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn scatter(
-    ft: &[__m512; PASS_TOKENS],
-    out: &mut [f32],
-    r0: usize,
-    nr: usize,
-    t0: usize,
-    nt: usize,
-) {
-    let (rows, toks) = ((nr - r0).min(ROWS), (nt - t0).min(PASS_TOKENS));
-    for (t, v) in ft.iter().enumerate().take(toks) {
-        let mut lanes = [0f32; ROWS];
-        // SAFETY: `lanes` is 64 writable bytes; `storeu` has no alignment requirement.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *v) };
-        for (r, &value) in lanes.iter().enumerate().take(rows) {
-            if let Some(o) = out.get_mut((r0 + r) * nt + t0 + t) {
-                *o = value;
-            }
-        }
-    }
-}
-
-// ------------------------------------------------------------------ loads and reductions
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn load_u8x16(a: &[u8; 16]) -> __m128i {
-    // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn load_i8x32(a: &[i8; 32]) -> __m256i {
-    // SAFETY: `a` is 32 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
-}
-
-/// Eight 16-bit values (f16 bit patterns).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn load_u16x8(a: &[u16; 8]) -> __m128i {
-    // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
-}
-
-/// Lane `i` of the result is the exact sum of the eight i32 lanes of `v[i]`: a transposing
-/// tree (unpack and add within 128-bit lanes, then across the halves), 21 instructions for
-/// eight vectors instead of eight horizontal sums.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn transpose_sums8(v: [__m256i; 8]) -> __m256i {
-    // Per 128-bit half: [a0 + a2, b0 + b2, a1 + a3, b1 + b3].
-    let pair = |a: __m256i, b: __m256i| {
-        _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
-    };
-    // Per 128-bit half: the four inputs' sums over that half.
-    let quad = |ab: __m256i, cd: __m256i| {
-        _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd))
-    };
-    let lo = quad(pair(v[0], v[1]), pair(v[2], v[3]));
-    let hi = quad(pair(v[4], v[5]), pair(v[6], v[7]));
-    _mm256_add_epi32(
-        _mm256_permute2x128_si256::<0x20>(lo, hi),
-        _mm256_permute2x128_si256::<0x31>(lo, hi),
-    )
-}
-
 // ------------------------------------------------------------------ Q4_0 and Q8_0
 
 /// A chunk of up to eight 32-value blocks of the 16 rows, repacked.
@@ -297,52 +157,45 @@ struct Packed32 {
     d: [__m512; BLOCKS32],
 }
 
-/// Per token of a pass and block of a chunk: the accumulator seed (`-offset * sum(x)`)
-/// and `f32(d_x)`.
-struct Acts32 {
-    seed: [[[i32; BLOCKS32]; GROUP]; GROUPS],
-    dx: [[[f32; BLOCKS32]; GROUP]; GROUPS],
+impl Packed32 {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    fn new() -> Packed32 {
+        Packed32 {
+            q: [_mm512_setzero_si512(); 8 * BLOCKS32],
+            d: [_mm512_setzero_ps(); BLOCKS32],
+        }
+    }
 }
 
-/// Fills `acts` for blocks `b0..b0 + nb` of every token. `SHIFT` is log2 of the weights'
-/// offset (3 for Q4_0's 8, 7 for Q8_0's 128).
+/// The sums of the eight activation blocks' values, one per lane (for the seeds of
+/// `prepare_acts`): one `vpdpbusd` by ones per block, then a transposing reduction.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn prepare_acts<const SHIFT: i32>(
-    toks: &[[&[BlockQ8_0]; GROUP]; GROUPS],
-    groups: usize,
-    b0: usize,
-    nb: usize,
-    acts: &mut Acts32,
-) {
+fn act_sums(blocks: &[&BlockQ8_0; BLOCKS32]) -> __m256i {
     let ones = _mm256_set1_epi8(1);
     let z = _mm256_setzero_si256();
-    for (g, group) in toks.iter().enumerate().take(groups) {
-        for (t, row) in group.iter().enumerate() {
-            // SAFETY: `b0 + min(i, nb - 1) < b0 + nb <= bpr == row.len()`.
-            let blocks: [&BlockQ8_0; BLOCKS32] =
-                from_fn(|i| unsafe { blk(row, b0 + i.min(nb - 1)) });
-            let sums = transpose_sums8(from_fn(|i| {
-                _mm256_dpbusd_epi32(z, ones, load_i8x32(&blocks[i].qs))
-            }));
-            let seed = _mm256_sub_epi32(z, _mm256_slli_epi32::<SHIFT>(sums));
-            // SAFETY: `seed[g][t]` is 32 writable bytes; `storeu` has no alignment requirement.
-            unsafe { _mm256_storeu_si256(acts.seed[g][t].as_mut_ptr().cast(), seed) };
-            let dx = if nb == BLOCKS32 {
-                // The eight blocks are consecutive: gather the dword at the start of each
-                // (its `d` and two quants) and keep the low halves.
-                let idx = _mm256_setr_epi32(0, 34, 68, 102, 136, 170, 204, 238);
-                let base = (blocks[0] as *const BlockQ8_0).cast::<i32>();
-                // SAFETY: the gathered dwords are the first four bytes of blocks
-                // `b0..b0 + 8` of this row (34 bytes each), all inside the row.
-                let d = unsafe { _mm256_i32gather_epi32::<1>(base, idx) };
-                _mm256_cvtph_ps(_mm256_cvtepi32_epi16(d))
-            } else {
-                _mm256_cvtph_ps(load_u16x8(&blocks.map(|b| b.d.to_bits())))
-            };
-            // SAFETY: `dx[g][t]` is 32 writable bytes; `storeu` has no alignment requirement.
-            unsafe { _mm256_storeu_ps(acts.dx[g][t].as_mut_ptr(), dx) };
-        }
+    transpose_sum8(from_fn(|i| {
+        _mm256_dpbusd_epi32(z, ones, load_i8x32(&blocks[i].qs))
+    }))
+}
+
+/// The eight activation blocks' scales as f32 lanes: gathered straight from the blocks
+/// when they are a whole chunk (`chunk`, eight consecutive blocks), else from `blocks`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn act_scales(chunk: &[BlockQ8_0], blocks: &[&BlockQ8_0; BLOCKS32]) -> __m256 {
+    const { assert!(size_of::<BlockQ8_0>() == 34) };
+    if let Ok(run) = <&[BlockQ8_0; BLOCKS32]>::try_from(chunk) {
+        // The dword at the start of each block (its `d` and two quants), low halves kept.
+        let idx = _mm256_setr_epi32(0, 34, 68, 102, 136, 170, 204, 238);
+        let base = run.as_ptr().cast::<i32>();
+        // SAFETY: byte `34 * i` of `run` starts block `i` (34-byte blocks), so the eight
+        // gathered dwords are the first four bytes of the eight blocks of `run`.
+        let d = unsafe { _mm256_i32gather_epi32::<1>(base, idx) };
+        _mm256_cvtph_ps(_mm256_cvtepi32_epi16(d))
+    } else {
+        _mm256_cvtph_ps(load_16bit_x8(&blocks.map(|b| b.d)))
     }
 }
 
@@ -376,64 +229,6 @@ fn micro32(
         }
     }
     *ft = fa;
-}
-
-/// The pass loop shared by Q4_0 and Q8_0: passes of up to 64 rows (four row groups) by
-/// 128 tokens. Per chunk of eight blocks, the activations' sums and scales are prepared
-/// once for all the pass's tokens, then each row group is repacked and multiplied by
-/// every token group. `repack` fills a [`Packed32`] from a row group.
-///
-/// # Safety
-/// `bpr > 0`, `w.len() == nr * bpr`, `x.len() == nt * bpr`, `out.len() == nr * nt`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-unsafe fn gemm32<W, const SHIFT: i32>(
-    w: &[W],
-    x: &[BlockQ8_0],
-    bpr: usize,
-    out: &mut [f32],
-    repack: impl Fn(&[&[W]; ROWS], usize, usize, &mut Packed32),
-) {
-    let (nr, nt) = (w.len() / bpr, x.len() / bpr);
-    let mut pw = Packed32 {
-        q: [_mm512_setzero_si512(); 8 * BLOCKS32],
-        d: [_mm512_setzero_ps(); BLOCKS32],
-    };
-    let mut acts = Acts32 {
-        seed: [[[0; BLOCKS32]; GROUP]; GROUPS],
-        dx: [[[0.0; BLOCKS32]; GROUP]; GROUPS],
-    };
-    let mut ft = [[_mm512_setzero_ps(); PASS_TOKENS]; ROW_GROUPS];
-    for r0 in (0..nr).step_by(ROWS * ROW_GROUPS) {
-        let row_groups = (nr - r0).min(ROWS * ROW_GROUPS).div_ceil(ROWS);
-        // SAFETY: every `r0 + ROWS * k` with `k < row_groups` is below `nr`, and
-        // `w.len() == nr * bpr` (this function's contract).
-        let rows: [[&[W]; ROWS]; ROW_GROUPS] =
-            from_fn(|k| unsafe { row_set(w, bpr, (r0 + ROWS * k).min(nr - 1), nr) });
-        for t0 in (0..nt).step_by(PASS_TOKENS) {
-            // SAFETY: `t0 < nt` and `x.len() == nt * bpr`.
-            let toks = unsafe { token_set(x, bpr, t0, nt) };
-            let groups = (nt - t0).min(PASS_TOKENS).div_ceil(GROUP);
-            for f in ft.iter_mut().take(row_groups) {
-                f.fill(_mm512_setzero_ps());
-            }
-            for b0 in (0..bpr).step_by(BLOCKS32) {
-                let nb = (bpr - b0).min(BLOCKS32);
-                prepare_acts::<SHIFT>(&toks, groups, b0, nb, &mut acts);
-                for (rg, ftr) in rows.iter().zip(ft.iter_mut()).take(row_groups) {
-                    prefetch_rows(rg, b0 + BLOCKS32, BLOCKS32);
-                    repack(rg, b0, nb, &mut pw);
-                    let (ftg, _) = ftr.as_chunks_mut::<GROUP>();
-                    for (g, fg) in ftg.iter_mut().enumerate().take(groups) {
-                        micro32(&pw, &acts.seed[g], &acts.dx[g], &toks[g], b0, nb, fg);
-                    }
-                }
-            }
-            for (k, ftr) in ft.iter().enumerate().take(row_groups) {
-                scatter(ftr, out, r0 + ROWS * k, nr, t0, nt);
-            }
-        }
-    }
 }
 
 /// Repacks blocks `b0..b0 + nb` of 16 Q4_0 rows: nibbles as bytes 0..15, low nibbles
@@ -479,8 +274,10 @@ fn repack_q8_0(rows: &[&[BlockQ8_0]; ROWS], b0: usize, nb: usize, pw: &mut Packe
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q4_0(r, b, n, p);
+    let micro =
+        |p: &_, s: &_, d: &_, t: &[&[_]; GROUP], b0, nb, f: &mut _| micro32(p, s, d, t, b0, nb, f);
     // SAFETY: forwarded from this function's contract.
-    unsafe { gemm32::<_, 3>(w, x, bpr, out, repack) }
+    unsafe { gemm32::<_, 3>(w, x, bpr, out, repack, micro) }
 }
 
 /// # Safety
@@ -488,8 +285,10 @@ pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q8_0(r, b, n, p);
+    let micro =
+        |p: &_, s: &_, d: &_, t: &[&[_]; GROUP], b0, nb, f: &mut _| micro32(p, s, d, t, b0, nb, f);
     // SAFETY: forwarded from this function's contract.
-    unsafe { gemm32::<_, 7>(w, x, bpr, out, repack) }
+    unsafe { gemm32::<_, 7>(w, x, bpr, out, repack, micro) }
 }
 
 // ------------------------------------------------------------------ k-quants
@@ -737,48 +536,6 @@ fn micro_q6_k(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m512; GROUP]) {
     for t in 0..GROUP {
         let s = _mm512_mul_ps(pk.d, _mm512_set1_ps(xb[t].d));
         ft[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), s, ft[t]);
-    }
-}
-
-/// The pass loop of the k-quants: per super-block, repack the 16 rows' blocks, then run
-/// the micro-kernel over the pass's token groups.
-///
-/// # Safety
-/// `bpr > 0`, `w.len() == nr * bpr`, `x.len() == nt * bpr`, `out.len() == nr * nt`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-unsafe fn gemm_k<W>(
-    w: &[W],
-    x: &[BlockQ8K],
-    bpr: usize,
-    out: &mut [f32],
-    repack: impl Fn(&[&W; ROWS], &mut PackedK),
-    micro: impl Fn(&PackedK, &[&BlockQ8K; GROUP], &mut [__m512; GROUP]),
-) {
-    let (nr, nt) = (w.len() / bpr, x.len() / bpr);
-    let mut pk = PackedK::new();
-    for r0 in (0..nr).step_by(ROWS) {
-        // SAFETY: `r0 < nr` and `w.len() == nr * bpr` (this function's contract).
-        let rows = unsafe { row_set(w, bpr, r0, nr) };
-        for t0 in (0..nt).step_by(PASS_TOKENS) {
-            // SAFETY: `t0 < nt` and `x.len() == nt * bpr`.
-            let toks = unsafe { token_set(x, bpr, t0, nt) };
-            let groups = (nt - t0).min(PASS_TOKENS).div_ceil(GROUP);
-            let mut ft = [_mm512_setzero_ps(); PASS_TOKENS];
-            for b in 0..bpr {
-                // SAFETY: `b < bpr`, the length of every row.
-                let blocks: [&W; ROWS] = from_fn(|r| unsafe { blk(rows[r], b) });
-                prefetch_rows(&rows, b + 1, 1);
-                repack(&blocks, &mut pk);
-                let (ftg, _) = ft.as_chunks_mut::<GROUP>();
-                for (g, fg) in ftg.iter_mut().enumerate().take(groups) {
-                    // SAFETY: `b < bpr`, the length of every token row.
-                    let xb: [&BlockQ8K; GROUP] = from_fn(|t| unsafe { blk(toks[g][t], b) });
-                    micro(&pk, &xb, fg);
-                }
-            }
-            scatter(&ft, out, r0, nr, t0, nt);
-        }
     }
 }
 
