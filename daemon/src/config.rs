@@ -24,6 +24,8 @@ pub struct Config {
     pub engine: EngineSection,
     pub mqtt: MqttSection,
     pub service: ServiceSection,
+    pub router: RouterSection,
+    pub cloud: crate::cloud::CloudConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -102,6 +104,54 @@ pub struct ServiceSection {
     pub shutdown_deadline_secs: u64,
     /// Request ids remembered to recognise redeliveries.
     pub dedup_window: usize,
+}
+
+/// Overflow routing: when a request runs here, waits, or spills to the cloud.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSection {
+    /// Board profile: "auto" (detected from the device tree) or a built-in name
+    /// (raspberry-pi-4, raspberry-pi-5, rk3588, jetson-orin, generic).
+    pub board: String,
+    /// Directory under which `/sys` and `/proc` are read ("/" on a board).
+    pub fs_root: PathBuf,
+    /// Milliseconds between resource samples.
+    pub sample_ms: u64,
+    /// Cloud routes requests may spill to, most preferred first: "https" (the `[cloud]`
+    /// section). Empty: everything runs here.
+    pub cloud_routes: Vec<String>,
+    /// Deadline of requests whose MQTT message carries no expiry, in seconds.
+    pub default_deadline_secs: u64,
+    /// Memory kept free beyond a request's KV cache, e.g. "256MiB".
+    pub memory_margin: String,
+    /// Generation tokens/s assumed before the first measurement.
+    pub rate_prior: f64,
+    /// Seconds the SoC is assumed to need to cool below the hard limit's exit threshold.
+    pub hard_cooldown_secs: u64,
+    /// Temperature thresholds in °C overriding the board profile's (0: the profile's).
+    pub soft_enter_c: f32,
+    pub soft_exit_c: f32,
+    pub hard_enter_c: f32,
+    pub hard_exit_c: f32,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        RouterSection {
+            board: "auto".into(),
+            fs_root: PathBuf::from("/"),
+            sample_ms: 1000,
+            cloud_routes: Vec::new(),
+            default_deadline_secs: 300,
+            memory_margin: "128MiB".into(),
+            rate_prior: 5.0,
+            hard_cooldown_secs: 60,
+            soft_enter_c: 0.0,
+            soft_exit_c: 0.0,
+            hard_enter_c: 0.0,
+            hard_exit_c: 0.0,
+        }
+    }
 }
 
 impl Default for ModelSection {
@@ -246,6 +296,14 @@ pub struct Validated {
     pub engine: EngineConfig,
     /// The MQTT password, from the config, its file or the environment.
     pub password: Option<secrecy::SecretString>,
+    /// The board profile in use, with any threshold overrides applied.
+    pub board: crate::monitor::BoardProfile,
+    /// Temperature thresholds (the profile's, or the overrides).
+    pub thermal: crate::router::ThermalLimits,
+    /// Cloud routes in order of preference.
+    pub cloud_routes: Vec<crate::router::CloudRoute>,
+    /// `router.memory_margin` in bytes.
+    pub memory_margin: u64,
 }
 
 /// Command-line overrides for the common settings.
@@ -257,6 +315,11 @@ pub struct Overrides {
     pub threads: Option<usize>,
     pub ram_budget: Option<String>,
     pub queue: Option<usize>,
+    pub fs_root: Option<PathBuf>,
+    pub board: Option<String>,
+    pub cloud_base_url: Option<String>,
+    pub cloud_model: Option<String>,
+    pub cloud_token_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -356,6 +419,23 @@ impl Config {
         }
         if let Some(v) = o.queue {
             self.service.queue = v;
+        }
+        if let Some(v) = &o.fs_root {
+            self.router.fs_root = v.clone();
+        }
+        if let Some(v) = &o.board {
+            self.router.board = v.clone();
+        }
+        // Naming a cloud endpoint or token on the command line means: spill over HTTPS.
+        let cloud_flag =
+            o.cloud_base_url.is_some() || o.cloud_model.is_some() || o.cloud_token_file.is_some();
+        self.cloud
+            .override_primary(o.cloud_base_url.clone(), o.cloud_model.clone());
+        if let Some(v) = &o.cloud_token_file {
+            self.cloud.token_file = v.clone();
+        }
+        if cloud_flag && !self.router.cloud_routes.iter().any(|r| r == "https") {
+            self.router.cloud_routes.insert(0, "https".into());
         }
     }
 
@@ -536,6 +616,65 @@ impl Config {
         engine.batch = c.engine.batch;
         engine.ram_budget = ram_budget;
         engine.mlock = c.model.mlock;
+        let r = &c.router;
+        let board = match r.board.as_str() {
+            "auto" | "" => crate::monitor::BoardProfile::detect(&r.fs_root),
+            name => crate::monitor::BoardProfile::by_name(name)
+                .map_err(|e| invalid("router.board", e.to_string()))?,
+        };
+        let mut thermal = board.thermal.limits();
+        for (value, slot) in [
+            (r.soft_enter_c, &mut thermal.soft_enter_c),
+            (r.soft_exit_c, &mut thermal.soft_exit_c),
+            (r.hard_enter_c, &mut thermal.hard_enter_c),
+            (r.hard_exit_c, &mut thermal.hard_exit_c),
+        ] {
+            if value != 0.0 {
+                *slot = value;
+            }
+        }
+        thermal
+            .validate()
+            .map_err(|e| invalid("router.soft_enter_c", e.to_string()))?;
+        if !(50..=3_600_000).contains(&r.sample_ms) {
+            return Err(invalid(
+                "router.sample_ms",
+                "must be between 50 and 3600000",
+            ));
+        }
+        if !(1..=86_400).contains(&r.default_deadline_secs) {
+            return Err(invalid(
+                "router.default_deadline_secs",
+                "must be between 1 and 86400",
+            ));
+        }
+        if !(r.rate_prior.is_finite() && r.rate_prior > 0.0) {
+            return Err(invalid("router.rate_prior", "must be a positive number"));
+        }
+        let memory_margin =
+            parse_bytes(&r.memory_margin).map_err(|m| invalid("router.memory_margin", m))?;
+        let mut cloud_routes = Vec::new();
+        for name in &r.cloud_routes {
+            let route = match name.as_str() {
+                "https" => crate::router::CloudRoute::Https,
+                other => {
+                    return Err(invalid(
+                        "router.cloud_routes",
+                        format!("{other:?} is not a cloud route (\"https\")"),
+                    ));
+                }
+            };
+            if cloud_routes.contains(&route) {
+                return Err(invalid("router.cloud_routes", format!("{name:?} twice")));
+            }
+            cloud_routes.push(route);
+        }
+        if !cloud_routes.is_empty() {
+            c.cloud
+                .validate()
+                .map_err(|e| invalid("cloud", e.to_string()))?;
+        }
+
         Ok(Validated {
             broker,
             device,
@@ -543,6 +682,10 @@ impl Config {
             topics,
             engine,
             password,
+            board,
+            thermal,
+            cloud_routes,
+            memory_margin,
             config: self,
         })
     }

@@ -33,6 +33,25 @@ pub struct ServeArgs {
     /// Requests that may wait for the engine (service.queue).
     #[arg(long, value_name = "N")]
     queue: Option<usize>,
+    /// Read /sys and /proc under this directory instead of / (router.fs_root; for tests
+    /// and containers).
+    #[arg(long, value_name = "DIR")]
+    fs_root: Option<PathBuf>,
+    /// Board profile: auto, raspberry-pi-4, raspberry-pi-5, rk3588, jetson-orin, generic
+    /// (router.board).
+    #[arg(long, value_name = "NAME")]
+    board: Option<String>,
+    /// Spill over HTTPS to this OpenAI-compatible router (default
+    /// https://router.huggingface.co/v1; giving any --cloud-* flag turns HTTPS spill-over on).
+    #[arg(long, value_name = "URL")]
+    cloud_base_url: Option<String>,
+    /// Model to ask the cloud router for, with its suffixes (:fastest, :cheapest, :provider).
+    #[arg(long, value_name = "NAME")]
+    cloud_model: Option<String>,
+    /// File holding the cloud API token (mode 0600 or stricter); systemd credentials
+    /// (`hf-token`) and HF_TOKEN are also looked at.
+    #[arg(long, value_name = "FILE")]
+    cloud_token_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -44,6 +63,11 @@ impl ServeArgs {
             threads: self.threads,
             ram_budget: self.ram_budget.clone(),
             queue: self.queue,
+            fs_root: self.fs_root.clone(),
+            board: self.board.clone(),
+            cloud_base_url: self.cloud_base_url.clone(),
+            cloud_model: self.cloud_model.clone(),
+            cloud_token_file: self.cloud_token_file.clone(),
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod dedup;
 pub mod mqtt;
+pub mod route;
 pub mod schema;
 pub mod sink;
 pub mod stats;
@@ -31,10 +32,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Validated;
 use crate::engine::Engine;
+use crate::router::Route;
 use dedup::DedupWindow;
+use route::Router;
 use schema::{
-    ErrorCode, Limits, RequestError, error_json, parse_request, salvage_id, salvage_reply_to,
-    valid_reply_topic,
+    ErrorCode, Limits, Request, RequestError, Served, cloud_final_json, error_json, parse_request,
+    salvage_id, salvage_reply_to, valid_reply_topic,
 };
 use sink::{Outgoing, ReplyTarget};
 use stats::Stats;
@@ -46,6 +49,8 @@ pub enum ServiceError {
     Mqtt(#[from] mqtt::MqttSetupError),
     #[error("MQTT client: {0}")]
     Client(String),
+    #[error(transparent)]
+    Router(#[from] route::RouterSetupError),
 }
 
 /// Everything the tasks share.
@@ -58,6 +63,7 @@ struct Shared {
     started: Instant,
     model_name: String,
     kernels: &'static str,
+    router: Arc<Router>,
 }
 
 /// Runs the service until `shutdown` resolves, then stops cleanly.
@@ -70,7 +76,9 @@ pub async fn run(
     let (client, eventloop) = AsyncClient::new(opts, 1024);
     let stats = Arc::new(Stats::default());
     let control = Arc::new(Control::default());
+    let router = Arc::new(Router::new(&v, &engine)?);
     let shared = Arc::new(Shared {
+        router: Arc::clone(&router),
         model_name: engine
             .weights()
             .config
@@ -114,7 +122,7 @@ pub async fn run(
         let (stats, control, out) = (Arc::clone(&stats), Arc::clone(&control), out_tx);
         std::thread::Builder::new()
             .name("spillway-engine".into())
-            .spawn(move || worker::run(engine, job_rx, out, stats, control))
+            .spawn(move || worker::run(engine, job_rx, out, stats, control, router))
             .map_err(|e| ServiceError::Client(format!("cannot start the engine thread: {e}")))?
     };
 
@@ -324,13 +332,87 @@ async fn handle(
         reply_error(out, Some(target), Some(&req.id), &err).await;
         return true;
     }
+    let deadline_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let queued = shared.stats.queued.load(Ordering::SeqCst);
+    let decision = shared.router.decide(&req, deadline_left, queued);
+    tracing::info!(
+        id = %req.id,
+        route = decision.route.as_str(),
+        rule = decision.rule.number(),
+        "{}",
+        decision.reason
+    );
+    match decision.route {
+        Route::Local | Route::Queue => {
+            let served = Served {
+                route: "local",
+                reason: decision.reason,
+            };
+            enqueue_local(req, target, received, deadline, served, jobs, out, shared).await
+        }
+        Route::CloudHttps => {
+            let Some(client) = shared.router.cloud().cloned() else {
+                // The policy only picks configured routes.
+                let err = RequestError::new(ErrorCode::Internal, "no HTTPS cloud route");
+                reply_error(out, Some(target), Some(&req.id), &err).await;
+                return true;
+            };
+            let served = Served {
+                route: "cloud-https",
+                reason: decision.reason,
+            };
+            tokio::spawn(forward_https(
+                client,
+                req,
+                target,
+                received,
+                deadline,
+                served,
+                jobs.clone(),
+                out.clone(),
+                Arc::clone(&shared.stats),
+                Arc::clone(&shared.router),
+            ));
+            true
+        }
+        Route::CloudMqtt => {
+            let err =
+                RequestError::new(ErrorCode::Internal, "the MQTT cloud route is not built yet");
+            reply_error(out, Some(target), Some(&req.id), &err).await;
+            true
+        }
+        Route::Reject(code) => {
+            let err = RequestError::new(route::reject_code(code), decision.reason);
+            shared.stats.count("none", err.code.as_str());
+            reply_error(out, Some(target), Some(&req.id), &err).await;
+            true
+        }
+    }
+}
+
+/// Puts a request in the engine's queue (answering `busy` when it is full). Returns whether
+/// to acknowledge the MQTT message.
+#[allow(clippy::too_many_arguments)]
+async fn enqueue_local(
+    req: Request,
+    target: ReplyTarget,
+    received: Instant,
+    deadline: Option<Instant>,
+    served: Served,
+    jobs: &SyncSender<Job>,
+    out: &mpsc::Sender<Outgoing>,
+    shared: &Shared,
+) -> bool {
     let id = req.id.clone();
+    let tokens = shared.router.local_admitted(&req);
     shared.stats.queued.fetch_add(1, Ordering::SeqCst);
     match jobs.try_send(Job {
         request: req,
         target: Some(target.clone()),
         received,
         deadline,
+        served,
+        tokens,
     }) {
         Ok(()) => {
             tracing::debug!(id = %id, "queued");
@@ -338,6 +420,7 @@ async fn handle(
         }
         Err(TrySendError::Full(_)) => {
             shared.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            shared.router.local_done(tokens);
             let err = RequestError::new(
                 ErrorCode::Busy,
                 format!(
@@ -351,9 +434,158 @@ async fn handle(
         }
         Err(TrySendError::Disconnected(_)) => {
             shared.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            shared.router.local_done(tokens);
             false
         }
     }
+}
+
+/// Serves a request through the HTTPS cloud route, streaming its chunks to the original
+/// requester as they arrive. A failure before any text was forwarded falls back to the
+/// local engine, unless the client asked for the cloud only.
+#[allow(clippy::too_many_arguments)]
+async fn forward_https(
+    client: Arc<crate::cloud::CloudClient>,
+    req: Request,
+    target: ReplyTarget,
+    received: Instant,
+    deadline: Option<Instant>,
+    served: Served,
+    jobs: SyncSender<Job>,
+    out: mpsc::Sender<Outgoing>,
+    stats: Arc<Stats>,
+    router: Arc<Router>,
+) {
+    let cloud_req = route::cloud_request(&req);
+    let (delta_tx, mut delta_rx) = mpsc::unbounded_channel::<String>();
+    let started = Instant::now();
+    let queue_ms = started.duration_since(received).as_secs_f64() * 1e3;
+    let mut first_token_ms = None;
+    let mut seq = 0u64;
+    let send_chunk = |seq: &mut u64, delta: String| {
+        let payload = schema::chunk_json(&req.id, *seq, &delta);
+        *seq += 1;
+        Outgoing {
+            target: target.clone(),
+            payload,
+            is_final: false,
+        }
+    };
+    let result = {
+        let call = client.complete(&cloud_req, move |d| {
+            let _ = delta_tx.send(d.to_owned());
+        });
+        let call = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), call).await.ok(),
+                None => Some(call.await),
+            }
+        };
+        let mut call = std::pin::pin!(call);
+        loop {
+            tokio::select! {
+                r = &mut call => break r,
+                Some(delta) = delta_rx.recv() => {
+                    first_token_ms.get_or_insert_with(|| received.elapsed().as_secs_f64() * 1e3);
+                    if req.stream {
+                        let _ = out.send(send_chunk(&mut seq, delta)).await;
+                    }
+                }
+            }
+        }
+    };
+    while let Ok(delta) = delta_rx.try_recv() {
+        first_token_ms.get_or_insert_with(|| received.elapsed().as_secs_f64() * 1e3);
+        if req.stream {
+            let _ = out.send(send_chunk(&mut seq, delta)).await;
+        }
+    }
+    let total_ms = received.elapsed().as_secs_f64() * 1e3;
+    let fail = |code: ErrorCode, message: String| Outgoing {
+        target: target.clone(),
+        payload: error_json(Some(&req.id), &RequestError::new(code, message)),
+        is_final: true,
+    };
+    let reply = match result {
+        Some(Ok(outcome)) => {
+            stats.count(served.route, "ok");
+            tracing::info!(
+                id = %req.id,
+                provider = outcome.provider.as_deref().unwrap_or("?"),
+                attempts = outcome.attempts,
+                "answered by the cloud"
+            );
+            Outgoing {
+                target: target.clone(),
+                payload: cloud_final_json(
+                    &req.id,
+                    &outcome,
+                    &served,
+                    queue_ms,
+                    total_ms,
+                    first_token_ms,
+                ),
+                is_final: true,
+            }
+        }
+        None => {
+            stats.count(served.route, "expired");
+            fail(
+                ErrorCode::Expired,
+                format!(
+                    "the request's message expiry passed while the cloud was answering ({})",
+                    served.reason
+                ),
+            )
+        }
+        Some(Err(e)) if !e.partial && req.route != schema::RouteHint::Cloud => {
+            tracing::warn!(id = %req.id, "cloud route failed before answering ({e}); serving here");
+            let served = Served {
+                route: "local",
+                reason: format!("{}; cloud failed ({e}), served here", served.reason),
+            };
+            let tokens = router.local_admitted(&req);
+            stats.queued.fetch_add(1, Ordering::SeqCst);
+            let id = req.id.clone();
+            match jobs.try_send(Job {
+                request: req,
+                target: Some(target.clone()),
+                received,
+                deadline,
+                served,
+                tokens,
+            }) {
+                Ok(()) => return,
+                Err(_) => {
+                    stats.queued.fetch_sub(1, Ordering::SeqCst);
+                    router.local_done(tokens);
+                    stats.count("none", "busy");
+                    Outgoing {
+                        target: target.clone(),
+                        payload: error_json(
+                            Some(&id),
+                            &RequestError::new(
+                                ErrorCode::Busy,
+                                format!("the cloud route failed ({e}) and the local queue is full"),
+                            ),
+                        ),
+                        is_final: true,
+                    }
+                }
+            }
+        }
+        Some(Err(e)) => {
+            let code = match e.code() {
+                "timeout" => ErrorCode::Timeout,
+                "cloud_unavailable" => ErrorCode::CloudUnavailable,
+                "invalid_request" => ErrorCode::InvalidRequest,
+                _ => ErrorCode::CloudError,
+            };
+            stats.count(served.route, code.as_str());
+            fail(code, e.to_string())
+        }
+    };
+    let _ = out.send(reply).await;
 }
 
 async fn reply_error(
@@ -414,7 +646,7 @@ async fn telemetry(client: AsyncClient, shared: Arc<Shared>, mut stop: watch::Re
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let snap = crate::monitor::read(std::path::Path::new("/"));
+        let snap = shared.router.snapshot();
         let mut msg = shared.stats.json();
         msg["device"] = serde_json::json!(shared.v.device);
         msg["time"] = serde_json::json!(
@@ -426,6 +658,7 @@ async fn telemetry(client: AsyncClient, shared: Arc<Shared>, mut stop: watch::Re
         msg["model"] = serde_json::json!(shared.model_name);
         msg["kernels"] = serde_json::json!(shared.kernels);
         msg["temperature_c"] = serde_json::json!(snap.temperature_c);
+        msg["routing"] = shared.router.telemetry();
         msg["memory"] = serde_json::json!({
             "available_bytes": snap.mem_available,
             "rss_bytes": crate::engine::resident_bytes(),

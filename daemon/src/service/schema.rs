@@ -32,6 +32,17 @@ pub enum ErrorCode {
     ContextLength,
     /// The service is stopping; the request was not finished.
     ShuttingDown,
+    /// It had to go to the cloud (`route: cloud`, or it cannot run here) and no cloud
+    /// route is up.
+    CloudUnavailable,
+    /// The cloud route failed after it had started answering.
+    CloudError,
+    /// The cloud route did not answer in time.
+    Timeout,
+    /// The request's KV cache can never fit the RAM budget.
+    InsufficientMemory,
+    /// The estimated wait for local capacity exceeds the request's deadline.
+    DeadlineExceeded,
     /// A bug or an unexpected failure.
     Internal,
 }
@@ -45,6 +56,11 @@ impl ErrorCode {
             ErrorCode::Expired => "expired",
             ErrorCode::ContextLength => "context_length",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::CloudUnavailable => "cloud_unavailable",
+            ErrorCode::CloudError => "cloud_error",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::InsufficientMemory => "insufficient_memory",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Internal => "internal",
         }
     }
@@ -334,6 +350,39 @@ pub fn final_json(
             "time_to_first_token_ms": t.time_to_first_token.as_secs_f64() * 1e3 + queue_ms,
             "prompt_tokens_per_s": t.prompt_tokens_per_s(),
             "generation_tokens_per_s": done.generation_tokens_per_s(),
+        },
+    }))
+    .expect("plain JSON")
+}
+
+/// The final reply of a request the cloud answered.
+pub fn cloud_final_json(
+    id: &str,
+    outcome: &crate::cloud::CloudOutcome,
+    served: &Served,
+    queue_ms: f64,
+    total_ms: f64,
+    first_token_ms: Option<f64>,
+) -> Vec<u8> {
+    let usage = outcome.usage.as_ref();
+    serde_json::to_vec(&json!({
+        "id": id,
+        "done": true,
+        "text": outcome.text,
+        "finish_reason": outcome.finish_reason.as_deref().unwrap_or("stop"),
+        "usage": {
+            "prompt_tokens": usage.map(|u| u.prompt_tokens),
+            "completion_tokens": usage.map(|u| u.completion_tokens),
+        },
+        "route": served.route,
+        "reason": served.reason,
+        "provider": outcome.provider,
+        "model": outcome.endpoint.model,
+        "timings": {
+            "queue_ms": queue_ms,
+            "total_ms": total_ms,
+            "time_to_first_token_ms": first_token_ms,
+            "attempts": outcome.attempts,
         },
     }))
     .expect("plain JSON")

@@ -6,11 +6,12 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::schema::{ErrorCode, Request, RequestError, RouteHint, Served, final_json};
+use super::route::Router;
+use super::schema::{ErrorCode, Request, RequestError, Served, final_json};
 use super::sink::{Outgoing, ReplySink, ReplyTarget};
 use super::stats::Stats;
 use crate::engine::{Engine, EngineError, FinishReason, GenerateRequest};
@@ -23,6 +24,10 @@ pub struct Job {
     pub received: Instant,
     /// The MQTT 5 message expiry: not started after this, it is answered `expired`.
     pub deadline: Option<Instant>,
+    /// The routing decision, for the final reply.
+    pub served: Served,
+    /// What [`Router::local_admitted`] counted for it.
+    pub tokens: u64,
 }
 
 /// Flags the service sets to stop the engine thread.
@@ -40,18 +45,41 @@ pub fn run(
     out: mpsc::Sender<Outgoing>,
     stats: Arc<Stats>,
     control: Arc<Control>,
+    router: Arc<Router>,
 ) {
     while let Ok(job) = jobs.recv() {
         stats.queued.fetch_sub(1, Ordering::Relaxed);
-        stats.running.store(1, Ordering::Relaxed);
+        let tokens = job.tokens;
         let sink = ReplySink::new(
             Some(job.request.id.clone()),
             job.target.clone(),
             out.clone(),
         );
-        let outcome = serve(&mut engine, job, sink, &control, &stats);
+        wait_while_hot(&job, &control, &router);
+        stats.running.store(1, Ordering::Relaxed);
+        let outcome = serve(&mut engine, job, sink, &control, &stats, &router);
+        router.local_done(tokens);
         stats.count("local", outcome);
         stats.running.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Above the hard temperature limit nothing new starts here: the job waits for the SoC to
+/// cool below the hard exit threshold, until its deadline (then `serve` answers `expired`)
+/// or shutdown.
+fn wait_while_hot(job: &Job, control: &Control, router: &Router) {
+    let mut logged = false;
+    while let Some(reason) = router.hold_local() {
+        if control.cancel.load(Ordering::Relaxed)
+            || job.deadline.is_some_and(|d| Instant::now() >= d)
+        {
+            return;
+        }
+        if !logged {
+            tracing::info!(id = %job.request.id, "waiting for the SoC to cool: {reason}");
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -62,6 +90,7 @@ fn serve(
     mut sink: ReplySink,
     control: &Control,
     stats: &Stats,
+    router: &Router,
 ) -> &'static str {
     let fail = |sink: ReplySink, code: ErrorCode, message: String| {
         sink.fail(&RequestError::new(code, message));
@@ -82,13 +111,6 @@ fn serve(
         );
     }
     let req = job.request;
-    if req.route == RouteHint::Cloud {
-        return fail(
-            sink,
-            ErrorCode::InvalidRequest,
-            "route \"cloud\" was asked for, but this device has no cloud route configured".into(),
-        );
-    }
     let Some(tok) = engine.tokenizer() else {
         return fail(
             sink,
@@ -128,11 +150,10 @@ fn serve(
         ),
         Ok(done) => {
             stats.generation(done.completion_tokens, done.generation_tokens_per_s());
-            let served = Served {
-                route: "local",
-                reason: "served on this device (no overflow route configured)".into(),
-            };
-            sink.finish(final_json(&req.id, &text, &done, &served, queue_ms));
+            if done.completion_tokens >= 8 {
+                router.observe_rate(done.generation_tokens_per_s());
+            }
+            sink.finish(final_json(&req.id, &text, &done, &job.served, queue_ms));
             "ok"
         }
         Err(EngineError::ContextLength(m)) => fail(sink, ErrorCode::ContextLength, m),

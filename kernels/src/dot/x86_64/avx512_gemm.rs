@@ -3,7 +3,7 @@
 //!
 //! # Layout: one weight row per i32 lane
 //!
-//! A pass covers [`ROWS`] = 16 weight rows and up to [`PASS_TOKENS`] = 64 tokens (the
+//! A pass covers [`ROWS`] = 16 weight rows and up to [`PASS_TOKENS`] = 128 tokens (the
 //! caller, [`crate::matmul`](mod@crate::matmul), hands out exactly such tiles). The 16 rows' weights are
 //! transposed ("repacked") into vectors whose i32 lane `r` holds four consecutive weight
 //! bytes of row `r`, unpacked to one byte per value: for a 256-value chunk of the rows,

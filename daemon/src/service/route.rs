@@ -1,0 +1,296 @@
+//! Where each request goes: the glue between the service and the routing policy.
+//!
+//! [`Router`] owns the resource [`Monitor`] (sampling temperature and memory on its own
+//! thread), the [`Policy`] state machine (behind a mutex: the dispatcher decides, the
+//! engine thread reports measured rates and asks whether it may start work) and the
+//! HTTPS [`CloudClient`] when a cloud route is configured. It also keeps the one number
+//! the policy needs that only the service knows: the tokens of work admitted to the local
+//! engine and not yet finished, for the queue-wait estimate.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::cloud::secrets::SecretError;
+use crate::cloud::{CloudClient, CloudConfigError, CloudMessage, CloudRequest, load_token};
+use crate::config::Validated;
+use crate::engine::Engine;
+use crate::monitor::{Monitor, MonitorError, Sampler};
+use crate::router::{
+    CloudHealth, CloudRoute, Conditions, Decision, Policy, PolicyConfig, PolicyError, RejectCode,
+    RequestFacts, RouteHealth, ThermalState,
+};
+use crate::tokenizer::chat::Message;
+
+use super::schema::{ErrorCode, Request};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterSetupError {
+    #[error("resource monitor: {0}")]
+    Monitor(#[from] MonitorError),
+    #[error("routing policy: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Cloud(#[from] CloudConfigError),
+    #[error("cloud token: {0}")]
+    Token(String),
+}
+
+/// The service's routing state; see the module docs.
+pub struct Router {
+    policy: Mutex<Policy>,
+    monitor: Monitor,
+    cloud: Option<Arc<CloudClient>>,
+    /// Prompt + `max_tokens` of every request admitted to the local engine and not yet
+    /// finished.
+    local_tokens: AtomicU64,
+    budget_baseline: u64,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("cloud", &self.cloud.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// Starts the monitor and builds the policy from the configuration and the loaded
+    /// model's memory plan.
+    pub fn new(v: &Validated, engine: &Engine) -> Result<Router, RouterSetupError> {
+        let r = &v.config.router;
+        let sampler = Sampler::new(r.fs_root.clone(), v.board.clone());
+        let monitor = Monitor::start(sampler, Duration::from_millis(r.sample_ms))?;
+        let plan = engine.plan();
+        // Everything but the KV cache is committed whatever runs; the KV slots are
+        // allocated up front too, so the budget check is about pages not yet touched.
+        let budget_baseline = plan.total().saturating_sub(plan.kv_total());
+        let threads = engine.compute().pool.threads();
+        let policy = Policy::new(PolicyConfig {
+            thermal: v.thermal,
+            local_context: engine.context(),
+            kv_bytes_per_token: plan.kv_per_token.max(1),
+            memory_margin: v.memory_margin,
+            ram_budget: plan.budget,
+            budget_baseline,
+            queue_capacity: v.config.service.queue,
+            default_deadline: Duration::from_secs(r.default_deadline_secs),
+            hard_cooldown: Duration::from_secs(r.hard_cooldown_secs),
+            threads,
+            // The engine's thread pool cannot shrink at run time yet, so the policy is not
+            // told it could: its reasons must describe what really happens.
+            hot_threads: threads,
+            cloud_routes: v.cloud_routes.clone(),
+            rate_prior: r.rate_prior,
+            rate_alpha: 0.3,
+        })?;
+        let cloud = if v.cloud_routes.contains(&CloudRoute::Https) {
+            let sources = v.config.cloud.token_sources();
+            let token = match load_token(&sources) {
+                Ok(t) => {
+                    tracing::info!("cloud API token from {}", t.source);
+                    Some(t.token)
+                }
+                // A router on the LAN (a LiteLLM proxy, llama.cpp's server) may need none.
+                Err(e @ SecretError::NotFound { .. }) => {
+                    tracing::warn!("{e}: cloud requests are sent without one");
+                    None
+                }
+                Err(e) => return Err(RouterSetupError::Token(e.to_string())),
+            };
+            Some(Arc::new(CloudClient::new(v.config.cloud.clone(), token)?))
+        } else {
+            None
+        };
+        tracing::info!(
+            "routing: board profile {}, soft {:.0}/{:.0} °C, hard {:.0}/{:.0} °C (enter/exit), \
+             cloud routes: {}",
+            v.board.name,
+            v.thermal.soft_enter_c,
+            v.thermal.soft_exit_c,
+            v.thermal.hard_enter_c,
+            v.thermal.hard_exit_c,
+            if v.cloud_routes.is_empty() {
+                "none".to_string()
+            } else {
+                v.cloud_routes
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        Ok(Router {
+            policy: Mutex::new(policy),
+            monitor,
+            cloud,
+            local_tokens: AtomicU64::new(0),
+            budget_baseline,
+        })
+    }
+
+    fn policy(&self) -> std::sync::MutexGuard<'_, Policy> {
+        self.policy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides where `req` goes. `deadline_left` is the time to its MQTT message expiry;
+    /// `queued` the requests waiting for the engine.
+    pub fn decide(
+        &self,
+        req: &Request,
+        deadline_left: Option<Duration>,
+        queued: usize,
+    ) -> Decision {
+        let snap = self.monitor.latest();
+        let https = match &self.cloud {
+            None => RouteHealth::Down("not configured".into()),
+            Some(c) => match c.availability() {
+                Ok(()) => RouteHealth::Up,
+                Err(reason) => RouteHealth::Down(reason),
+            },
+        };
+        let now = Conditions {
+            temperature_c: snap.temperature_c,
+            mem_headroom: snap.memory_headroom_bytes(),
+            budget_committed: self.budget_baseline,
+            queued_requests: queued,
+            queued_tokens: self.local_tokens.load(Ordering::Relaxed),
+            cloud: CloudHealth {
+                https,
+                mqtt: RouteHealth::Down("not configured".into()),
+            },
+        };
+        let facts = RequestFacts {
+            prompt_tokens: estimate_prompt_tokens(req),
+            max_tokens: req.max_tokens,
+            route: req.route,
+            privacy: req.privacy,
+            deadline: deadline_left,
+        };
+        self.policy().decide(&now, &facts)
+    }
+
+    /// The HTTPS client, when that route is configured.
+    pub fn cloud(&self) -> Option<&Arc<CloudClient>> {
+        self.cloud.as_ref()
+    }
+
+    /// Records a request admitted to the local engine (for the queue-wait estimate); the
+    /// returned number goes back to [`Router::local_done`].
+    pub fn local_admitted(&self, req: &Request) -> u64 {
+        let tokens = (estimate_prompt_tokens(req) + req.max_tokens) as u64;
+        self.local_tokens.fetch_add(tokens, Ordering::Relaxed);
+        tokens
+    }
+
+    /// A request admitted with [`Router::local_admitted`] left the engine.
+    pub fn local_done(&self, tokens: u64) {
+        let _ = self
+            .local_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(tokens))
+            });
+    }
+
+    /// Reports a measured local generation rate.
+    pub fn observe_rate(&self, tokens_per_s: f64) {
+        if tokens_per_s.is_finite() && tokens_per_s > 0.0 {
+            let _ = self.policy().observe_rate(tokens_per_s);
+        }
+    }
+
+    /// Whether new local work must wait for the SoC to cool (the hard limit), with the
+    /// reason. Reads the latest temperature.
+    pub fn hold_local(&self) -> Option<String> {
+        let snap = self.monitor.latest();
+        let mut policy = self.policy();
+        (policy.observe_temperature(snap.temperature_c) == ThermalState::Hard).then(|| {
+            policy
+                .thermal()
+                .reason()
+                .unwrap_or_else(|| "above the hard temperature limit".into())
+        })
+    }
+
+    /// The thermal state and latest readings, for telemetry.
+    pub fn telemetry(&self) -> serde_json::Value {
+        let snap = self.monitor.latest();
+        let policy = self.policy();
+        serde_json::json!({
+            "board": self.monitor.profile().name,
+            "thermal_state": policy.thermal().state().as_str(),
+            "throttled": snap.throttled(),
+            "memory_headroom_bytes": snap.memory_headroom_bytes(),
+            "generation_tokens_per_s_ewma": policy.rate().value(),
+            "cloud_https": self.cloud.as_ref().map(|c| match c.availability() {
+                Ok(()) => "up".to_string(),
+                Err(reason) => reason,
+            }),
+        })
+    }
+
+    /// The latest readings, for telemetry.
+    pub fn snapshot(&self) -> crate::monitor::Snapshot {
+        self.monitor.latest()
+    }
+}
+
+/// A quick lower estimate of a request's prompt tokens, for routing before the engine
+/// tokenizes it (which happens on the engine thread). Tekken averages 3.5–4.5 bytes per
+/// token on English and fewer on other scripts; dividing by 4 errs towards running
+/// locally, and the engine still enforces the exact context limit.
+pub fn estimate_prompt_tokens(req: &Request) -> usize {
+    let bytes: usize = req
+        .chat
+        .messages
+        .iter()
+        .map(|m| match m {
+            Message::System(t) | Message::User(t) | Message::Tool(t) => t.len(),
+            Message::Assistant { content, .. } => content.len(),
+        })
+        .sum();
+    bytes / 4 + 4 * req.chat.messages.len() + 2
+}
+
+/// The OpenAI-style request for the cloud router.
+pub fn cloud_request(req: &Request) -> CloudRequest {
+    let messages = req
+        .chat
+        .messages
+        .iter()
+        .map(|m| {
+            let (role, content) = match m {
+                Message::System(t) => ("system", t.clone()),
+                Message::User(t) => ("user", t.clone()),
+                Message::Assistant { content, .. } => ("assistant", content.clone()),
+                Message::Tool(t) => ("tool", t.clone()),
+            };
+            CloudMessage {
+                role: role.into(),
+                content,
+            }
+        })
+        .collect();
+    CloudRequest {
+        messages,
+        max_tokens: u32::try_from(req.max_tokens).ok(),
+        temperature: Some(req.sampling.temperature),
+        top_p: Some(req.sampling.top_p),
+        seed: Some(req.sampling.seed),
+        stop: req.stop.clone(),
+    }
+}
+
+/// The reply code of a policy refusal.
+pub fn reject_code(code: RejectCode) -> ErrorCode {
+    match code {
+        RejectCode::Expired => ErrorCode::Expired,
+        RejectCode::InvalidRequest => ErrorCode::InvalidRequest,
+        RejectCode::CloudUnavailable => ErrorCode::CloudUnavailable,
+        RejectCode::ContextLength => ErrorCode::ContextLength,
+        RejectCode::InsufficientMemory => ErrorCode::InsufficientMemory,
+        RejectCode::Busy => ErrorCode::Busy,
+        RejectCode::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+    }
+}
