@@ -26,6 +26,44 @@ pub struct Config {
     pub service: ServiceSection,
     pub router: RouterSection,
     pub cloud: crate::cloud::CloudConfig,
+    pub upstream: UpstreamSection,
+}
+
+/// The cloud MQTT broker requests spill to (the `mqtt` cloud route): a fleet of bigger
+/// Spillway workers (`service.role = "worker"`) serves its request topic through a shared
+/// subscription.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    /// `mqtt://host:port` or `mqtts://host:port`; empty: no MQTT cloud route.
+    pub broker: String,
+    pub username: String,
+    /// File holding the password (first line).
+    pub password_file: PathBuf,
+    /// CA certificates (PEM) for `mqtts://`; empty: the system's.
+    pub ca_file: PathBuf,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// Where requests are published (the workers' `<topic_prefix>/request`).
+    pub topic: String,
+    /// Longest wait for a forwarded request's final reply, in seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        UpstreamSection {
+            broker: String::new(),
+            username: String::new(),
+            password_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            client_cert: PathBuf::new(),
+            client_key: PathBuf::new(),
+            topic: "spillway/request".into(),
+            timeout_secs: 300,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -104,6 +142,10 @@ pub struct ServiceSection {
     pub shutdown_deadline_secs: u64,
     /// Request ids remembered to recognise redeliveries.
     pub dedup_window: usize,
+    /// "edge" (a board: serves its own topic, spills when it must) or "worker" (a bigger
+    /// machine serving a fleet's spill-over from the cloud broker's shared request topic;
+    /// `mqtt.shared_group` defaults to "workers").
+    pub role: String,
 }
 
 /// Overflow routing: when a request runs here, waits, or spills to the cloud.
@@ -208,6 +250,7 @@ impl Default for ServiceSection {
             telemetry_secs: 30,
             shutdown_deadline_secs: 20,
             dedup_window: 1024,
+            role: "edge".into(),
         }
     }
 }
@@ -304,6 +347,8 @@ pub struct Validated {
     pub cloud_routes: Vec<crate::router::CloudRoute>,
     /// `router.memory_margin` in bytes.
     pub memory_margin: u64,
+    /// The cloud broker, when the `mqtt` cloud route is configured.
+    pub upstream: Option<BrokerAddr>,
 }
 
 /// Command-line overrides for the common settings.
@@ -600,8 +645,11 @@ impl Config {
         let prefix = c.mqtt.topic_prefix.trim_end_matches('/');
         let topics = Topics {
             request: format!("{prefix}/{device}/request"),
-            shared_request: (!c.mqtt.shared_group.is_empty())
-                .then(|| format!("$share/{}/{prefix}/request", c.mqtt.shared_group)),
+            shared_request: match (c.mqtt.shared_group.as_str(), c.service.role.as_str()) {
+                ("", "worker") => Some(format!("$share/workers/{prefix}/request")),
+                ("", _) => None,
+                (group, _) => Some(format!("$share/{group}/{prefix}/request")),
+            },
             status: format!("{prefix}/{device}/status"),
             telemetry: format!("{prefix}/{device}/telemetry"),
         };
@@ -657,10 +705,11 @@ impl Config {
         for name in &r.cloud_routes {
             let route = match name.as_str() {
                 "https" => crate::router::CloudRoute::Https,
+                "mqtt" => crate::router::CloudRoute::Mqtt,
                 other => {
                     return Err(invalid(
                         "router.cloud_routes",
-                        format!("{other:?} is not a cloud route (\"https\")"),
+                        format!("{other:?} is not a cloud route (\"https\" or \"mqtt\")"),
                     ));
                 }
             };
@@ -669,7 +718,38 @@ impl Config {
             }
             cloud_routes.push(route);
         }
-        if !cloud_routes.is_empty() {
+        let upstream = if cloud_routes.contains(&crate::router::CloudRoute::Mqtt) {
+            let u = &c.upstream;
+            let addr = parse_broker(&u.broker).map_err(|m| invalid("upstream.broker", m))?;
+            if u.topic.is_empty() || u.topic.contains(['+', '#', '\0']) {
+                return Err(invalid(
+                    "upstream.topic",
+                    "must be a non-empty topic without wildcards",
+                ));
+            }
+            if u.client_cert.as_os_str().is_empty() != u.client_key.as_os_str().is_empty() {
+                return Err(invalid(
+                    "upstream.client_cert",
+                    "client_cert and client_key go together",
+                ));
+            }
+            if !(1..=86_400).contains(&u.timeout_secs) {
+                return Err(invalid(
+                    "upstream.timeout_secs",
+                    "must be between 1 and 86400",
+                ));
+            }
+            Some(addr)
+        } else {
+            None
+        };
+        if !matches!(c.service.role.as_str(), "edge" | "worker") {
+            return Err(invalid(
+                "service.role",
+                format!("{:?} is not \"edge\" or \"worker\"", c.service.role),
+            ));
+        }
+        if cloud_routes.contains(&crate::router::CloudRoute::Https) {
             c.cloud
                 .validate()
                 .map_err(|e| invalid("cloud", e.to_string()))?;
@@ -686,6 +766,7 @@ impl Config {
             thermal,
             cloud_routes,
             memory_margin,
+            upstream,
             config: self,
         })
     }

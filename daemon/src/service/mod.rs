@@ -16,6 +16,7 @@ pub mod route;
 pub mod schema;
 pub mod sink;
 pub mod stats;
+pub mod upstream;
 pub mod worker;
 
 use std::future::Future;
@@ -376,9 +377,31 @@ async fn handle(
             true
         }
         Route::CloudMqtt => {
-            let err =
-                RequestError::new(ErrorCode::Internal, "the MQTT cloud route is not built yet");
-            reply_error(out, Some(target), Some(&req.id), &err).await;
+            let (Some(up), Some(payload)) = (
+                shared.router.upstream().cloned(),
+                upstream::upstream_payload(&p.payload),
+            ) else {
+                let err = RequestError::new(ErrorCode::Internal, "no MQTT cloud route");
+                reply_error(out, Some(target), Some(&req.id), &err).await;
+                return true;
+            };
+            let served = Served {
+                route: "cloud-mqtt",
+                reason: decision.reason,
+            };
+            tokio::spawn(forward_mqtt(
+                up,
+                payload,
+                req,
+                target,
+                received,
+                deadline,
+                served,
+                jobs.clone(),
+                out.clone(),
+                Arc::clone(&shared.stats),
+                Arc::clone(&shared.router),
+            ));
             true
         }
         Route::Reject(code) => {
@@ -437,6 +460,160 @@ async fn enqueue_local(
             shared.router.local_done(tokens);
             false
         }
+    }
+}
+
+/// Puts a request the cloud could not take into the local queue; returns the `busy` reply
+/// when the queue is full.
+#[allow(clippy::too_many_arguments)]
+fn fallback_local(
+    req: Request,
+    target: &ReplyTarget,
+    received: Instant,
+    deadline: Option<Instant>,
+    reason: String,
+    jobs: &SyncSender<Job>,
+    stats: &Stats,
+    router: &Router,
+) -> Option<Outgoing> {
+    let tokens = router.local_admitted(&req);
+    stats.queued.fetch_add(1, Ordering::SeqCst);
+    let id = req.id.clone();
+    let job = Job {
+        request: req,
+        target: Some(target.clone()),
+        received,
+        deadline,
+        served: Served {
+            route: "local",
+            reason: reason.clone(),
+        },
+        tokens,
+    };
+    if jobs.try_send(job).is_ok() {
+        return None;
+    }
+    stats.queued.fetch_sub(1, Ordering::SeqCst);
+    router.local_done(tokens);
+    stats.count("none", "busy");
+    let err = RequestError::new(
+        ErrorCode::Busy,
+        format!("{reason}, but the local queue is full"),
+    );
+    Some(Outgoing {
+        target: target.clone(),
+        payload: error_json(Some(&id), &err),
+        is_final: true,
+    })
+}
+
+/// Serves a request through the MQTT cloud route: publishes it to the cloud broker and
+/// relays the worker's chunks and final (marked `route: "cloud-mqtt"`) to the requester.
+#[allow(clippy::too_many_arguments)]
+async fn forward_mqtt(
+    up: Arc<upstream::Upstream>,
+    payload: Vec<u8>,
+    req: Request,
+    target: ReplyTarget,
+    received: Instant,
+    deadline: Option<Instant>,
+    served: Served,
+    jobs: SyncSender<Job>,
+    out: mpsc::Sender<Outgoing>,
+    stats: Arc<Stats>,
+    router: Arc<Router>,
+) {
+    let expiry = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let wait = expiry.map_or(up.timeout, |e| e.min(up.timeout));
+    let fail = |code: ErrorCode, message: String| Outgoing {
+        target: target.clone(),
+        payload: error_json(Some(&req.id), &RequestError::new(code, message)),
+        is_final: true,
+    };
+    let mut forward = match up.forward(payload, expiry).await {
+        Ok(f) => f,
+        Err(e) if req.route != schema::RouteHint::Cloud => {
+            let reason = format!("{}; {e}, served here", served.reason);
+            let busy = fallback_local(
+                req, &target, received, deadline, reason, &jobs, &stats, &router,
+            );
+            if let Some(busy) = busy {
+                let _ = out.send(busy).await;
+            }
+            return;
+        }
+        Err(e) => {
+            stats.count(served.route, "cloud_unavailable");
+            let _ = out.send(fail(ErrorCode::CloudUnavailable, e)).await;
+            return;
+        }
+    };
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        let msg = match tokio::time::timeout_at(until, forward.replies.recv()).await {
+            Err(_) => {
+                stats.count(served.route, "timeout");
+                let _ = out
+                    .send(fail(
+                        ErrorCode::Timeout,
+                        format!("no final reply from the cloud worker within {wait:?}"),
+                    ))
+                    .await;
+                return;
+            }
+            Ok(None) => {
+                let _ = out
+                    .send(fail(
+                        ErrorCode::Internal,
+                        "the cloud connection went away".into(),
+                    ))
+                    .await;
+                return;
+            }
+            Ok(Some(msg)) => msg,
+        };
+        // The worker speaks our schema; anything else is dropped (its size is bounded by
+        // the broker's and our maximum packet size).
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&msg) else {
+            tracing::warn!(id = %req.id, "unreadable reply from the cloud worker: dropped");
+            continue;
+        };
+        if v["done"] != true {
+            if v.get("delta").is_some() {
+                let _ = out
+                    .send(Outgoing {
+                        target: target.clone(),
+                        payload: msg.to_vec(),
+                        is_final: false,
+                    })
+                    .await;
+            }
+            continue;
+        }
+        let outcome = match v.get("error") {
+            Some(e) => e["code"].as_str().unwrap_or("cloud_error").to_string(),
+            None => {
+                let worker_route = v["route"].as_str().unwrap_or("?").to_string();
+                v["route"] = serde_json::json!(served.route);
+                v["reason"] = serde_json::json!(format!(
+                    "{}; the cloud worker served it ({worker_route})",
+                    served.reason
+                ));
+                "ok".to_string()
+            }
+        };
+        stats.count(
+            served.route,
+            if outcome == "ok" { "ok" } else { "cloud_error" },
+        );
+        let _ = out
+            .send(Outgoing {
+                target: target.clone(),
+                payload: serde_json::to_vec(&v).expect("plain JSON"),
+                is_final: true,
+            })
+            .await;
+        return;
     }
 }
 
@@ -540,38 +717,12 @@ async fn forward_https(
         }
         Some(Err(e)) if !e.partial && req.route != schema::RouteHint::Cloud => {
             tracing::warn!(id = %req.id, "cloud route failed before answering ({e}); serving here");
-            let served = Served {
-                route: "local",
-                reason: format!("{}; cloud failed ({e}), served here", served.reason),
-            };
-            let tokens = router.local_admitted(&req);
-            stats.queued.fetch_add(1, Ordering::SeqCst);
-            let id = req.id.clone();
-            match jobs.try_send(Job {
-                request: req,
-                target: Some(target.clone()),
-                received,
-                deadline,
-                served,
-                tokens,
-            }) {
-                Ok(()) => return,
-                Err(_) => {
-                    stats.queued.fetch_sub(1, Ordering::SeqCst);
-                    router.local_done(tokens);
-                    stats.count("none", "busy");
-                    Outgoing {
-                        target: target.clone(),
-                        payload: error_json(
-                            Some(&id),
-                            &RequestError::new(
-                                ErrorCode::Busy,
-                                format!("the cloud route failed ({e}) and the local queue is full"),
-                            ),
-                        ),
-                        is_final: true,
-                    }
-                }
+            let reason = format!("{}; cloud failed ({e}), served here", served.reason);
+            match fallback_local(
+                req, &target, received, deadline, reason, &jobs, &stats, &router,
+            ) {
+                None => return,
+                Some(busy) => busy,
             }
         }
         Some(Err(e)) => {

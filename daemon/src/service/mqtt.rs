@@ -35,12 +35,21 @@ fn read_pem(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, MqttS
     })
 }
 
-/// The rustls client configuration: the configured CA file or the system's roots, and the
-/// client certificate for mutual TLS if one is set.
+/// The rustls client configuration of the main broker.
 fn tls_config(v: &Validated) -> Result<rustls::ClientConfig, MqttSetupError> {
     let m = &v.config.mqtt;
+    tls_client_config(&m.ca_file, &m.client_cert, &m.client_key)
+}
+
+/// A rustls client configuration: the CA file's certificates (empty path: the system's
+/// roots), and a client certificate and key for mutual TLS (empty paths: none).
+pub fn tls_client_config(
+    ca_file: &std::path::Path,
+    client_cert: &std::path::Path,
+    client_key: &std::path::Path,
+) -> Result<rustls::ClientConfig, MqttSetupError> {
     let mut roots = rustls::RootCertStore::empty();
-    if m.ca_file.as_os_str().is_empty() {
+    if ca_file.as_os_str().is_empty() {
         let native = rustls_native_certs::load_native_certs();
         for cert in native.certs {
             let _ = roots.add(cert);
@@ -51,11 +60,11 @@ fn tls_config(v: &Validated) -> Result<rustls::ClientConfig, MqttSetupError> {
             ));
         }
     } else {
-        let pem = read_pem("CA file", &m.ca_file)?;
+        let pem = read_pem("CA file", ca_file)?;
         for cert in rustls_pemfile::certs(&mut BufReader::new(&pem[..])) {
             let cert = cert.map_err(|e| MqttSetupError::File {
                 what: "CA file",
-                path: m.ca_file.display().to_string(),
+                path: ca_file.display().to_string(),
                 message: e.to_string(),
             })?;
             roots
@@ -65,7 +74,7 @@ fn tls_config(v: &Validated) -> Result<rustls::ClientConfig, MqttSetupError> {
         if roots.is_empty() {
             return Err(MqttSetupError::File {
                 what: "CA file",
-                path: m.ca_file.display().to_string(),
+                path: ca_file.display().to_string(),
                 message: "holds no PEM certificate".into(),
             });
         }
@@ -75,14 +84,14 @@ fn tls_config(v: &Validated) -> Result<rustls::ClientConfig, MqttSetupError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| MqttSetupError::Tls(e.to_string()))?
         .with_root_certificates(roots);
-    if m.client_cert.as_os_str().is_empty() {
+    if client_cert.as_os_str().is_empty() {
         return Ok(builder.with_no_client_auth());
     }
-    let cert_pem = read_pem("client certificate", &m.client_cert)?;
+    let cert_pem = read_pem("client certificate", client_cert)?;
     let certs = rustls_pemfile::certs(&mut BufReader::new(&cert_pem[..]))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| MqttSetupError::Tls(format!("client certificate: {e}")))?;
-    let key_pem = read_pem("client key", &m.client_key)?;
+    let key_pem = read_pem("client key", client_key)?;
     let key = rustls_pemfile::private_key(&mut BufReader::new(&key_pem[..]))
         .map_err(|e| MqttSetupError::Tls(format!("client key: {e}")))?
         .ok_or_else(|| MqttSetupError::Tls("the client key file holds no private key".into()))?;

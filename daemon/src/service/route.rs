@@ -23,6 +23,7 @@ use crate::router::{
 use crate::tokenizer::chat::Message;
 
 use super::schema::{ErrorCode, Request};
+use super::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterSetupError {
@@ -34,6 +35,8 @@ pub enum RouterSetupError {
     Cloud(#[from] CloudConfigError),
     #[error("cloud token: {0}")]
     Token(String),
+    #[error("cloud broker: {0}")]
+    Upstream(#[from] super::mqtt::MqttSetupError),
 }
 
 /// The service's routing state; see the module docs.
@@ -41,6 +44,7 @@ pub struct Router {
     policy: Mutex<Policy>,
     monitor: Monitor,
     cloud: Option<Arc<CloudClient>>,
+    upstream: Option<Arc<Upstream>>,
     /// Prompt + `max_tokens` of every request admitted to the local engine and not yet
     /// finished.
     local_tokens: AtomicU64,
@@ -121,10 +125,15 @@ impl Router {
                     .join(", ")
             }
         );
+        let upstream = match &v.upstream {
+            Some(addr) => Some(Arc::new(Upstream::start(v, addr)?)),
+            None => None,
+        };
         Ok(Router {
             policy: Mutex::new(policy),
             monitor,
             cloud,
+            upstream,
             local_tokens: AtomicU64::new(0),
             budget_baseline,
         })
@@ -158,7 +167,13 @@ impl Router {
             queued_tokens: self.local_tokens.load(Ordering::Relaxed),
             cloud: CloudHealth {
                 https,
-                mqtt: RouteHealth::Down("not configured".into()),
+                mqtt: match &self.upstream {
+                    None => RouteHealth::Down("not configured".into()),
+                    Some(u) => match u.availability() {
+                        Ok(()) => RouteHealth::Up,
+                        Err(reason) => RouteHealth::Down(reason),
+                    },
+                },
             },
         };
         let facts = RequestFacts {
@@ -169,6 +184,11 @@ impl Router {
             deadline: deadline_left,
         };
         self.policy().decide(&now, &facts)
+    }
+
+    /// The cloud broker connection, when the MQTT route is configured.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.upstream.as_ref()
     }
 
     /// The HTTPS client, when that route is configured.
@@ -224,6 +244,10 @@ impl Router {
             "memory_headroom_bytes": snap.memory_headroom_bytes(),
             "generation_tokens_per_s_ewma": policy.rate().value(),
             "cloud_https": self.cloud.as_ref().map(|c| match c.availability() {
+                Ok(()) => "up".to_string(),
+                Err(reason) => reason,
+            }),
+            "cloud_mqtt": self.upstream.as_ref().map(|u| match u.availability() {
                 Ok(()) => "up".to_string(),
                 Err(reason) => reason,
             }),
