@@ -5,6 +5,9 @@
 //! workers spin for a while (decode calls arrive microseconds apart) and then park on a
 //! condition variable, so an idle daemon uses no CPU. Nothing is allocated per job.
 //!
+//! [`ThreadPool::set_active_threads`] lowers how many threads take part in later jobs (to
+//! shed heat on a hot SoC) without stopping any: the others stay parked.
+//!
 //! Worker threads can be pinned to CPUs (the big cores of a big.LITTLE SoC); the calling
 //! thread is left as it is, use [`pin_current_thread`] for it.
 
@@ -54,6 +57,11 @@ struct Shared {
     job: UnsafeCell<Option<Job>>,
     /// Workers that have not yet finished the current job.
     remaining: AtomicUsize,
+    /// Threads taking part in later jobs (1..=n_threads).
+    active: AtomicUsize,
+    /// Threads taking part in the current job: workers with an index at or above it skip
+    /// the job (written with the job, published by the generation bump).
+    job_threads: AtomicUsize,
     /// Workers parked (or about to park) on `wake`.
     sleepers: AtomicUsize,
     sleep_lock: Mutex<()>,
@@ -97,6 +105,8 @@ impl ThreadPool {
             generation: AtomicU64::new(0),
             job: UnsafeCell::new(None),
             remaining: AtomicUsize::new(0),
+            active: AtomicUsize::new(n_threads),
+            job_threads: AtomicUsize::new(n_threads),
             sleepers: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -135,9 +145,23 @@ impl ThreadPool {
         Ok(pool)
     }
 
-    /// Threads taking part in each job, the caller included.
+    /// Threads taking part in each job, the caller included (see
+    /// [`ThreadPool::set_active_threads`]).
     pub fn threads(&self) -> usize {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    /// Threads the pool was built with: the most that [`ThreadPool::threads`] can be.
+    pub fn capacity(&self) -> usize {
         self.shared.n_threads
+    }
+
+    /// Lets only `threads` threads (clamped to 1..=capacity) take part in later jobs; the
+    /// others stay parked. For shedding heat: fewer busy cores, lower SoC temperature.
+    pub fn set_active_threads(&self, threads: usize) {
+        self.shared
+            .active
+            .store(threads.clamp(1, self.shared.n_threads), Ordering::Relaxed);
     }
 
     /// Runs `job(thread_index, n_threads)` on every thread (the caller is index 0) and
@@ -147,7 +171,7 @@ impl ThreadPool {
     where
         F: Fn(usize, usize) + Sync,
     {
-        let n = self.shared.n_threads;
+        let n = self.threads();
         if n == 1 {
             job(0, 1);
             return;
@@ -168,6 +192,7 @@ impl ThreadPool {
         // `caller_lock` excludes other callers), so no worker reads the slot now.
         unsafe { *shared.job.get() = Some(job_static) };
         shared.remaining.store(n - 1, Ordering::Relaxed);
+        shared.job_threads.store(n, Ordering::Relaxed);
         shared.generation.fetch_add(1, Ordering::SeqCst);
         if shared.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = shared
@@ -210,8 +235,11 @@ impl ThreadPool {
 
 fn worker_loop(shared: &Shared, index: usize) {
     let mut seen = 0u64;
+    // A worker left out of the last job parks at once instead of spinning: shedding heat
+    // is why it was left out.
+    let mut left_out = false;
     loop {
-        let mut spins = 0u32;
+        let mut spins = if left_out { shared.spin } else { 0 };
         loop {
             if shared.generation.load(Ordering::Acquire) != seen {
                 break;
@@ -236,12 +264,20 @@ fn worker_loop(shared: &Shared, index: usize) {
         if shared.shutdown.load(Ordering::Acquire) {
             return;
         }
+        left_out = index >= shared.job_threads.load(Ordering::Relaxed);
+        if left_out {
+            // Not counted in `remaining`: the job never waits for this worker.
+            continue;
+        }
         // SAFETY: a new generation was published after the slot was written (Acquire above
         // pairs with the caller's SeqCst bump), and the caller will not touch the slot until
         // this worker decrements `remaining` below.
         let job = unsafe { *shared.job.get() };
         if let Some(job) = job
-            && catch_unwind(AssertUnwindSafe(|| job(index, shared.n_threads))).is_err()
+            && catch_unwind(AssertUnwindSafe(|| {
+                job(index, shared.job_threads.load(Ordering::Relaxed))
+            }))
+            .is_err()
         {
             shared.worker_panicked.store(true, Ordering::Release);
         }
@@ -406,6 +442,30 @@ mod tests {
                     hits[i].fetch_add(1, Ordering::Relaxed);
                 });
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
+        }
+    }
+
+    #[test]
+    fn fewer_active_threads_run_jobs_and_more_come_back() {
+        let pool = ThreadPool::new(PoolConfig::with_threads(4)).unwrap();
+        for active in [2, 1, 3, 4, 9, 0] {
+            pool.set_active_threads(active);
+            let expect = active.clamp(1, 4);
+            assert_eq!((pool.threads(), pool.capacity()), (expect, 4));
+            for _ in 0..100 {
+                let hits: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(|i, n| {
+                    assert_eq!(n, expect);
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                for (i, h) in hits.iter().enumerate() {
+                    assert_eq!(
+                        h.load(Ordering::Relaxed),
+                        usize::from(i < expect),
+                        "thread {i}"
+                    );
+                }
             }
         }
     }

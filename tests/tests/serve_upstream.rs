@@ -177,3 +177,62 @@ fn a_hot_edge_spills_over_mqtt_to_a_worker_and_keeps_local_only_requests() {
     assert_eq!(got[0]["route"], "local", "{}", got[0]);
     assert!(!worker.log_text().contains("local-1"));
 }
+
+#[test]
+fn above_the_soft_limit_local_generation_sheds_threads() {
+    let broker = Mosquitto::start();
+    let fs = TempDir::new("soft-hot");
+    fake_fs(fs.path(), 74_000); // generic profile: soft from 70 °C, hard from 80 °C
+    let watcher = Conn::v5(broker.port, "watcher", false);
+    watcher.subscribe("spillway/warm1/status");
+    let serve = Serve::start(
+        &daemon_config(&broker, "warm1", fs.path(), "").replace("threads = 1", "threads = 2"),
+    );
+    assert!(
+        watcher.wait_for("spillway/warm1/status", "online", Duration::from_secs(20)),
+        "{}",
+        serve.log_text()
+    );
+    let c = Conn::v5(broker.port, "client", false);
+    c.subscribe("replies/#");
+    c.request(
+        "spillway/warm1/request",
+        r#"{"id":"warm-1","prompt":"Hello","max_tokens":4}"#,
+        Some("replies/warm"),
+        None,
+        None,
+    );
+    let got = finals(&c.until_finals("replies/warm", 1, Duration::from_secs(20)));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["route"], "local", "{}", got[0]);
+    let reason = got[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("1 of 2 threads"), "{reason}");
+    assert!(
+        serve
+            .log_text()
+            .contains("local generation now on 1 of 2 threads"),
+        "{}",
+        serve.log_text()
+    );
+
+    // Cooled below the soft exit threshold (65 °C): back to every thread.
+    fake_fs(fs.path(), 50_000);
+    std::thread::sleep(Duration::from_millis(400));
+    c.request(
+        "spillway/warm1/request",
+        r#"{"id":"warm-2","prompt":"Hello","max_tokens":4}"#,
+        Some("replies/warm2"),
+        None,
+        None,
+    );
+    let got = finals(&c.until_finals("replies/warm2", 1, Duration::from_secs(20)));
+    assert_eq!(got.len(), 1);
+    assert!(
+        serve.wait_for_log(
+            "local generation now on 2 of 2 threads",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        serve.log_text()
+    );
+}

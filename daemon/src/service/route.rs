@@ -70,7 +70,7 @@ impl Router {
         // Everything but the KV cache is committed whatever runs; the KV slots are
         // allocated up front too, so the budget check is about pages not yet touched.
         let budget_baseline = plan.total().saturating_sub(plan.kv_total());
-        let threads = engine.compute().pool.threads();
+        let threads = engine.compute().pool.capacity();
         let policy = Policy::new(PolicyConfig {
             thermal: v.thermal,
             local_context: engine.context(),
@@ -82,9 +82,10 @@ impl Router {
             default_deadline: Duration::from_secs(r.default_deadline_secs),
             hard_cooldown: Duration::from_secs(r.hard_cooldown_secs),
             threads,
-            // The engine's thread pool cannot shrink at run time yet, so the policy is not
-            // told it could: its reasons must describe what really happens.
-            hot_threads: threads,
+            // Above the soft limit half the cores compute (the engine thread applies it
+            // before each request): less heat, and the memory-bound decode loses less than
+            // half its speed.
+            hot_threads: PolicyConfig::half_threads(threads),
             cloud_routes: v.cloud_routes.clone(),
             rate_prior: r.rate_prior,
             rate_alpha: 0.3,
@@ -231,6 +232,15 @@ impl Router {
                 .reason()
                 .unwrap_or_else(|| "above the hard temperature limit".into())
         })
+    }
+
+    /// Threads local generation should use now (fewer above the soft limit), from the
+    /// latest temperature.
+    pub fn local_threads(&self) -> usize {
+        let snap = self.monitor.latest();
+        let mut policy = self.policy();
+        policy.observe_temperature(snap.temperature_c);
+        policy.local_threads()
     }
 
     /// The thermal state and latest readings, for telemetry.

@@ -56,6 +56,15 @@ pub fn run(
             out.clone(),
         );
         wait_while_hot(&job, &control, &router);
+        let threads = router.local_threads();
+        let pool = &engine.compute().pool;
+        if threads != pool.threads() {
+            tracing::info!(
+                "local generation now on {threads} of {} threads (SoC temperature)",
+                pool.capacity()
+            );
+            pool.set_active_threads(threads);
+        }
         stats.running.store(1, Ordering::Relaxed);
         let outcome = serve(&mut engine, job, sink, &control, &stats, &router);
         router.local_done(tokens);
