@@ -78,6 +78,7 @@ pub async fn run(
     let stats = Arc::new(Stats::default());
     let control = Arc::new(Control::default());
     let router = Arc::new(Router::new(&v, &engine)?);
+    tokio::spawn(Router::follow_readings(Arc::downgrade(&router)));
     let shared = Arc::new(Shared {
         router: Arc::clone(&router),
         model_name: engine

@@ -234,6 +234,28 @@ impl Router {
         })
     }
 
+    /// Feeds every temperature reading the monitor takes to the policy's thermal state
+    /// machine, until the router is gone. Without it the state machine would only see the
+    /// readings that happen to coincide with a request, and hysteresis is about the board's
+    /// whole course: a spike past the hard limit between two requests must still leave the
+    /// board `Hard` until it cools below the hard exit threshold (and telemetry's
+    /// `thermal_state` must say so meanwhile).
+    pub async fn follow_readings(router: std::sync::Weak<Router>) {
+        let Some(mut readings) = router.upgrade().map(|r| r.monitor.subscribe()) else {
+            return;
+        };
+        loop {
+            let reading = readings.borrow_and_update().temperature_c;
+            let Some(r) = router.upgrade() else { return };
+            r.policy().observe_temperature(reading);
+            drop(r);
+            // Ends when the monitor (owned by the router) stops.
+            if readings.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Threads local generation should use now (fewer above the soft limit), from the
     /// latest temperature.
     pub fn local_threads(&self) -> usize {
