@@ -1,6 +1,12 @@
 //! Helpers for Spillway's end-to-end tests: build the real `spillway` binary once and run
 //! it as a user would. Later issues add real brokers and servers here (mosquitto on a free
 //! loopback port, a local HTTPS server speaking the router's protocol, a fake /sys tree).
+//!
+//! - [`fake_router`]: an HTTPS server speaking the cloud router's protocol from a script.
+//! - [`fake_fs`]: a fake `/sys` + `/proc` tree for `spillway serve --fs-root`.
+
+pub mod fake_fs;
+pub mod fake_router;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -267,12 +273,18 @@ pub struct Serve {
 impl Serve {
     /// Starts `spillway serve` with `config` (TOML text) written to a file.
     pub fn start(config: &str) -> Serve {
+        Serve::start_with_args(config, &[])
+    }
+
+    /// Like [`Serve::start`], with more `spillway serve` flags after `--config FILE`.
+    pub fn start_with_args(config: &str, args: &[&str]) -> Serve {
         let dir = TempDir::new("serve");
         let conf = dir.path().join("spillway.toml");
         std::fs::write(&conf, config).unwrap();
         let log = dir.path().join("serve.log");
         let child = Command::new(spillway_bin())
             .args(["serve", "--config", conf.to_str().unwrap()])
+            .args(args)
             .env_remove("SPILLWAY_KERNELS")
             .env("SPILLWAY_LOG", "spillway=debug")
             .stdout(std::process::Stdio::null())

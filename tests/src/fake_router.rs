@@ -1,0 +1,471 @@
+//! A fake cloud router for end-to-end tests: a local HTTPS server (hyper over rustls, with
+//! a CA made at test time by the `openssl` command line tool) that speaks the Hugging Face
+//! router's OpenAI-compatible protocol — `POST /v1/chat/completions`, `text/event-stream`
+//! answers as `chat.completion.chunk` objects, the usage chunk, `[DONE]`, the
+//! `x-inference-provider` header — and plays a script of replies in order: streams that
+//! stall, break or report errors, 429 with and without `Retry-After`, 402, 503.
+//!
+//! It runs on its own tokio runtime, so synchronous tests drive it; it records every
+//! request (headers and JSON body) for the test to check what was sent, and how often.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::TempDir;
+
+// ---------------------------------------------------------------------------------------
+// Test PKI
+
+/// A CA and a server certificate it signed for 127.0.0.1 and localhost (PEM).
+#[derive(Debug)]
+pub struct Pki {
+    pub ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+const OPENSSL_CNF: &str = "\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+authorityKeyIdentifier = keyid
+";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("running openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test PKI, made once per test process (P-256 keys; the files are read into memory
+/// and the directory removed).
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = TempDir::new("router-pki");
+        let d = dir.path();
+        std::fs::write(d.join("openssl.cnf"), OPENSSL_CNF).unwrap();
+        let key = |k: &'static str| {
+            [
+                "-config",
+                "openssl.cnf",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                k,
+            ]
+        };
+        let mut args = vec!["req", "-x509", "-new", "-extensions", "ca", "-days", "2"];
+        args.extend(key("ca.key"));
+        args.extend(["-out", "ca.crt", "-subj", "/CN=Spillway e2e router CA"]);
+        openssl(d, &args);
+        let mut args = vec!["req", "-new"];
+        args.extend(key("server.key"));
+        args.extend(["-out", "server.csr", "-subj", "/CN=localhost"]);
+        openssl(d, &args);
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "openssl.cnf",
+                "-extensions",
+                "server",
+                "-out",
+                "server.crt",
+            ],
+        );
+        let read = |n: &str| std::fs::read(d.join(n)).unwrap();
+        Pki {
+            ca: read("ca.crt"),
+            cert: read("server.crt"),
+            key: read("server.key"),
+        }
+    })
+}
+
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    let p = pki();
+    let certs = rustls_pemfile::certs(&mut &p.cert[..])
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut &p.key[..])
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+// ---------------------------------------------------------------------------------------
+// Scripts
+
+/// A point in a streamed body where the server waits until the test opens it (bounded by
+/// ten seconds, so a broken client cannot hang the server).
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<Notify>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Lets the stream waiting at this gate go on (or the next one to reach it).
+    pub fn open(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// One step of a streamed body.
+#[derive(Clone, Debug)]
+pub enum Part {
+    /// Written (and flushed) as one body chunk.
+    Bytes(Vec<u8>),
+    Sleep(Duration),
+    Wait(Gate),
+}
+
+/// A scripted reply.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// 200 with `text/event-stream`.
+    Stream {
+        provider: Option<String>,
+        parts: Vec<Part>,
+    },
+    /// Any other response, with a JSON body.
+    Status {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+}
+
+/// An SSE `data:` event.
+pub fn sse(v: Value) -> Part {
+    Part::Bytes(format!("data: {v}\n\n").into_bytes())
+}
+
+fn chunk_json(delta: Value, finish: Value) -> Value {
+    json!({
+        "id": "chatcmpl-e2e", "object": "chat.completion.chunk", "created": 1767225600,
+        "model": "mistralai/Ministral-3-3B-Instruct-2512",
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        "usage": null,
+    })
+}
+
+/// The first chunk: the assistant role with empty content.
+pub fn role() -> Part {
+    sse(chunk_json(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    ))
+}
+
+/// A chunk of answer text.
+pub fn delta(text: &str) -> Part {
+    sse(chunk_json(json!({"content": text}), Value::Null))
+}
+
+/// The chunk carrying the finish reason.
+pub fn finish(reason: &str) -> Part {
+    sse(chunk_json(json!({}), json!(reason)))
+}
+
+/// The usage chunk (no choices).
+pub fn usage(prompt: u64, completion: u64) -> Part {
+    sse(json!({
+        "id": "chatcmpl-e2e", "object": "chat.completion.chunk", "created": 1767225600,
+        "model": "mistralai/Ministral-3-3B-Instruct-2512", "choices": [],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                  "total_tokens": prompt + completion},
+    }))
+}
+
+/// `data: [DONE]`.
+pub fn done() -> Part {
+    Part::Bytes(b"data: [DONE]\n\n".to_vec())
+}
+
+/// An `error` object in the stream, as providers send when they fail mid-answer.
+pub fn stream_error(message: &str) -> Part {
+    sse(json!({"error": {"message": message, "type": "server_error", "code": 503}}))
+}
+
+/// A streamed reply from `provider` made of `parts`.
+pub fn stream(provider: &str, parts: Vec<Part>) -> Reply {
+    Reply::Stream {
+        provider: Some(provider.to_string()),
+        parts,
+    }
+}
+
+/// A complete, well-formed answer streamed one word per chunk.
+pub fn ok_stream(provider: &str, words: &[&str]) -> Reply {
+    let mut parts = vec![role()];
+    parts.extend(words.iter().map(|w| delta(w)));
+    parts.extend([finish("stop"), usage(9, words.len() as u64), done()]);
+    stream(provider, parts)
+}
+
+/// A non-streamed response: `status`, extra `headers`, a JSON `body`.
+pub fn status(status: u16, headers: &[(&str, &str)], body: &str) -> Reply {
+    Reply::Status {
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        body: body.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The server
+
+/// A request the router received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: HashMap<String, String>,
+    pub body: Value,
+    pub at: Instant,
+}
+
+impl Recorded {
+    /// Whether any message of the request contains `needle` (tests put the request id in
+    /// the prompt to tell which MQTT request was forwarded).
+    pub fn mentions(&self, needle: &str) -> bool {
+        self.body["messages"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["content"].as_str().is_some_and(|c| c.contains(needle)))
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    script: Mutex<VecDeque<Reply>>,
+    requests: Mutex<Vec<Recorded>>,
+}
+
+/// The fake router; stops on drop.
+#[derive(Debug)]
+pub struct FakeRouter {
+    base_url: String,
+    state: Arc<State>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+type Body = Either<Full<Bytes>, Channel<Bytes>>;
+
+impl FakeRouter {
+    /// Starts an HTTPS router on a free loopback port, with certificates from [`pki`].
+    pub fn start() -> FakeRouter {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fake-router")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the fake router");
+        let state = Arc::new(State::default());
+        let acceptor = tls_acceptor();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("binding the fake router");
+        let port = listener.local_addr().unwrap().port();
+        let st = Arc::clone(&state);
+        rt.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (st, acceptor) = (Arc::clone(&st), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        let service = service_fn(move |req| handle(req, Arc::clone(&st)));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), service)
+                            .await;
+                    }
+                });
+            }
+        });
+        FakeRouter {
+            base_url: format!("https://127.0.0.1:{port}/v1"),
+            state,
+            rt: Some(rt),
+        }
+    }
+
+    /// `https://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The CA certificate (PEM) clients must trust.
+    pub fn ca_pem(&self) -> &'static [u8] {
+        &pki().ca
+    }
+
+    /// Appends replies to the script; each request takes the next one. A request with no
+    /// reply left gets a 500.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    /// Scripted replies not yet used.
+    pub fn unused(&self) -> usize {
+        self.state.script.lock().unwrap().len()
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// How many requests were received.
+    pub fn count(&self) -> usize {
+        self.state.requests.lock().unwrap().len()
+    }
+}
+
+impl Drop for FakeRouter {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.requests.lock().unwrap().push(Recorded {
+        method,
+        path,
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    let reply = state.script.lock().unwrap().pop_front();
+    let resp = match reply {
+        None => Response::builder()
+            .status(500)
+            .header("content-type", "application/json")
+            .body(Either::Left(Full::from(
+                "{\"error\":\"the fake router has no scripted reply left\"}",
+            ))),
+        Some(Reply::Status {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut b = Response::builder()
+                .status(status)
+                .header("content-type", "application/json");
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            b.body(Either::Left(Full::from(body)))
+        }
+        Some(Reply::Stream { provider, parts }) => {
+            let (mut tx, body) = Channel::new(1);
+            tokio::spawn(async move {
+                for part in parts {
+                    match part {
+                        Part::Bytes(b) => {
+                            if tx.send_data(Bytes::from(b)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Part::Sleep(d) => tokio::time::sleep(d).await,
+                        Part::Wait(g) => {
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(10), g.0.notified()).await;
+                        }
+                    }
+                }
+            });
+            let mut b = Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream; charset=utf-8")
+                .header("cache-control", "no-cache");
+            if let Some(p) = provider {
+                b = b.header("x-inference-provider", p);
+            }
+            b.body(Either::Right(body))
+        }
+    };
+    Ok(resp.expect("a valid response"))
+}
