@@ -42,7 +42,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME")]
     board: Option<String>,
     /// Spill over HTTPS to this OpenAI-compatible router (default
-    /// https://router.huggingface.co/v1; giving any --cloud-* flag turns HTTPS spill-over on).
+    /// `https://router.huggingface.co/v1`; giving any --cloud-* flag turns HTTPS spill-over on).
     #[arg(long, value_name = "URL")]
     cloud_base_url: Option<String>,
     /// Model to ask the cloud router for, with its suffixes (:fastest, :cheapest, :provider).
