@@ -1,487 +1,63 @@
-//! The cloud forwarder against a fake router: a local HTTPS server (hyper over rustls, with
-//! a CA made at test time by the `openssl` command line tool) that speaks the Hugging Face
-//! router's protocol — `POST /v1/chat/completions`, `text/event-stream` answers chunked as
-//! OpenAI `chat.completion.chunk` objects, the usage chunk, `[DONE]`, the
-//! `x-inference-provider` header — and plays a script of replies per model: streams that
-//! stall, break or report errors, 429 with and without `Retry-After`, 503, 402, 401.
+//! The cloud forwarder against a fake router ([`spillway_e2e::fake_router`]): a local HTTPS
+//! server (hyper over rustls, with a CA made at test time by the `openssl` command line
+//! tool) that speaks the Hugging Face router's protocol — `POST /v1/chat/completions`,
+//! `text/event-stream` answers chunked as OpenAI `chat.completion.chunk` objects, the usage
+//! chunk, `[DONE]`, the `x-inference-provider` header — and plays a script of replies per
+//! model: streams that stall, break or report errors, 429 with and without `Retry-After`,
+//! 503, 402, 401.
 //!
 //! The server records every request, so each test checks how many attempts were made, what
 //! was sent (body fields, `Authorization`), and that no answer text was ever duplicated.
 //! Every test also captures the client's logs and checks that the token never appears in
 //! them or in any error. Timeouts are short, so each test takes well under a few seconds.
 
-use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
-use std::path::Path;
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::channel::Channel;
-use http_body_util::{BodyExt, Either, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use spillway::cloud::{
     ApiToken, CloudClient, CloudConfig, CloudError, CloudErrorKind, CloudMessage, CloudOutcome,
     CloudRequest, EndpointConfig, TimeoutPhase, Usage,
 };
 use spillway_e2e::TempDir;
+use spillway_e2e::fake_router::{
+    FakeRouter, Gate, Part, Reply, bare_stream, chunk_json, delta, done, finish, ok_stream, role,
+    status, stream, stream_error, usage,
+};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const TOKEN: &str = "hf_TestSecretToken_8c1f0d2e9a7b4c55";
 const MODEL: &str = "mistralai/Ministral-3-3B-Instruct-2512:fastest";
 
 // ---------------------------------------------------------------------------------------
-// Test PKI
-
-/// A CA, a server certificate it signed (for 127.0.0.1 and localhost), and an unrelated CA.
-struct Pki {
-    ca: Vec<u8>,
-    other_ca: Vec<u8>,
-    cert: Vec<u8>,
-    key: Vec<u8>,
-}
-
-const OPENSSL_CNF: &str = "\
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = unused
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
-authorityKeyIdentifier = keyid
-";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("running openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `openssl req` arguments making a new P-256 key into `key`.
-fn new_key_args(key: &str) -> [&str; 9] {
-    [
-        "-config",
-        "openssl.cnf",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        key,
-    ]
-}
-
-/// Made once per test process; the files are read into memory and the directory removed.
-fn pki() -> &'static Pki {
-    static PKI: OnceLock<Pki> = OnceLock::new();
-    PKI.get_or_init(|| {
-        let dir = TempDir::new("cloud-pki");
-        let d = dir.path();
-        std::fs::write(d.join("openssl.cnf"), OPENSSL_CNF).unwrap();
-        for (name, cn) in [("ca", "Spillway cloud test CA"), ("other", "Unrelated CA")] {
-            let (k, c, s) = (
-                format!("{name}.key"),
-                format!("{name}.crt"),
-                format!("/CN={cn}"),
-            );
-            let mut args = vec!["req", "-x509", "-new", "-extensions", "ca", "-days", "2"];
-            args.extend(new_key_args(&k));
-            args.extend(["-out", &c, "-subj", &s]);
-            openssl(d, &args);
-        }
-        let mut args = vec!["req", "-new"];
-        args.extend(new_key_args("server.key"));
-        args.extend(["-out", "server.csr", "-subj", "/CN=localhost"]);
-        openssl(d, &args);
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "openssl.cnf",
-                "-extensions",
-                "server",
-                "-out",
-                "server.crt",
-            ],
-        );
-        let read = |n: &str| std::fs::read(d.join(n)).unwrap();
-        Pki {
-            ca: read("ca.crt"),
-            other_ca: read("other.crt"),
-            cert: read("server.crt"),
-            key: read("server.key"),
-        }
-    })
-}
-
-fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    let p = pki();
-    let certs = rustls_pemfile::certs(&mut &p.cert[..])
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut &p.key[..])
-        .unwrap()
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
-}
-
-// ---------------------------------------------------------------------------------------
-// The fake router
-
-/// One step of a streamed body.
-#[derive(Clone)]
-enum Part {
-    /// Written (and flushed) as one body chunk.
-    Bytes(Vec<u8>),
-    Sleep(Duration),
-    /// Waits until the test says so (bounded, so a broken client cannot hang the server).
-    Wait(Arc<Notify>),
-}
-
-/// A scripted reply.
-enum Reply {
-    /// 200 with `text/event-stream`.
-    Stream {
-        provider: Option<&'static str>,
-        parts: Vec<Part>,
-    },
-    /// Any other response.
-    Status {
-        status: u16,
-        headers: Vec<(&'static str, String)>,
-        body: String,
-    },
-}
-
-#[derive(Clone, Debug)]
-struct Recorded {
-    method: String,
-    path: String,
-    headers: HashMap<String, String>,
-    body: Value,
-    at: Instant,
-}
-
-impl Recorded {
-    fn model(&self) -> &str {
-        self.body["model"].as_str().unwrap_or("")
-    }
-}
-
-#[derive(Default)]
-struct State {
-    scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
-    requests: Mutex<Vec<Recorded>>,
-}
-
-struct FakeRouter {
-    base_url: String,
-    state: Arc<State>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeRouter {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-type Body = Either<Full<Bytes>, Channel<Bytes>>;
-
-impl FakeRouter {
-    async fn start(tls: bool) -> FakeRouter {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State::default());
-        let acceptor = tls.then(tls_acceptor);
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let (st, acceptor) = (st.clone(), acceptor.clone());
-                tokio::spawn(async move {
-                    match acceptor {
-                        Some(a) => {
-                            if let Ok(tls) = a.accept(tcp).await {
-                                serve_conn(TokioIo::new(tls), st).await;
-                            }
-                        }
-                        None => serve_conn(TokioIo::new(tcp), st).await,
-                    }
-                });
-            }
-        });
-        let scheme = if tls { "https" } else { "http" };
-        FakeRouter {
-            base_url: format!("{scheme}://127.0.0.1:{}/v1", addr.port()),
-            state,
-            task,
-        }
-    }
-
-    /// Replies for requests naming `model`, in order.
-    fn script(&self, model: &str, replies: Vec<Reply>) {
-        self.state
-            .scripts
-            .lock()
-            .unwrap()
-            .entry(model.to_string())
-            .or_default()
-            .extend(replies);
-    }
-
-    fn requests(&self) -> Vec<Recorded> {
-        self.state.requests.lock().unwrap().clone()
-    }
-
-    fn count(&self, model: &str) -> usize {
-        self.requests()
-            .iter()
-            .filter(|r| r.model() == model)
-            .count()
-    }
-}
-
-async fn serve_conn<IO>(io: TokioIo<IO>, state: Arc<State>)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req| handle(req, state.clone()));
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(io, service)
-        .await;
-}
-
-async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let headers = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let rec = Recorded {
-        method,
-        path,
-        headers,
-        body,
-        at: Instant::now(),
-    };
-    let model = rec.model().to_string();
-    state.requests.lock().unwrap().push(rec);
-    let reply = state
-        .scripts
-        .lock()
-        .unwrap()
-        .get_mut(&model)
-        .and_then(VecDeque::pop_front);
-    let resp = match reply {
-        None => Response::builder()
-            .status(500)
-            .body(Either::Left(Full::from(format!(
-                "{{\"error\":\"no scripted reply left for {model}\"}}"
-            )))),
-        Some(Reply::Status {
-            status,
-            headers,
-            body,
-        }) => {
-            let mut b = Response::builder()
-                .status(status)
-                .header("content-type", "application/json");
-            for (k, v) in headers {
-                b = b.header(k, v);
-            }
-            b.body(Either::Left(Full::from(body)))
-        }
-        Some(Reply::Stream { provider, parts }) => {
-            let (mut tx, body) = Channel::new(1);
-            tokio::spawn(async move {
-                for part in parts {
-                    match part {
-                        Part::Bytes(b) => {
-                            if tx.send_data(Bytes::from(b)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Part::Sleep(d) => tokio::time::sleep(d).await,
-                        Part::Wait(n) => {
-                            let _ =
-                                tokio::time::timeout(Duration::from_secs(5), n.notified()).await;
-                        }
-                    }
-                }
-            });
-            let mut b = Response::builder()
-                .status(200)
-                .header("content-type", "text/event-stream; charset=utf-8")
-                .header("cache-control", "no-cache");
-            if let Some(p) = provider {
-                b = b.header("x-inference-provider", p);
-            }
-            b.body(Either::Right(body))
-        }
-    };
-    Ok(resp.unwrap())
-}
-
-// ---------------------------------------------------------------------------------------
-// The router's stream format
-
-fn sse(v: Value) -> Part {
-    Part::Bytes(format!("data: {v}\n\n").into_bytes())
-}
-
-fn chunk_json(delta: Value, finish: Value) -> Value {
-    json!({
-        "id": "chatcmpl-7", "object": "chat.completion.chunk", "created": 1767225600,
-        "model": "mistralai/Ministral-3-3B-Instruct-2512",
-        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        "usage": null,
-    })
-}
-
-fn role() -> Part {
-    sse(chunk_json(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    ))
-}
-
-fn delta(text: &str) -> Part {
-    sse(chunk_json(json!({"content": text}), Value::Null))
-}
-
-fn finish(reason: &str) -> Part {
-    sse(chunk_json(json!({}), json!(reason)))
-}
-
-fn usage(prompt: u64, completion: u64) -> Part {
-    sse(json!({
-        "id": "chatcmpl-7", "object": "chat.completion.chunk", "created": 1767225600,
-        "model": "mistralai/Ministral-3-3B-Instruct-2512", "choices": [],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                  "total_tokens": prompt + completion},
-    }))
-}
-
-fn done() -> Part {
-    Part::Bytes(b"data: [DONE]\n\n".to_vec())
-}
-
-/// A complete, well-formed answer streamed one word per chunk.
-fn ok_stream(provider: &'static str, words: &[&str]) -> Reply {
-    let mut parts = vec![role()];
-    parts.extend(words.iter().map(|w| delta(w)));
-    parts.extend([finish("stop"), usage(9, words.len() as u64), done()]);
-    Reply::Stream {
-        provider: Some(provider),
-        parts,
-    }
-}
-
-fn status(status: u16, headers: Vec<(&'static str, String)>, body: &str) -> Reply {
-    Reply::Status {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // Client side
 
-/// Captures everything the client logs in this test (the subscriber is per thread, and
-/// `#[tokio::test]` runs the client and the fake server on the test's thread).
+/// Captures everything the client logs in this test, in a file (the subscriber is per
+/// thread, and `#[tokio::test]` runs the client on the test's thread).
 struct Logs {
-    buf: Arc<Mutex<Vec<u8>>>,
+    dir: TempDir,
     _guard: tracing::subscriber::DefaultGuard,
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 impl Logs {
     fn capture() -> Logs {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let b = buf.clone();
+        let dir = TempDir::new("cloud-logs");
+        let file = std::fs::File::create(dir.path().join("client.log")).unwrap();
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || LogWriter(b.clone()))
+            .with_writer(Arc::new(file))
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
             .finish();
         Logs {
-            buf,
+            dir,
             _guard: tracing::subscriber::set_default(subscriber),
         }
     }
 
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+        let bytes = std::fs::read(self.dir.path().join("client.log")).unwrap();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// The token must appear nowhere: not in the logs, not in any error text.
@@ -505,7 +81,7 @@ struct Setup {
 fn setup(endpoints: &[(&str, &str)]) -> Setup {
     let dir = TempDir::new("cloud");
     let ca_file = dir.path().join("ca.crt");
-    std::fs::write(&ca_file, &pki().ca).unwrap();
+    std::fs::write(&ca_file, &spillway_e2e::pki::shared().ca).unwrap();
     let config = CloudConfig {
         endpoints: endpoints
             .iter()
@@ -568,6 +144,16 @@ async fn run(client: &CloudClient) -> (Result<CloudOutcome, CloudError>, Vec<Str
     (r, deltas)
 }
 
+/// The usual start of a test: the logs captured, a fake HTTPS router playing `replies` for
+/// [`MODEL`], and a configuration with that one endpoint.
+fn one_router(replies: Vec<Reply>) -> (Logs, FakeRouter, Setup) {
+    let logs = Logs::capture();
+    let router = FakeRouter::start();
+    let s = setup(&[(router.base_url(), MODEL)]);
+    router.script_model(MODEL, replies);
+    (logs, router, s)
+}
+
 fn assert_send<T: Send>(_: &T) {}
 
 // ---------------------------------------------------------------------------------------
@@ -575,34 +161,28 @@ fn assert_send<T: Send>(_: &T) {}
 
 #[tokio::test]
 async fn a_stream_is_forwarded_delta_by_delta_as_it_arrives() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let s = setup(&[(&router.base_url, MODEL)]);
     // The server holds the rest of the answer back until the client has handed the first
     // delta to the caller: a client that buffered the body would stall here and time out.
-    let gate = Arc::new(Notify::new());
-    router.script(
-        MODEL,
-        vec![Reply::Stream {
-            provider: Some("novita"),
-            parts: vec![
-                role(),
-                delta("Hel"),
-                Part::Wait(gate.clone()),
-                delta("lo"),
-                delta(", world"),
-                finish("stop"),
-                usage(12, 3),
-                done(),
-            ],
-        }],
-    );
+    let gate = Gate::new();
+    let (logs, router, s) = one_router(vec![stream(
+        "novita",
+        vec![
+            role(),
+            delta("Hel"),
+            Part::Wait(gate.clone()),
+            delta("lo"),
+            delta(", world"),
+            finish("stop"),
+            usage(12, 3),
+            done(),
+        ],
+    )]);
     let client = s.client();
     let req = request();
     let mut deltas: Vec<String> = Vec::new();
     let fut = client.complete(&req, |d| {
         if deltas.is_empty() {
-            gate.notify_one();
+            gate.open();
         }
         deltas.push(d.to_string());
     });
@@ -621,7 +201,7 @@ async fn a_stream_is_forwarded_delta_by_delta_as_it_arrives() {
         })
     );
     assert_eq!(out.provider.as_deref(), Some("novita"));
-    assert_eq!(out.endpoint.base_url, router.base_url);
+    assert_eq!(out.endpoint.base_url, router.base_url());
     assert_eq!(out.endpoint.model, MODEL);
     assert_eq!(out.attempts, 1);
 
@@ -654,20 +234,14 @@ async fn a_stream_is_forwarded_delta_by_delta_as_it_arrives() {
 
 #[tokio::test]
 async fn a_429_with_retry_after_is_retried_after_that_delay() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let s = setup(&[(&router.base_url, MODEL)]);
-    router.script(
-        MODEL,
-        vec![
-            status(
-                429,
-                vec![("retry-after", "1".into())],
-                r#"{"error":"Rate limit reached"}"#,
-            ),
-            ok_stream("together", &["Hi", "!"]),
-        ],
-    );
+    let (logs, router, s) = one_router(vec![
+        status(
+            429,
+            &[("retry-after", "1")],
+            r#"{"error":"Rate limit reached"}"#,
+        ),
+        ok_stream("together", &["Hi", "!"]),
+    ]);
     let client = s.client();
     let (r, deltas) = run(&client).await;
     let out = r.unwrap();
@@ -692,19 +266,13 @@ async fn a_429_with_retry_after_is_retried_after_that_delay() {
 
 #[tokio::test]
 async fn a_429_without_retry_after_backs_off_exponentially() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let mut s = setup(&[(&router.base_url, MODEL)]);
+    let (logs, router, mut s) = one_router(vec![
+        status(429, &[], r#"{"error":{"message":"Too many requests"}}"#),
+        status(429, &[], ""),
+        ok_stream("groq", &["ok"]),
+    ]);
     s.config.backoff_initial_ms = 100;
     s.config.backoff_max_ms = 1000;
-    router.script(
-        MODEL,
-        vec![
-            status(429, vec![], r#"{"error":{"message":"Too many requests"}}"#),
-            status(429, vec![], ""),
-            ok_stream("groq", &["ok"]),
-        ],
-    );
     let (r, deltas) = run(&s.client()).await;
     let out = r.unwrap();
     assert_eq!((out.text.as_str(), out.attempts), ("ok", 3));
@@ -726,16 +294,10 @@ async fn a_429_without_retry_after_backs_off_exponentially() {
 
 #[tokio::test]
 async fn a_503_is_retried_and_the_retry_serves() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let s = setup(&[(&router.base_url, MODEL)]);
-    router.script(
-        MODEL,
-        vec![
-            status(503, vec![], "<html>Service Temporarily Unavailable</html>"),
-            ok_stream("hf-inference", &["A", "B"]),
-        ],
-    );
+    let (logs, router, s) = one_router(vec![
+        status(503, &[], "<html>Service Temporarily Unavailable</html>"),
+        ok_stream("hf-inference", &["A", "B"]),
+    ]);
     let (r, deltas) = run(&s.client()).await;
     let out = r.unwrap();
     assert_eq!((out.text.as_str(), out.attempts), ("AB", 2));
@@ -746,14 +308,9 @@ async fn a_503_is_retried_and_the_retry_serves() {
 
 #[tokio::test]
 async fn retries_are_bounded_and_the_error_says_how_many_were_made() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let mut s = setup(&[(&router.base_url, MODEL)]);
+    let (logs, router, mut s) =
+        one_router((0..5).map(|_| status(502, &[], "bad gateway")).collect());
     s.config.failures_to_cool = 10;
-    router.script(
-        MODEL,
-        (0..5).map(|_| status(502, vec![], "bad gateway")).collect(),
-    );
     let (r, deltas) = run(&s.client()).await;
     let err = r.unwrap_err();
     assert!(deltas.is_empty());
@@ -771,20 +328,14 @@ async fn retries_are_bounded_and_the_error_says_how_many_were_made() {
 
 #[tokio::test]
 async fn a_402_opens_the_circuit_without_retrying() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let s = setup(&[(&router.base_url, MODEL)]);
-    router.script(
-        MODEL,
-        vec![
-            status(
-                402,
-                vec![],
-                r#"{"error":"You have exceeded your monthly included credits for Inference Providers."}"#,
-            ),
-            ok_stream("never", &["x"]),
-        ],
-    );
+    let (logs, router, s) = one_router(vec![
+        status(
+            402,
+            &[],
+            r#"{"error":"You have exceeded your monthly included credits for Inference Providers."}"#,
+        ),
+        ok_stream("never", &["x"]),
+    ]);
     let client = s.client();
     let (r, _) = run(&client).await;
     let err = r.unwrap_err();
@@ -805,7 +356,7 @@ async fn a_402_opens_the_circuit_without_retrying() {
     let why = client.availability().unwrap_err();
     assert!(why.contains("circuit open"), "{why}");
     assert!(why.contains("credits exhausted (HTTP 402)"), "{why}");
-    assert!(why.contains(&router.base_url), "{why}");
+    assert!(why.contains(router.base_url()), "{why}");
 
     // While the circuit is open nothing is sent.
     let (r2, _) = run(&client).await;
@@ -822,18 +373,18 @@ async fn a_402_opens_the_circuit_without_retrying() {
 #[tokio::test]
 async fn a_401_opens_the_circuit_for_that_router_only_and_the_token_stays_secret() {
     let logs = Logs::capture();
-    let hf = FakeRouter::start(true).await;
-    let lan = FakeRouter::start(true).await;
+    let hf = FakeRouter::start();
+    let lan = FakeRouter::start();
     let s = setup(&[
-        (&hf.base_url, MODEL),
-        (&hf.base_url, "other/model:cheapest"),
-        (&lan.base_url, "ministral"),
+        (hf.base_url(), MODEL),
+        (hf.base_url(), "other/model:cheapest"),
+        (lan.base_url(), "ministral"),
     ]);
     // A server that quotes the refused credentials back must not get them into our logs.
     let echo =
         format!(r#"{{"error":"Invalid credentials in Authorization header: Bearer {TOKEN}"}}"#);
-    hf.script(MODEL, vec![status(401, vec![], &echo)]);
-    lan.script(
+    hf.script_model(MODEL, vec![status(401, &[], &echo)]);
+    lan.script_model(
         "ministral",
         vec![ok_stream("llama.cpp", &["from", " the", " LAN"])],
     );
@@ -842,11 +393,11 @@ async fn a_401_opens_the_circuit_for_that_router_only_and_the_token_stays_secret
     let out = r.unwrap();
     assert_eq!(out.text, "from the LAN");
     assert_eq!(deltas.concat(), "from the LAN");
-    assert_eq!(out.endpoint.base_url, lan.base_url);
+    assert_eq!(out.endpoint.base_url, lan.base_url());
     assert_eq!(out.attempts, 2);
     // One refusal, no retry, and the second model on the same router was not tried.
     assert_eq!(hf.requests().len(), 1);
-    assert_eq!(hf.count("other/model:cheapest"), 0);
+    assert_eq!(hf.count_model("other/model:cheapest"), 0);
 
     let health = client.endpoint_status();
     assert!(
@@ -873,8 +424,8 @@ async fn a_401_opens_the_circuit_for_that_router_only_and_the_token_stays_secret
     logs.assert_no_token(&[]);
 
     // With only the router configured, the same refusal is the request's error.
-    let s2 = setup(&[(&hf.base_url, MODEL)]);
-    hf.script(MODEL, vec![status(403, vec![], &echo)]);
+    let s2 = setup(&[(hf.base_url(), MODEL)]);
+    hf.script_model(MODEL, vec![status(403, &[], &echo)]);
     let client2 = s2.client();
     let (r, _) = run(&client2).await;
     let err = r.unwrap_err();
@@ -893,25 +444,19 @@ async fn a_401_opens_the_circuit_for_that_router_only_and_the_token_stays_secret
 
 #[tokio::test]
 async fn a_stall_after_text_times_out_and_is_not_retried() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let s = setup(&[(&router.base_url, MODEL)]);
-    router.script(
-        MODEL,
-        vec![
-            Reply::Stream {
-                provider: Some("nebius"),
-                parts: vec![
-                    role(),
-                    delta("a"),
-                    delta("b"),
-                    Part::Sleep(Duration::from_secs(10)),
-                ],
-            },
-            // Must not be used: a retry would send "a" and "b" again.
-            ok_stream("nebius", &["a", "b", "c"]),
-        ],
-    );
+    let (logs, router, s) = one_router(vec![
+        stream(
+            "nebius",
+            vec![
+                role(),
+                delta("a"),
+                delta("b"),
+                Part::Sleep(Duration::from_secs(10)),
+            ],
+        ),
+        // Must not be used: a retry would send "a" and "b" again.
+        ok_stream("nebius", &["a", "b", "c"]),
+    ]);
     let t0 = Instant::now();
     let (r, deltas) = run(&s.client()).await;
     let err = r.unwrap_err();
@@ -940,20 +485,11 @@ async fn a_stall_after_text_times_out_and_is_not_retried() {
 
 #[tokio::test]
 async fn a_stall_before_the_first_token_is_retried() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let mut s = setup(&[(&router.base_url, MODEL)]);
+    let (logs, _router, mut s) = one_router(vec![
+        bare_stream(vec![role(), Part::Sleep(Duration::from_secs(10))]),
+        ok_stream("sambanova", &["late", " but", " once"]),
+    ]);
     s.config.first_token_timeout_ms = 500;
-    router.script(
-        MODEL,
-        vec![
-            Reply::Stream {
-                provider: None,
-                parts: vec![role(), Part::Sleep(Duration::from_secs(10))],
-            },
-            ok_stream("sambanova", &["late", " but", " once"]),
-        ],
-    );
     let (r, deltas) = run(&s.client()).await;
     let out = r.unwrap();
     assert_eq!(deltas, ["late", " but", " once"]);
@@ -969,24 +505,17 @@ async fn a_stall_before_the_first_token_is_retried() {
 
 #[tokio::test]
 async fn an_error_event_mid_stream_fails_without_retry() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let s = setup(&[(&router.base_url, MODEL)]);
-    router.script(
-        MODEL,
-        vec![
-            Reply::Stream {
-                provider: Some("fireworks-ai"),
-                parts: vec![
-                    role(),
-                    delta("par"),
-                    sse(json!({"error": {"message": "Upstream provider overloaded",
-                                         "type": "server_error", "code": 503}})),
-                ],
-            },
-            ok_stream("fireworks-ai", &["never"]),
-        ],
-    );
+    let (logs, router, s) = one_router(vec![
+        stream(
+            "fireworks-ai",
+            vec![
+                role(),
+                delta("par"),
+                stream_error("Upstream provider overloaded"),
+            ],
+        ),
+        ok_stream("fireworks-ai", &["never"]),
+    ]);
     let (r, deltas) = run(&s.client()).await;
     let err = r.unwrap_err();
     assert_eq!(deltas, ["par"]);
@@ -1004,24 +533,13 @@ async fn an_error_event_mid_stream_fails_without_retry() {
 
 #[tokio::test]
 async fn an_error_event_before_any_text_is_retried() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let s = setup(&[(&router.base_url, MODEL)]);
-    router.script(
-        MODEL,
-        vec![
-            Reply::Stream {
-                provider: None,
-                parts: vec![
-                    role(),
-                    Part::Bytes(
-                        b"event: error\ndata: {\"error\":\"worker restarted\"}\n\n".to_vec(),
-                    ),
-                ],
-            },
-            ok_stream("cerebras", &["fine"]),
-        ],
-    );
+    let (logs, _router, s) = one_router(vec![
+        bare_stream(vec![
+            role(),
+            Part::Bytes(b"event: error\ndata: {\"error\":\"worker restarted\"}\n\n".to_vec()),
+        ]),
+        ok_stream("cerebras", &["fine"]),
+    ]);
     let (r, deltas) = run(&s.client()).await;
     let out = r.unwrap();
     assert_eq!((out.text.as_str(), out.attempts), ("fine", 2));
@@ -1032,20 +550,18 @@ async fn an_error_event_before_any_text_is_retried() {
 #[tokio::test]
 async fn a_failing_endpoint_cools_down_and_the_next_one_serves() {
     let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
+    let router = FakeRouter::start();
     let mut s = setup(&[
-        (&router.base_url, "model-a"),
-        (&router.base_url, "model-b:cheapest"),
+        (router.base_url(), "model-a"),
+        (router.base_url(), "model-b:cheapest"),
     ]);
     s.config.failures_to_cool = 2;
     s.config.retries = 5;
-    router.script(
+    router.script_model(
         "model-a",
-        (0..5)
-            .map(|_| status(500, vec![], r#"{"error":"internal"}"#))
-            .collect(),
+        (0..5).map(|_| status(500, &[], r#"{"error":"internal"}"#)),
     );
-    router.script(
+    router.script_model(
         "model-b:cheapest",
         vec![ok_stream("novita", &["b1"]), ok_stream("novita", &["b2"])],
     );
@@ -1056,7 +572,7 @@ async fn a_failing_endpoint_cools_down_and_the_next_one_serves() {
     assert_eq!(out.endpoint.model, "model-b:cheapest");
     // Two failures cooled model-a before its retries were used up.
     assert_eq!(out.attempts, 3);
-    assert_eq!(router.count("model-a"), 2);
+    assert_eq!(router.count_model("model-a"), 2);
 
     let health = client.endpoint_status();
     let why = health[0].blocked.as_deref().unwrap();
@@ -1070,23 +586,23 @@ async fn a_failing_endpoint_cools_down_and_the_next_one_serves() {
     let (r, _) = run(&client).await;
     let out = r.unwrap();
     assert_eq!((out.text.as_str(), out.attempts), ("b2", 1));
-    assert_eq!(router.count("model-a"), 2);
-    assert_eq!(router.count("model-b:cheapest"), 2);
+    assert_eq!(router.count_model("model-a"), 2);
+    assert_eq!(router.count_model("model-b:cheapest"), 2);
     logs.assert_no_token(&[]);
 }
 
 #[tokio::test]
 async fn a_long_retry_after_cools_the_endpoint_instead_of_waiting() {
     let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let s = setup(&[(&router.base_url, "busy"), (&router.base_url, "spare")]);
+    let router = FakeRouter::start();
+    let s = setup(&[(router.base_url(), "busy"), (router.base_url(), "spare")]);
     let in_an_hour =
         httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
-    router.script(
+    router.script_model(
         "busy",
-        vec![status(429, vec![("retry-after", in_an_hour)], "")],
+        vec![status(429, &[("retry-after", &in_an_hour)], "")],
     );
-    router.script("spare", vec![ok_stream("groq", &["spare"])]);
+    router.script_model("spare", vec![ok_stream("groq", &["spare"])]);
     let client = s.client();
     let t0 = Instant::now();
     let (r, _) = run(&client).await;
@@ -1105,9 +621,6 @@ async fn a_long_retry_after_cools_the_endpoint_instead_of_waiting() {
 
 #[tokio::test]
 async fn chunks_split_at_awkward_byte_boundaries_are_reassembled() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let s = setup(&[(&router.base_url, MODEL)]);
     // CRLF line ends, comments, a multi-line data field (JSON split over two lines), and
     // multi-byte characters; then cut inside "data", between CR and LF, inside a 4-byte
     // emoji, inside "[DONE]", and byte by byte through one whole event.
@@ -1115,21 +628,21 @@ async fn chunks_split_at_awkward_byte_boundaries_are_reassembled() {
     let c2 = chunk_json(json!({"content": "🦀 crabs"}), Value::Null).to_string();
     let (c2a, c2b) = c2.split_at(c2.find("\"choices\"").unwrap());
     let fin = chunk_json(json!({}), json!("length")).to_string();
-    let stream = format!(
+    let text = format!(
         ": OPENROUTER PROCESSING\r\n\r\ndata: {c1}\r\n\r\ndata: {c2a}\r\ndata: {c2b}\r\n\r\n\
          :ping\r\ndata: {fin}\r\n\r\ndata: [DONE]\r\n\r\n"
     );
-    let bytes = stream.as_bytes();
+    let bytes = text.as_bytes();
     let mut cuts: Vec<usize> = Vec::new();
-    let second = stream.find("data: {").unwrap() + 2; // "da|ta"
+    let second = text.find("data: {").unwrap() + 2; // "da|ta"
     cuts.push(second);
-    let crlf = stream.find("\r\n\r\ndata: {").unwrap() + 1; // "\r|\n"
+    let crlf = text.find("\r\n\r\ndata: {").unwrap() + 1; // "\r|\n"
     cuts.push(crlf);
-    let crab = stream.find('🦀').unwrap();
+    let crab = text.find('🦀').unwrap();
     cuts.extend([crab + 1, crab + 3]); // inside the emoji's 4 bytes
-    let fin_at = stream.find(&fin).unwrap();
+    let fin_at = text.find(&fin).unwrap();
     cuts.extend(fin_at..fin_at + 40); // byte by byte
-    let done_at = stream.find("[DONE]").unwrap() + 3; // "[DO|NE]"
+    let done_at = text.find("[DONE]").unwrap() + 3; // "[DO|NE]"
     cuts.push(done_at);
     cuts.sort_unstable();
     cuts.dedup();
@@ -1141,13 +654,7 @@ async fn chunks_split_at_awkward_byte_boundaries_are_reassembled() {
         parts.push(Part::Sleep(Duration::from_millis(3)));
         prev = c;
     }
-    router.script(
-        MODEL,
-        vec![Reply::Stream {
-            provider: Some("novita"),
-            parts,
-        }],
-    );
+    let (logs, _router, s) = one_router(vec![stream("novita", parts)]);
     let (r, deltas) = run(&s.client()).await;
     let out = r.unwrap();
     assert_eq!(deltas, ["Grüße ", "🦀 crabs"]);
@@ -1159,9 +666,6 @@ async fn chunks_split_at_awkward_byte_boundaries_are_reassembled() {
 
 #[tokio::test]
 async fn an_oversize_line_is_refused() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let s = setup(&[(&router.base_url, MODEL)]);
     // No newline ever comes: the client must give up at the limit, not buffer on.
     let mut parts = vec![
         role(),
@@ -1169,16 +673,7 @@ async fn an_oversize_line_is_refused() {
     ];
     parts.extend((0..20).map(|_| Part::Bytes(vec![b'x'; 1000])));
     parts.push(Part::Sleep(Duration::from_secs(10)));
-    router.script(
-        MODEL,
-        vec![
-            Reply::Stream {
-                provider: None,
-                parts,
-            },
-            ok_stream("unused", &["no"]),
-        ],
-    );
+    let (logs, router, s) = one_router(vec![bare_stream(parts), ok_stream("unused", &["no"])]);
     let t0 = Instant::now();
     let (r, deltas) = run(&s.client()).await;
     let err = r.unwrap_err();
@@ -1217,22 +712,22 @@ async fn connection_failures_fail_over_to_the_next_endpoint() {
             h.lock().unwrap().push(s);
         }
     });
-    let router = FakeRouter::start(true).await;
+    let router = FakeRouter::start();
     let closed_url = format!("https://127.0.0.1:{closed}/v1");
     let silent_url = format!("https://localhost:{silent_port}/v1");
     let mut s = setup(&[
         (&closed_url, MODEL),
         (&silent_url, MODEL),
-        (&router.base_url, MODEL),
+        (router.base_url(), MODEL),
     ]);
     s.config.retries = 1;
     s.config.connect_timeout_ms = 300;
-    router.script(MODEL, vec![ok_stream("novita", &["third", " time"])]);
+    router.script_model(MODEL, vec![ok_stream("novita", &["third", " time"])]);
     let t0 = Instant::now();
     let (r, _) = run(&s.client()).await;
     let out = r.unwrap();
     assert_eq!(out.text, "third time");
-    assert_eq!(out.endpoint.base_url, router.base_url);
+    assert_eq!(out.endpoint.base_url, router.base_url());
     // Two tries on each dead endpoint, then one that works.
     assert_eq!(out.attempts, 5);
     assert_eq!(held.lock().unwrap().len(), 2);
@@ -1250,13 +745,10 @@ async fn connection_failures_fail_over_to_the_next_endpoint() {
 
 #[tokio::test]
 async fn a_server_certificate_from_another_ca_is_refused() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let mut s = setup(&[(&router.base_url, MODEL)]);
+    let (logs, router, mut s) = one_router(vec![ok_stream("x", &["x"])]);
     let other = s.dir.path().join("other.crt");
-    std::fs::write(&other, &pki().other_ca).unwrap();
+    std::fs::write(&other, &spillway_e2e::pki::shared().other_ca).unwrap();
     s.config.ca_file = other;
-    router.script(MODEL, vec![ok_stream("x", &["x"])]);
     let (r, _) = run(&s.client()).await;
     let err = r.unwrap_err();
     assert!(matches!(err.kind, CloudErrorKind::Tls { .. }), "{err:?}");
@@ -1270,9 +762,9 @@ async fn a_server_certificate_from_another_ca_is_refused() {
 #[tokio::test]
 async fn a_plain_http_lan_router_is_accepted_with_a_warning() {
     let logs = Logs::capture();
-    let lan = FakeRouter::start(false).await;
-    let s = setup(&[(&lan.base_url, "ministral-3b")]);
-    lan.script("ministral-3b", vec![ok_stream("llama.cpp", &["plain"])]);
+    let lan = FakeRouter::start_plain();
+    let s = setup(&[(lan.base_url(), "ministral-3b")]);
+    lan.script_model("ministral-3b", vec![ok_stream("llama.cpp", &["plain"])]);
     let client = s.client();
     let text = logs.text();
     assert!(text.contains("WARN"), "{text}");
@@ -1282,7 +774,7 @@ async fn a_plain_http_lan_router_is_accepted_with_a_warning() {
     assert_eq!(r.unwrap().text, "plain");
     // Without a token no Authorization header is sent at all.
     let anon = CloudClient::new(s.config.clone(), None).unwrap();
-    lan.script("ministral-3b", vec![ok_stream("llama.cpp", &["anon"])]);
+    lan.script_model("ministral-3b", vec![ok_stream("llama.cpp", &["anon"])]);
     let (r, _) = run(&anon).await;
     assert_eq!(r.unwrap().text, "anon");
     let reqs = lan.requests();
@@ -1293,24 +785,12 @@ async fn a_plain_http_lan_router_is_accepted_with_a_warning() {
 
 #[tokio::test]
 async fn a_stream_cut_before_done_is_an_error_unless_finished() {
-    let logs = Logs::capture();
-    let router = FakeRouter::start(true).await;
-    let s = setup(&[(&router.base_url, MODEL)]);
-    router.script(
-        MODEL,
-        vec![
-            // Cut after text, without a finish reason: partial, not retried.
-            Reply::Stream {
-                provider: None,
-                parts: vec![role(), delta("half")],
-            },
-            // Finished but without [DONE] (some servers): accepted.
-            Reply::Stream {
-                provider: None,
-                parts: vec![role(), delta("whole"), finish("stop")],
-            },
-        ],
-    );
+    let (logs, router, s) = one_router(vec![
+        // Cut after text, without a finish reason: partial, not retried.
+        bare_stream(vec![role(), delta("half")]),
+        // Finished but without [DONE] (some servers): accepted.
+        bare_stream(vec![role(), delta("whole"), finish("stop")]),
+    ]);
     let client = s.client();
     let (r, deltas) = run(&client).await;
     let err = r.unwrap_err();

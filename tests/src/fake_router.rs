@@ -1,18 +1,18 @@
 //! A fake cloud router for end-to-end tests: a local HTTPS server (hyper over rustls, with
-//! a CA made at test time by the `openssl` command line tool) that speaks the Hugging Face
-//! router's OpenAI-compatible protocol — `POST /v1/chat/completions`, `text/event-stream`
-//! answers as `chat.completion.chunk` objects, the usage chunk, `[DONE]`, the
-//! `x-inference-provider` header — and plays a script of replies in order: streams that
-//! stall, break or report errors, 429 with and without `Retry-After`, 402, 503.
+//! the certificates of [`pki::shared`]; or plain HTTP, as on a LAN) that speaks the Hugging
+//! Face router's OpenAI-compatible protocol — `POST /v1/chat/completions`,
+//! `text/event-stream` answers as `chat.completion.chunk` objects, the usage chunk,
+//! `[DONE]`, the `x-inference-provider` header — and plays a script of replies in order, for
+//! any request or per model: streams that stall, break or report errors, 429 with and
+//! without `Retry-After`, 402, 503.
 //!
-//! It runs on its own tokio runtime, so synchronous tests drive it; it records every
-//! request (headers and JSON body) for the test to check what was sent, and how often.
+//! It runs on its own tokio runtime, so synchronous and async tests alike drive it; it
+//! records every request (headers and JSON body) for the test to check what was sent, and
+//! how often.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::path::Path;
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,116 +25,18 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::TempDir;
+use crate::pki;
 
 // ---------------------------------------------------------------------------------------
-// Test PKI
+// TLS
 
-/// A CA and a server certificate it signed for 127.0.0.1 and localhost (PEM).
-#[derive(Debug)]
-pub struct Pki {
-    pub ca: Vec<u8>,
-    cert: Vec<u8>,
-    key: Vec<u8>,
-}
-
-const OPENSSL_CNF: &str = "\
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = unused
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
-authorityKeyIdentifier = keyid
-";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("running openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The test PKI, made once per test process (P-256 keys; the files are read into memory
-/// and the directory removed).
-pub fn pki() -> &'static Pki {
-    static PKI: OnceLock<Pki> = OnceLock::new();
-    PKI.get_or_init(|| {
-        let dir = TempDir::new("router-pki");
-        let d = dir.path();
-        std::fs::write(d.join("openssl.cnf"), OPENSSL_CNF).unwrap();
-        let key = |k: &'static str| {
-            [
-                "-config",
-                "openssl.cnf",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                k,
-            ]
-        };
-        let mut args = vec!["req", "-x509", "-new", "-extensions", "ca", "-days", "2"];
-        args.extend(key("ca.key"));
-        args.extend(["-out", "ca.crt", "-subj", "/CN=Spillway e2e router CA"]);
-        openssl(d, &args);
-        let mut args = vec!["req", "-new"];
-        args.extend(key("server.key"));
-        args.extend(["-out", "server.csr", "-subj", "/CN=localhost"]);
-        openssl(d, &args);
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "openssl.cnf",
-                "-extensions",
-                "server",
-                "-out",
-                "server.crt",
-            ],
-        );
-        let read = |n: &str| std::fs::read(d.join(n)).unwrap();
-        Pki {
-            ca: read("ca.crt"),
-            cert: read("server.crt"),
-            key: read("server.key"),
-        }
-    })
-}
-
+/// Serves the server certificate of [`pki::shared`].
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    let p = pki();
-    let certs = rustls_pemfile::certs(&mut &p.cert[..])
+    let p = pki::shared();
+    let certs = rustls_pemfile::certs(&mut &p.server_cert[..])
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = rustls_pemfile::private_key(&mut &p.key[..])
+    let key = rustls_pemfile::private_key(&mut &p.server_key[..])
         .unwrap()
         .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -196,7 +98,8 @@ pub fn sse(v: Value) -> Part {
     Part::Bytes(format!("data: {v}\n\n").into_bytes())
 }
 
-fn chunk_json(delta: Value, finish: Value) -> Value {
+/// A `chat.completion.chunk` object with one choice.
+pub fn chunk_json(delta: Value, finish: Value) -> Value {
     json!({
         "id": "chatcmpl-e2e", "object": "chat.completion.chunk", "created": 1767225600,
         "model": "mistralai/Ministral-3-3B-Instruct-2512",
@@ -251,6 +154,14 @@ pub fn stream(provider: &str, parts: Vec<Part>) -> Reply {
     }
 }
 
+/// A streamed reply made of `parts`, without the `x-inference-provider` header.
+pub fn bare_stream(parts: Vec<Part>) -> Reply {
+    Reply::Stream {
+        provider: None,
+        parts,
+    }
+}
+
 /// A complete, well-formed answer streamed one word per chunk.
 pub fn ok_stream(provider: &str, words: &[&str]) -> Reply {
     let mut parts = vec![role()];
@@ -286,6 +197,11 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// The `model` the request named.
+    pub fn model(&self) -> &str {
+        self.body["model"].as_str().unwrap_or("")
+    }
+
     /// Whether any message of the request contains `needle` (tests put the request id in
     /// the prompt to tell which MQTT request was forwarded).
     pub fn mentions(&self, needle: &str) -> bool {
@@ -299,6 +215,7 @@ impl Recorded {
 #[derive(Debug, Default)]
 struct State {
     script: Mutex<VecDeque<Reply>>,
+    by_model: Mutex<HashMap<String, VecDeque<Reply>>>,
     requests: Mutex<Vec<Recorded>>,
 }
 
@@ -313,8 +230,18 @@ pub struct FakeRouter {
 type Body = Either<Full<Bytes>, Channel<Bytes>>;
 
 impl FakeRouter {
-    /// Starts an HTTPS router on a free loopback port, with certificates from [`pki`].
+    /// Starts an HTTPS router on a free loopback port, with certificates from
+    /// [`pki::shared`].
     pub fn start() -> FakeRouter {
+        FakeRouter::start_with(Some(tls_acceptor()))
+    }
+
+    /// Starts a plain HTTP router on a free loopback port, as a LAN server would be.
+    pub fn start_plain() -> FakeRouter {
+        FakeRouter::start_with(None)
+    }
+
+    fn start_with(acceptor: Option<tokio_rustls::TlsAcceptor>) -> FakeRouter {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("fake-router")
@@ -322,43 +249,58 @@ impl FakeRouter {
             .build()
             .expect("a tokio runtime for the fake router");
         let state = Arc::new(State::default());
-        let acceptor = tls_acceptor();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("binding the fake router");
+        // Bound here rather than with `block_on`, which async tests may not call.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the fake router");
+        listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
         let st = Arc::clone(&state);
         rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
                 let (st, acceptor) = (Arc::clone(&st), acceptor.clone());
                 tokio::spawn(async move {
-                    if let Ok(tls) = acceptor.accept(tcp).await {
-                        let service = service_fn(move |req| handle(req, Arc::clone(&st)));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), service)
-                            .await;
+                    match acceptor {
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(tcp).await {
+                                serve_conn(TokioIo::new(tls), st).await;
+                            }
+                        }
+                        None => serve_conn(TokioIo::new(tcp), st).await,
                     }
                 });
             }
         });
         FakeRouter {
-            base_url: format!("https://127.0.0.1:{port}/v1"),
+            base_url: format!("{scheme}://127.0.0.1:{port}/v1"),
             state,
             rt: Some(rt),
         }
     }
 
-    /// `https://127.0.0.1:PORT/v1`.
+    /// `https://127.0.0.1:PORT/v1` (`http://` for [`FakeRouter::start_plain`]).
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
 
     /// The CA certificate (PEM) clients must trust.
     pub fn ca_pem(&self) -> &'static [u8] {
-        &pki().ca
+        &pki::shared().ca
+    }
+
+    /// Appends replies for requests naming `model`; such a request takes the next of these,
+    /// or, when none is left, the next of [`FakeRouter::script`]'s.
+    pub fn script_model(&self, model: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.state
+            .by_model
+            .lock()
+            .unwrap()
+            .entry(model.to_string())
+            .or_default()
+            .extend(replies);
     }
 
     /// Appends replies to the script; each request takes the next one. A request with no
@@ -369,7 +311,15 @@ impl FakeRouter {
 
     /// Scripted replies not yet used.
     pub fn unused(&self) -> usize {
-        self.state.script.lock().unwrap().len()
+        let by_model: usize = self
+            .state
+            .by_model
+            .lock()
+            .unwrap()
+            .values()
+            .map(VecDeque::len)
+            .sum();
+        self.state.script.lock().unwrap().len() + by_model
     }
 
     /// Every request received so far, in order.
@@ -381,6 +331,12 @@ impl FakeRouter {
     pub fn count(&self) -> usize {
         self.state.requests.lock().unwrap().len()
     }
+
+    /// How many requests named `model`.
+    pub fn count_model(&self, model: &str) -> usize {
+        let requests = self.state.requests.lock().unwrap();
+        requests.iter().filter(|r| r.model() == model).count()
+    }
 }
 
 impl Drop for FakeRouter {
@@ -389,6 +345,16 @@ impl Drop for FakeRouter {
             rt.shutdown_background();
         }
     }
+}
+
+async fn serve_conn<IO>(io: TokioIo<IO>, state: Arc<State>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(req, Arc::clone(&state)));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
@@ -411,21 +377,29 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.requests.lock().unwrap().push(Recorded {
+    let rec = Recorded {
         method,
         path,
         headers,
         body,
         at: Instant::now(),
-    });
-    let reply = state.script.lock().unwrap().pop_front();
+    };
+    let model = rec.model().to_string();
+    state.requests.lock().unwrap().push(rec);
+    let for_model = (state.by_model.lock().unwrap())
+        .get_mut(&model)
+        .and_then(VecDeque::pop_front);
+    let reply = for_model.or_else(|| state.script.lock().unwrap().pop_front());
     let resp = match reply {
-        None => Response::builder()
-            .status(500)
-            .header("content-type", "application/json")
-            .body(Either::Left(Full::from(
-                "{\"error\":\"the fake router has no scripted reply left\"}",
-            ))),
+        None => {
+            let error = format!("the fake router has no scripted reply left for {model:?}");
+            Response::builder()
+                .status(500)
+                .header("content-type", "application/json")
+                .body(Either::Left(Full::from(
+                    json!({ "error": error }).to_string(),
+                )))
+        }
         Some(Reply::Status {
             status,
             headers,

@@ -4,9 +4,11 @@
 //!
 //! - [`fake_router`]: an HTTPS server speaking the cloud router's protocol from a script.
 //! - [`fake_fs`]: a fake `/sys` + `/proc` tree for `spillway serve --fs-root`.
+//! - [`pki`]: a test CA with server and client certificates, made with `openssl`.
 
 pub mod fake_fs;
 pub mod fake_router;
+pub mod pki;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

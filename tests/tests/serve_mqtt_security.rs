@@ -9,166 +9,43 @@
 mod mqtt_client;
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mqtt_client::{Conn, Msg};
+use spillway_e2e::pki::TestPki;
 use spillway_e2e::{Mosquitto, Serve, TempDir, tiny_tekken_model};
 
 /// How long a refused daemon may take to say so (rumqttc's connection timeout is 10 s;
 /// TLS and CONNACK refusals come at once).
 const REFUSAL: Duration = Duration::from_secs(15);
 
-/// A private CA with a server certificate for 127.0.0.1 and localhost and a client
-/// certificate, plus an unrelated CA that signed neither; EC P-256 keys.
-struct Pki {
-    dir: TempDir,
+/// Mosquitto listener lines for TLS with the PKI's server certificate.
+fn listener(pki: &TestPki, require_certificate: bool) -> String {
+    format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_certificate}\n",
+        pki.path("ca.crt").display(),
+        pki.path("server.crt").display(),
+        pki.path("server.key").display(),
+    )
 }
 
-const OPENSSL_CNF: &str = "\
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = unused
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
-authorityKeyIdentifier = keyid
-[client]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = clientAuth
-authorityKeyIdentifier = keyid
-";
-
-impl Pki {
-    fn generate() -> Pki {
-        let pki = Pki {
-            dir: TempDir::new("pki"),
-        };
-        std::fs::write(pki.path("openssl.cnf"), OPENSSL_CNF).unwrap();
-        pki.self_signed_ca("ca", "Spillway test CA");
-        pki.self_signed_ca("other-ca", "Some other CA");
-        pki.issued("server", "localhost", "server");
-        pki.issued("client", "spillway-test-client", "client");
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let out = Command::new("openssl")
-            .current_dir(self.dir.path())
-            .args(args)
-            .output()
-            .expect("running openssl (apt-get install openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// `openssl req` arguments making a new key into `key`.
-    fn new_key_args(key: &str) -> [&str; 9] {
-        [
-            "-config",
-            "openssl.cnf",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            key,
-        ]
-    }
-
-    /// `<name>.crt` and `<name>.key`.
-    fn self_signed_ca(&self, name: &str, cn: &str) {
-        let (key, crt, subj) = (
-            format!("{name}.key"),
-            format!("{name}.crt"),
-            format!("/CN={cn}"),
-        );
-        let mut args = vec!["req", "-x509", "-new", "-extensions", "ca", "-days", "2"];
-        args.extend(Pki::new_key_args(&key));
-        args.extend(["-out", &crt, "-subj", &subj]);
-        self.openssl(&args);
-    }
-
-    /// `<name>.crt` and `<name>.key`, signed by the CA, with the extensions of section `ext`.
-    fn issued(&self, name: &str, cn: &str, ext: &str) {
-        let (key, csr, crt) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-        );
-        let subj = format!("/CN={cn}");
-        let mut args = vec!["req", "-new"];
-        args.extend(Pki::new_key_args(&key));
-        args.extend(["-out", &csr, "-subj", &subj]);
-        self.openssl(&args);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "openssl.cnf",
-            "-extensions",
-            ext,
-            "-out",
-            &crt,
+/// Command line options of mosquitto's clients for TLS trusting the PKI's CA, with the
+/// client certificate if asked.
+fn cli_options(pki: &TestPki, with_cert: bool) -> Vec<String> {
+    let path = |name: &str| pki.path(name).display().to_string();
+    let mut o = vec!["--cafile".to_string(), path("ca.crt")];
+    if with_cert {
+        o.extend([
+            "--cert".into(),
+            path("client.crt"),
+            "--key".into(),
+            path("client.key"),
         ]);
     }
-
-    /// Mosquitto listener lines for TLS with this CA's server certificate.
-    fn listener(&self, require_certificate: bool) -> String {
-        format!(
-            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_certificate}\n",
-            self.path("ca.crt").display(),
-            self.path("server.crt").display(),
-            self.path("server.key").display(),
-        )
-    }
-
-    /// Command line options of mosquitto's clients for TLS trusting the CA, with the
-    /// client certificate if asked.
-    fn cli_options(&self, with_cert: bool) -> Vec<String> {
-        let mut o = vec!["--cafile".to_string(), self.path_str("ca.crt")];
-        if with_cert {
-            o.extend([
-                "--cert".into(),
-                self.path_str("client.crt"),
-                "--key".into(),
-                self.path_str("client.key"),
-            ]);
-        }
-        o
-    }
-
-    fn path_str(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
+    o
 }
 
 /// mosquitto's command line clients on one listener, with its TLS or login options.
@@ -365,11 +242,11 @@ fn assert_refused(serve: &Serve, broker: &Mosquitto, reason: &str) {
 
 #[test]
 fn tls_with_a_private_ca_answers_requests() {
-    let pki = Pki::generate();
-    let broker = Mosquitto::start_with(&pki.listener(false));
+    let pki = TestPki::new();
+    let broker = Mosquitto::start_with(&listener(&pki, false));
     let cli = Cli {
         port: broker.port,
-        options: pki.cli_options(false),
+        options: cli_options(&pki, false),
     };
     let ca = format!("ca_file = {}", toml_path(&pki.path("ca.crt")));
     let (serve, mut sub) = start_and_wait(
@@ -383,8 +260,8 @@ fn tls_with_a_private_ca_answers_requests() {
 
 #[test]
 fn tls_with_the_wrong_ca_is_refused_and_logged() {
-    let pki = Pki::generate();
-    let broker = Mosquitto::start_with(&pki.listener(false));
+    let pki = TestPki::new();
+    let broker = Mosquitto::start_with(&listener(&pki, false));
     let serve = Serve::start(&config(
         &tls_url(&broker),
         "wrongca",
@@ -395,11 +272,11 @@ fn tls_with_the_wrong_ca_is_refused_and_logged() {
 
 #[test]
 fn a_broker_requiring_client_certificates_takes_ours_and_refuses_none() {
-    let pki = Pki::generate();
-    let broker = Mosquitto::start_with(&pki.listener(true));
+    let pki = TestPki::new();
+    let broker = Mosquitto::start_with(&listener(&pki, true));
     let cli = Cli {
         port: broker.port,
-        options: pki.cli_options(true),
+        options: cli_options(&pki, true),
     };
     let ca = format!("ca_file = {}", toml_path(&pki.path("ca.crt")));
     let mtls = format!(
