@@ -44,6 +44,13 @@ step "cargo clippy (aarch64, warnings denied)"
         -p spillway-kernels --all-targets -- -D warnings
 )
 
+if command -v systemd-analyze >/dev/null; then
+    step "systemd unit (verify, sysusers, security exposure <= 1.5)"
+    systemd/check.sh
+else
+    step "systemd unit: skipped (no systemd-analyze; apt-get install systemd)"
+fi
+
 step "kernel tests on aarch64 under qemu (cortex-a53: neon, cortex-a76: dotprod)"
 cross/test-aarch64.sh
 

@@ -280,6 +280,11 @@ impl Serve {
 
     /// Like [`Serve::start`], with more `spillway serve` flags after `--config FILE`.
     pub fn start_with_args(config: &str, args: &[&str]) -> Serve {
+        Serve::start_with_env(config, args, &[])
+    }
+
+    /// Like [`Serve::start_with_args`], with extra environment variables.
+    pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Serve {
         let dir = TempDir::new("serve");
         let conf = dir.path().join("spillway.toml");
         std::fs::write(&conf, config).unwrap();
@@ -289,6 +294,7 @@ impl Serve {
             .args(args)
             .env_remove("SPILLWAY_KERNELS")
             .env("SPILLWAY_LOG", "spillway=debug")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -190,9 +190,14 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let service = tokio::spawn(crate::service::run(v, engine, async {
-            let _ = stop_rx.await;
-        }));
+        let service = tokio::spawn(crate::service::run(
+            v,
+            engine,
+            async {
+                let _ = stop_rx.await;
+            },
+            crate::service::notify::Notifier::disabled(),
+        ));
 
         let mut opts = MqttOptions::new("spillway-demo-client", "127.0.0.1", port);
         opts.set_max_packet_size(Some(1 << 20));

@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::config::{Config, Overrides};
 use crate::engine::Engine;
+use crate::service::notify::Notifier;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -101,6 +102,16 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         v.broker.port,
         v.topics.request
     );
+    let notify = Notifier::from_env();
+    if notify.enabled() {
+        tracing::debug!(
+            "notifying systemd; watchdog {}",
+            notify
+                .watchdog()
+                .map_or("off".to_string(), |w| format!("every {w:?}"))
+        );
+    }
+    notify.status(&format!("loading the model {}", v.engine.model.display()));
     let engine =
         Engine::load(&v.engine).with_context(|| format!("loading {}", v.engine.model.display()))?;
     for line in engine.plan().to_string().lines() {
@@ -122,6 +133,6 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(crate::service::run(v, engine, stop_signal()))?;
+    runtime.block_on(crate::service::run(v, engine, stop_signal(), notify))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,9 +9,14 @@
 //! engine runs on its own OS thread. On shutdown (SIGTERM/SIGINT): stop intake, let queued
 //! and running work finish within the deadline, then cancel the rest (answered
 //! `shutting_down`), publish `offline`, disconnect.
+//!
+//! Under systemd (`Type=notify`, see [`notify`]): `READY=1` at the first connection to the
+//! broker (the model is mapped before the service starts), `STATUS=` lines as the state
+//! changes, `WATCHDOG=1` pings while the engine thread is healthy, `STOPPING=1` on shutdown.
 
 pub mod dedup;
 pub mod mqtt;
+pub mod notify;
 pub mod route;
 pub mod schema;
 pub mod sink;
@@ -35,6 +40,7 @@ use crate::config::Validated;
 use crate::engine::Engine;
 use crate::router::Route;
 use dedup::DedupWindow;
+use notify::Notifier;
 use route::Router;
 use schema::{
     ErrorCode, Limits, Request, RequestError, Served, cloud_final_json, error_json, parse_request,
@@ -65,13 +71,19 @@ struct Shared {
     model_name: String,
     kernels: &'static str,
     router: Arc<Router>,
+    /// systemd notifications (nothing when not under systemd).
+    notify: Notifier,
+    /// Whether the broker connection is up (for `STATUS=`).
+    connected: AtomicBool,
 }
 
-/// Runs the service until `shutdown` resolves, then stops cleanly.
+/// Runs the service until `shutdown` resolves, then stops cleanly, notifying systemd
+/// through `notify` (pass [`Notifier::disabled`] when not a service).
 pub async fn run(
     v: Validated,
     engine: Engine,
     shutdown: impl Future<Output = ()>,
+    notify: Notifier,
 ) -> Result<(), ServiceError> {
     let opts = mqtt::options(&v)?;
     let (client, eventloop) = AsyncClient::new(opts, 1024);
@@ -91,8 +103,14 @@ pub async fn run(
         stats: Arc::clone(&stats),
         accepting: AtomicBool::new(true),
         started: Instant::now(),
+        notify,
+        connected: AtomicBool::new(false),
         v,
     });
+    shared.notify.status(&format!(
+        "connecting to the broker {}:{}",
+        shared.v.broker.host, shared.v.broker.port
+    ));
 
     let (incoming_tx, incoming_rx) = mpsc::unbounded_channel::<Publish>();
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(1024);
@@ -120,6 +138,13 @@ pub async fn run(
         Arc::clone(&shared),
         stop_rx.clone(),
     ));
+    let supervisor = shared.notify.enabled().then(|| {
+        tokio::spawn(supervise(
+            Arc::clone(&shared),
+            Arc::clone(&control),
+            stop_rx.clone(),
+        ))
+    });
     let worker = {
         let (stats, control, out) = (Arc::clone(&stats), Arc::clone(&control), out_tx);
         std::thread::Builder::new()
@@ -132,6 +157,11 @@ pub async fn run(
     tracing::info!("shutting down: no new requests; finishing queued and running work");
     shared.accepting.store(false, Ordering::SeqCst);
     let _ = stop_tx.send(true);
+    shared.notify.stopping(&format!(
+        "shutting down: finishing {} queued, {} running",
+        stats.queued.load(Ordering::SeqCst),
+        stats.running.load(Ordering::SeqCst)
+    ));
     for t in request_topics(&shared.v) {
         let _ = client.unsubscribe(t).await;
     }
@@ -159,6 +189,9 @@ pub async fn run(
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
     telemetry.abort();
+    if let Some(s) = supervisor {
+        s.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -180,6 +213,7 @@ async fn poll(
 ) {
     let mut backoff = Duration::from_millis(500);
     let mut stopping = false;
+    let mut ready = false;
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
@@ -214,6 +248,12 @@ async fn poll(
                             "online",
                         )
                         .await;
+                    shared.connected.store(true, Ordering::SeqCst);
+                    if !ready {
+                        // The model was mapped before the service started: ready now.
+                        ready = true;
+                        shared.notify.ready(&serving_status(&shared));
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -230,6 +270,7 @@ async fn poll(
                 if stopping {
                     return;
                 }
+                shared.connected.store(false, Ordering::SeqCst);
                 tracing::warn!(
                     "MQTT connection to {}:{} failed: {e}; retrying in {backoff:?}",
                     shared.v.broker.host,
@@ -782,6 +823,65 @@ async fn publish(mut out: mpsc::Receiver<Outgoing>, client: AsyncClient) {
             .await
         {
             tracing::warn!("cannot publish a reply to {}: {e}", m.target.topic);
+        }
+    }
+}
+
+/// What `systemctl status` shows while running.
+fn serving_status(shared: &Shared) -> String {
+    let queued = shared.stats.queued.load(Ordering::SeqCst);
+    let running = shared.stats.running.load(Ordering::SeqCst);
+    if shared.connected.load(Ordering::SeqCst) {
+        format!("serving: {queued} queued, {running} running")
+    } else {
+        format!(
+            "reconnecting to the broker {}:{}: {queued} queued, {running} running",
+            shared.v.broker.host, shared.v.broker.port
+        )
+    }
+}
+
+/// Under systemd: keeps `STATUS=` current (until shutdown, which sets its own) and, when
+/// systemd wants watchdog pings, sends them at half its interval while the engine thread
+/// is healthy (idle, or beating within the interval): a wedged generation stops the pings
+/// and systemd restarts the daemon.
+async fn supervise(shared: Arc<Shared>, control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    let watchdog = shared.notify.watchdog();
+    let mut ping = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_status = String::new();
+    let mut stopping = false;
+    let mut wedged = false;
+    loop {
+        tokio::select! {
+            _ = ping.tick() => {
+                let Some(limit) = watchdog else { continue };
+                if control.heartbeat.healthy(limit) {
+                    if wedged {
+                        tracing::info!("the engine made progress again: watchdog pings resume");
+                        wedged = false;
+                    }
+                    shared.notify.ping();
+                } else if !wedged {
+                    tracing::error!(
+                        "the engine made no progress for over {limit:?}: no more watchdog pings"
+                    );
+                    wedged = true;
+                }
+            }
+            _ = status_tick.tick(), if !stopping => {
+                // Before the first connection the start-up status stands.
+                if !shared.connected.load(Ordering::SeqCst) && last_status.is_empty() {
+                    continue;
+                }
+                let status = serving_status(&shared);
+                if status != last_status {
+                    shared.notify.status(&status);
+                    last_status = status;
+                }
+            }
+            _ = stop.changed(), if !stopping => stopping = true,
         }
     }
 }

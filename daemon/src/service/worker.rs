@@ -5,11 +5,12 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::notify::Heartbeat;
 use super::route::Router;
 use super::schema::{ErrorCode, Request, RequestError, Served, final_json};
 use super::sink::{Outgoing, ReplySink, ReplyTarget};
@@ -36,7 +37,13 @@ pub struct Control {
     /// Cancel the running generation and refuse what is queued (the shutdown deadline
     /// passed).
     pub cancel: AtomicBool,
+    /// The engine's sign of life for systemd's watchdog: beats while waiting for work and
+    /// for every generated token.
+    pub heartbeat: Heartbeat,
 }
+
+/// How often the idle engine thread wakes to beat.
+const IDLE_BEAT: Duration = Duration::from_secs(1);
 
 /// Runs jobs until the queue's senders are gone and it is empty.
 pub fn run(
@@ -47,7 +54,16 @@ pub fn run(
     control: Arc<Control>,
     router: Arc<Router>,
 ) {
-    while let Ok(job) = jobs.recv() {
+    loop {
+        let job = match jobs.recv_timeout(IDLE_BEAT) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                control.heartbeat.beat();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        control.heartbeat.set_busy(true);
         stats.queued.fetch_sub(1, Ordering::Relaxed);
         let tokens = job.tokens;
         let sink = ReplySink::new(
@@ -70,6 +86,7 @@ pub fn run(
         router.local_done(tokens);
         stats.count("local", outcome);
         stats.running.store(0, Ordering::Relaxed);
+        control.heartbeat.set_busy(false);
     }
 }
 
@@ -88,6 +105,8 @@ fn wait_while_hot(job: &Job, control: &Control, router: &Router) {
             tracing::info!(id = %job.request.id, "waiting for the SoC to cool: {reason}");
             logged = true;
         }
+        // Waiting to cool is progress, not a wedge.
+        control.heartbeat.beat();
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -142,6 +161,7 @@ fn serve(
     // The whole text goes in the final reply; reserve what a typical answer needs up front.
     let mut text = String::with_capacity(req.max_tokens * 4);
     let result = engine.generate(&job_request, &control.cancel, |ev| {
+        control.heartbeat.beat();
         text.push_str(ev.text);
         if req.stream {
             sink.chunk(ev.text);
