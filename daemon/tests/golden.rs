@@ -98,10 +98,10 @@ fn load(name: &str) -> Model {
     let file = Arc::new(GgufFile::open(fixtures().join("models").join(name)).unwrap());
     Model {
         w: ModelWeights::new(file).unwrap(),
-        c: Compute {
-            pool: ThreadPool::new(PoolConfig::with_threads(2)).unwrap(),
-            kernels: dispatch::select().unwrap(),
-        },
+        c: Compute::new(
+            ThreadPool::new(PoolConfig::with_threads(2)).unwrap(),
+            dispatch::select().unwrap(),
+        ),
     }
 }
 

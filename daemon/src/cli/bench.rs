@@ -76,14 +76,14 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let file = Arc::new(GgufFile::open(&args.model)?);
     let w = ModelWeights::new(Arc::clone(&file))
         .with_context(|| format!("{}", args.model.display()))?;
-    let compute = Compute {
-        pool: ThreadPool::new(PoolConfig {
+    let compute = Compute::new(
+        ThreadPool::new(PoolConfig {
             threads,
             cpus: args.cpus.clone(),
             ..PoolConfig::with_threads(threads)
         })?,
-        kernels: dispatch::select()?,
-    };
+        dispatch::select()?,
+    );
     let n_ctx = args.n_prompt.max(args.n_gen).max(1);
     let batch = args.batch.clamp(1, args.n_prompt.max(1));
     let mut fwd = Forward::new(&w, n_ctx, batch, false, threads);

@@ -77,10 +77,10 @@ pub(crate) fn run(args: LogitsArgs) -> anyhow::Result<ExitCode> {
     let loaded = Instant::now();
     let file = Arc::new(GgufFile::open(&args.model)?);
     let w = ModelWeights::new(file).with_context(|| format!("{}", args.model.display()))?;
-    let compute = Compute {
-        pool: ThreadPool::new(PoolConfig::with_threads(threads))?,
-        kernels: dispatch::select()?,
-    };
+    let compute = Compute::new(
+        ThreadPool::new(PoolConfig::with_threads(threads))?,
+        dispatch::select()?,
+    );
     let n = ids.len();
     let mut kv = KvCache::new(&w.config, args.kv.into(), n)?;
     let batch = if args.mode == Mode::Prefill { n } else { 1 };

@@ -284,7 +284,7 @@ impl Engine {
         Ok(Engine {
             weights,
             tokenizer,
-            compute: Compute { pool, kernels },
+            compute: Compute::new(pool, kernels),
             forward,
             slots,
             plan,

@@ -16,12 +16,16 @@
 //! pass over its weights (matrix–matrix kernels); one token at a time is decode (matrix–vector).
 //! All buffers are sized in [`Forward::new`]; `eval` allocates nothing.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use spillway_kernels::formats::{BlockQ8_0, QK, f16};
 use spillway_kernels::matmul::{ActFormat, Activations, Matrix, matmul};
 use spillway_kernels::ops::{self, RopeTable, attention_temperature};
 use spillway_kernels::{Kernels, ThreadPool};
 
 use super::config::ModelConfig;
+
 use super::kv::{KvCache, RowRef};
 use super::memory::KvType;
 use super::weights::ModelWeights;
@@ -31,6 +35,20 @@ use super::weights::ModelWeights;
 pub struct Compute {
     pub pool: ThreadPool,
     pub kernels: &'static Kernels,
+    /// Transformer layers evaluated so far (all calls): a sign of life during a long
+    /// prompt, which can take minutes on a small board before its first token (the
+    /// service's watchdog reads it).
+    pub layers_done: Arc<AtomicU64>,
+}
+
+impl Compute {
+    pub fn new(pool: ThreadPool, kernels: &'static Kernels) -> Compute {
+        Compute {
+            pool,
+            kernels,
+            layers_done: Arc::default(),
+        }
+    }
 }
 
 /// Which positions' logits to compute.
@@ -365,6 +383,7 @@ impl Forward {
         }
 
         for (l, lw) in w.layers.iter().enumerate() {
+            c.layers_done.fetch_add(1, Ordering::Relaxed);
             // ---- attention
             for t in 0..n {
                 let r = t * e..(t + 1) * e;

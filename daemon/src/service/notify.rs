@@ -151,6 +151,11 @@ pub struct Heartbeat {
     /// Milliseconds after `origin` of the last beat.
     last_ms: AtomicU64,
     busy: AtomicBool,
+    /// A progress counter the engine bumps inside long operations (transformer layers
+    /// evaluated): when it moved since the last check, that counts as a beat, so a long
+    /// prompt (minutes before its first token on a Pi 4) is not taken for a wedged loop.
+    progress: std::sync::OnceLock<std::sync::Arc<AtomicU64>>,
+    progress_seen: AtomicU64,
 }
 
 impl Default for Heartbeat {
@@ -159,11 +164,18 @@ impl Default for Heartbeat {
             origin: Instant::now(),
             last_ms: AtomicU64::new(0),
             busy: AtomicBool::new(false),
+            progress: std::sync::OnceLock::new(),
+            progress_seen: AtomicU64::new(0),
         }
     }
 }
 
 impl Heartbeat {
+    /// Also counts movement of `counter` as progress (set once; later calls are ignored).
+    pub fn follow(&self, counter: std::sync::Arc<AtomicU64>) {
+        let _ = self.progress.set(counter);
+    }
+
     /// Progress: waiting for work, or a token generated.
     pub fn beat(&self) {
         self.beat_at(Instant::now());
@@ -190,6 +202,12 @@ impl Heartbeat {
         if !self.busy.load(Ordering::Acquire) {
             return true;
         }
+        if let Some(counter) = self.progress.get() {
+            let value = counter.load(Ordering::Relaxed);
+            if self.progress_seen.swap(value, Ordering::Relaxed) != value {
+                self.beat_at(now);
+            }
+        }
         let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         now.saturating_duration_since(last) <= limit
     }
@@ -198,6 +216,24 @@ impl Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_progress_counts_as_a_beat_while_busy() {
+        let hb = Heartbeat::default();
+        let counter = std::sync::Arc::new(AtomicU64::new(0));
+        hb.follow(std::sync::Arc::clone(&counter));
+        hb.set_busy(true);
+        let limit = Duration::from_secs(30);
+        let t0 = Instant::now();
+        // A long prompt: no token for a minute, but layers keep being evaluated.
+        for minute_tenths in 1..=10u64 {
+            counter.fetch_add(26, Ordering::Relaxed);
+            assert!(hb.healthy_at(t0 + Duration::from_secs(6 * minute_tenths), limit));
+        }
+        // Then the loop wedges: the counter stops and the beat goes stale.
+        assert!(hb.healthy_at(t0 + Duration::from_secs(80), limit));
+        assert!(!hb.healthy_at(t0 + Duration::from_secs(95), limit));
+    }
 
     #[test]
     fn messages_are_key_value_lines() {

@@ -54,6 +54,10 @@ pub fn run(
     control: Arc<Control>,
     router: Arc<Router>,
 ) {
+    // Layers evaluated count as progress: a long prompt has no token for minutes.
+    control
+        .heartbeat
+        .follow(Arc::clone(&engine.compute().layers_done));
     loop {
         let job = match jobs.recv_timeout(IDLE_BEAT) {
             Ok(job) => job,
