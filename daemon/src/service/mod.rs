@@ -393,57 +393,36 @@ async fn handle(
             };
             enqueue_local(req, target, received, deadline, served, jobs, out, shared).await
         }
-        Route::CloudHttps => {
-            let Some(client) = shared.router.cloud().cloned() else {
+        Route::CloudHttps | Route::CloudMqtt => {
+            let https = decision.route == Route::CloudHttps;
+            let client = shared.router.cloud().cloned();
+            let up = shared.router.upstream().cloned();
+            let payload = upstream::upstream_payload(&p.payload);
+            let spill = Spill {
+                served: Served {
+                    route: decision.route.as_str(),
+                    reason: decision.reason,
+                },
+                req,
+                target,
+                received,
+                deadline,
+                jobs: jobs.clone(),
+                out: out.clone(),
+                stats: Arc::clone(&shared.stats),
+                router: Arc::clone(&shared.router),
+            };
+            match (https, client, up, payload) {
+                (true, Some(client), _, _) => drop(tokio::spawn(forward_https(client, spill))),
+                (false, _, Some(up), Some(payload)) => {
+                    drop(tokio::spawn(forward_mqtt(up, payload, spill)));
+                }
                 // The policy only picks configured routes.
-                let err = RequestError::new(ErrorCode::Internal, "no HTTPS cloud route");
-                reply_error(out, Some(target), Some(&req.id), &err).await;
-                return true;
-            };
-            let served = Served {
-                route: "cloud-https",
-                reason: decision.reason,
-            };
-            tokio::spawn(forward_https(
-                client,
-                req,
-                target,
-                received,
-                deadline,
-                served,
-                jobs.clone(),
-                out.clone(),
-                Arc::clone(&shared.stats),
-                Arc::clone(&shared.router),
-            ));
-            true
-        }
-        Route::CloudMqtt => {
-            let (Some(up), Some(payload)) = (
-                shared.router.upstream().cloned(),
-                upstream::upstream_payload(&p.payload),
-            ) else {
-                let err = RequestError::new(ErrorCode::Internal, "no MQTT cloud route");
-                reply_error(out, Some(target), Some(&req.id), &err).await;
-                return true;
-            };
-            let served = Served {
-                route: "cloud-mqtt",
-                reason: decision.reason,
-            };
-            tokio::spawn(forward_mqtt(
-                up,
-                payload,
-                req,
-                target,
-                received,
-                deadline,
-                served,
-                jobs.clone(),
-                out.clone(),
-                Arc::clone(&shared.stats),
-                Arc::clone(&shared.router),
-            ));
+                _ => {
+                    let err = RequestError::new(ErrorCode::Internal, "no such cloud route");
+                    reply_error(out, Some(spill.target), Some(&spill.req.id), &err).await;
+                }
+            }
             true
         }
         Route::Reject(code) => {
@@ -505,6 +484,20 @@ async fn enqueue_local(
     }
 }
 
+/// A request on its way to a cloud route, with what it needs to answer (or fall back to
+/// the local engine).
+struct Spill {
+    req: Request,
+    target: ReplyTarget,
+    received: Instant,
+    deadline: Option<Instant>,
+    served: Served,
+    jobs: SyncSender<Job>,
+    out: mpsc::Sender<Outgoing>,
+    stats: Arc<Stats>,
+    router: Arc<Router>,
+}
+
 /// Puts a request the cloud could not take into the local queue; returns the `busy` reply
 /// when the queue is full.
 #[allow(clippy::too_many_arguments)]
@@ -551,20 +544,18 @@ fn fallback_local(
 
 /// Serves a request through the MQTT cloud route: publishes it to the cloud broker and
 /// relays the worker's chunks and final (marked `route: "cloud-mqtt"`) to the requester.
-#[allow(clippy::too_many_arguments)]
-async fn forward_mqtt(
-    up: Arc<upstream::Upstream>,
-    payload: Vec<u8>,
-    req: Request,
-    target: ReplyTarget,
-    received: Instant,
-    deadline: Option<Instant>,
-    served: Served,
-    jobs: SyncSender<Job>,
-    out: mpsc::Sender<Outgoing>,
-    stats: Arc<Stats>,
-    router: Arc<Router>,
-) {
+async fn forward_mqtt(up: Arc<upstream::Upstream>, payload: Vec<u8>, spill: Spill) {
+    let Spill {
+        req,
+        target,
+        received,
+        deadline,
+        served,
+        jobs,
+        out,
+        stats,
+        router,
+    } = spill;
     let expiry = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let wait = expiry.map_or(up.timeout, |e| e.min(up.timeout));
     let fail = |code: ErrorCode, message: String| Outgoing {
@@ -662,19 +653,18 @@ async fn forward_mqtt(
 /// Serves a request through the HTTPS cloud route, streaming its chunks to the original
 /// requester as they arrive. A failure before any text was forwarded falls back to the
 /// local engine, unless the client asked for the cloud only.
-#[allow(clippy::too_many_arguments)]
-async fn forward_https(
-    client: Arc<crate::cloud::CloudClient>,
-    req: Request,
-    target: ReplyTarget,
-    received: Instant,
-    deadline: Option<Instant>,
-    served: Served,
-    jobs: SyncSender<Job>,
-    out: mpsc::Sender<Outgoing>,
-    stats: Arc<Stats>,
-    router: Arc<Router>,
-) {
+async fn forward_https(client: Arc<crate::cloud::CloudClient>, spill: Spill) {
+    let Spill {
+        req,
+        target,
+        received,
+        deadline,
+        served,
+        jobs,
+        out,
+        stats,
+        router,
+    } = spill;
     let cloud_req = route::cloud_request(&req);
     let (delta_tx, mut delta_rx) = mpsc::unbounded_channel::<String>();
     let started = Instant::now();
