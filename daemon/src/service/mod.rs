@@ -448,23 +448,20 @@ async fn enqueue_local(
     shared: &Shared,
 ) -> bool {
     let id = req.id.clone();
-    let tokens = shared.router.local_admitted(&req);
-    shared.stats.queued.fetch_add(1, Ordering::SeqCst);
-    match jobs.try_send(Job {
+    let job = Job {
         request: req,
         target: Some(target.clone()),
         received,
         deadline,
         served,
-        tokens,
-    }) {
+        tokens: 0,
+    };
+    match admit_local(job, jobs, &shared.stats, &shared.router) {
         Ok(()) => {
             tracing::debug!(id = %id, "queued");
             true
         }
-        Err(TrySendError::Full(_)) => {
-            shared.stats.queued.fetch_sub(1, Ordering::SeqCst);
-            shared.router.local_done(tokens);
+        Err(TrySendError::Full(())) => {
             let err = RequestError::new(
                 ErrorCode::Busy,
                 format!(
@@ -476,11 +473,38 @@ async fn enqueue_local(
             reply_error(out, Some(target), Some(&id), &err).await;
             true
         }
-        Err(TrySendError::Disconnected(_)) => {
-            shared.stats.queued.fetch_sub(1, Ordering::SeqCst);
-            shared.router.local_done(tokens);
-            false
+        Err(TrySendError::Disconnected(())) => false,
+    }
+}
+
+/// Puts a job in the engine's queue, counting it in the queue depth and in the router's
+/// estimate of the work ahead (`job.tokens` is set here); both are undone when the queue
+/// refuses it.
+fn admit_local(
+    mut job: Job,
+    jobs: &SyncSender<Job>,
+    stats: &Stats,
+    router: &Router,
+) -> Result<(), TrySendError<()>> {
+    let tokens = router.local_admitted(&job.request);
+    job.tokens = tokens;
+    stats.queued.fetch_add(1, Ordering::SeqCst);
+    jobs.try_send(job).map_err(|e| {
+        stats.queued.fetch_sub(1, Ordering::SeqCst);
+        router.local_done(tokens);
+        match e {
+            TrySendError::Full(_) => TrySendError::Full(()),
+            TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
         }
+    })
+}
+
+/// The final error reply of request `id`.
+fn error_reply(target: &ReplyTarget, id: Option<&str>, err: &RequestError) -> Outgoing {
+    Outgoing {
+        target: target.clone(),
+        payload: error_json(id, err),
+        is_final: true,
     }
 }
 
@@ -511,8 +535,6 @@ fn fallback_local(
     stats: &Stats,
     router: &Router,
 ) -> Option<Outgoing> {
-    let tokens = router.local_admitted(&req);
-    stats.queued.fetch_add(1, Ordering::SeqCst);
     let id = req.id.clone();
     let job = Job {
         request: req,
@@ -523,23 +545,17 @@ fn fallback_local(
             route: "local",
             reason: reason.clone(),
         },
-        tokens,
+        tokens: 0,
     };
-    if jobs.try_send(job).is_ok() {
+    if admit_local(job, jobs, stats, router).is_ok() {
         return None;
     }
-    stats.queued.fetch_sub(1, Ordering::SeqCst);
-    router.local_done(tokens);
     stats.count("none", "busy");
     let err = RequestError::new(
         ErrorCode::Busy,
         format!("{reason}, but the local queue is full"),
     );
-    Some(Outgoing {
-        target: target.clone(),
-        payload: error_json(Some(&id), &err),
-        is_final: true,
-    })
+    Some(error_reply(target, Some(&id), &err))
 }
 
 /// Serves a request through the MQTT cloud route: publishes it to the cloud broker and
@@ -558,10 +574,8 @@ async fn forward_mqtt(up: Arc<upstream::Upstream>, payload: Vec<u8>, spill: Spil
     } = spill;
     let expiry = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let wait = expiry.map_or(up.timeout, |e| e.min(up.timeout));
-    let fail = |code: ErrorCode, message: String| Outgoing {
-        target: target.clone(),
-        payload: error_json(Some(&req.id), &RequestError::new(code, message)),
-        is_final: true,
+    let fail = |code: ErrorCode, message: String| {
+        error_reply(&target, Some(&req.id), &RequestError::new(code, message))
     };
     let mut forward = match up.forward(payload, expiry).await {
         Ok(f) => f,
@@ -710,10 +724,8 @@ async fn forward_https(client: Arc<crate::cloud::CloudClient>, spill: Spill) {
         }
     }
     let total_ms = received.elapsed().as_secs_f64() * 1e3;
-    let fail = |code: ErrorCode, message: String| Outgoing {
-        target: target.clone(),
-        payload: error_json(Some(&req.id), &RequestError::new(code, message)),
-        is_final: true,
+    let fail = |code: ErrorCode, message: String| {
+        error_reply(&target, Some(&req.id), &RequestError::new(code, message))
     };
     let reply = match result {
         Some(Ok(outcome)) => {
@@ -784,13 +796,7 @@ async fn reply_error(
         );
         return;
     };
-    let _ = out
-        .send(Outgoing {
-            target,
-            payload: error_json(id, err),
-            is_final: true,
-        })
-        .await;
+    let _ = out.send(error_reply(&target, id, err)).await;
 }
 
 /// Sends replies, in order, until every sender is gone.
