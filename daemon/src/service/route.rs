@@ -153,29 +153,13 @@ impl Router {
         queued: usize,
     ) -> Decision {
         let snap = self.monitor.latest();
-        let https = match &self.cloud {
-            None => RouteHealth::Down("not configured".into()),
-            Some(c) => match c.availability() {
-                Ok(()) => RouteHealth::Up,
-                Err(reason) => RouteHealth::Down(reason),
-            },
-        };
         let now = Conditions {
             temperature_c: snap.temperature_c,
             mem_headroom: snap.memory_headroom_bytes(),
             budget_committed: self.budget_baseline,
             queued_requests: queued,
             queued_tokens: self.local_tokens.load(Ordering::Relaxed),
-            cloud: CloudHealth {
-                https,
-                mqtt: match &self.upstream {
-                    None => RouteHealth::Down("not configured".into()),
-                    Some(u) => match u.availability() {
-                        Ok(()) => RouteHealth::Up,
-                        Err(reason) => RouteHealth::Down(reason),
-                    },
-                },
-            },
+            cloud: self.cloud_health(),
         };
         let facts = RequestFacts {
             prompt_tokens: estimate_prompt_tokens(req),
@@ -185,6 +169,19 @@ impl Router {
             deadline: deadline_left,
         };
         self.policy().decide(&now, &facts)
+    }
+
+    /// Whether each cloud route can take a request now, and why not.
+    fn cloud_health(&self) -> CloudHealth {
+        let health = |availability: Option<Result<(), String>>| match availability {
+            None => RouteHealth::Down("not configured".into()),
+            Some(Ok(())) => RouteHealth::Up,
+            Some(Err(reason)) => RouteHealth::Down(reason),
+        };
+        CloudHealth {
+            https: health(self.cloud.as_ref().map(|c| c.availability())),
+            mqtt: health(self.upstream.as_ref().map(|u| u.availability())),
+        }
     }
 
     /// The cloud broker connection, when the MQTT route is configured.
@@ -222,11 +219,10 @@ impl Router {
     }
 
     /// Whether new local work must wait for the SoC to cool (the hard limit), with the
-    /// reason. Reads the latest temperature.
+    /// reason. The thermal state is kept current by [`Router::follow_readings`].
     pub fn hold_local(&self) -> Option<String> {
-        let snap = self.monitor.latest();
-        let mut policy = self.policy();
-        (policy.observe_temperature(snap.temperature_c) == ThermalState::Hard).then(|| {
+        let policy = self.policy();
+        (policy.thermal().state() == ThermalState::Hard).then(|| {
             policy
                 .thermal()
                 .reason()
@@ -256,33 +252,32 @@ impl Router {
         }
     }
 
-    /// Threads local generation should use now (fewer above the soft limit), from the
-    /// latest temperature.
+    /// Threads local generation should use now (fewer above the soft limit), by the
+    /// thermal state [`Router::follow_readings`] keeps current.
     pub fn local_threads(&self) -> usize {
-        let snap = self.monitor.latest();
-        let mut policy = self.policy();
-        policy.observe_temperature(snap.temperature_c);
-        policy.local_threads()
+        self.policy().local_threads()
     }
 
     /// The thermal state and latest readings, for telemetry.
     pub fn telemetry(&self) -> serde_json::Value {
         let snap = self.monitor.latest();
         let policy = self.policy();
+        // `null` for a route that is not configured, else "up" or why it is down.
+        let status = |configured: bool, health: RouteHealth| {
+            configured.then(|| match health {
+                RouteHealth::Up => "up".to_string(),
+                RouteHealth::Down(reason) => reason,
+            })
+        };
+        let cloud = self.cloud_health();
         serde_json::json!({
             "board": self.monitor.profile().name,
             "thermal_state": policy.thermal().state().as_str(),
             "throttled": snap.throttled(),
             "memory_headroom_bytes": snap.memory_headroom_bytes(),
             "generation_tokens_per_s_ewma": policy.rate().value(),
-            "cloud_https": self.cloud.as_ref().map(|c| match c.availability() {
-                Ok(()) => "up".to_string(),
-                Err(reason) => reason,
-            }),
-            "cloud_mqtt": self.upstream.as_ref().map(|u| match u.availability() {
-                Ok(()) => "up".to_string(),
-                Err(reason) => reason,
-            }),
+            "cloud_https": status(self.cloud.is_some(), cloud.https),
+            "cloud_mqtt": status(self.upstream.is_some(), cloud.mqtt),
         })
     }
 
