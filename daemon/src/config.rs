@@ -274,6 +274,26 @@ pub enum ConfigError {
     },
 }
 
+/// The first line of a password file.
+fn read_password_file(
+    field: &'static str,
+    path: &Path,
+) -> Result<secrecy::SecretString, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(field, format!("{}: {e}", path.display())))?;
+    Ok(secrecy::SecretString::from(
+        text.lines().next().unwrap_or("").to_string(),
+    ))
+}
+
+/// A client certificate needs its key and the other way round.
+fn check_cert_pair(field: &'static str, cert: &Path, key: &Path) -> Result<(), ConfigError> {
+    if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
+        return Err(invalid(field, "client_cert and client_key go together"));
+    }
+    Ok(())
+}
+
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
@@ -349,6 +369,8 @@ pub struct Validated {
     pub memory_margin: u64,
     /// The cloud broker, when the `mqtt` cloud route is configured.
     pub upstream: Option<BrokerAddr>,
+    /// Its password, from `upstream.password_file`.
+    pub upstream_password: Option<secrecy::SecretString>,
 }
 
 /// Command-line overrides for the common settings.
@@ -529,12 +551,7 @@ impl Config {
                 "must be between 4096 and 268435456",
             ));
         }
-        if c.mqtt.client_cert.as_os_str().is_empty() != c.mqtt.client_key.as_os_str().is_empty() {
-            return Err(invalid(
-                "mqtt.client_cert",
-                "client_cert and client_key go together",
-            ));
-        }
+        check_cert_pair("mqtt.client_cert", &c.mqtt.client_cert, &c.mqtt.client_key)?;
         if !broker.tls
             && (!c.mqtt.ca_file.as_os_str().is_empty()
                 || !c.mqtt.client_cert.as_os_str().is_empty())
@@ -553,15 +570,10 @@ impl Config {
             return Err(invalid("mqtt.client_id", "must be at most 128 characters"));
         }
         let password = if !c.mqtt.password_file.as_os_str().is_empty() {
-            let text = std::fs::read_to_string(&c.mqtt.password_file).map_err(|e| {
-                invalid(
-                    "mqtt.password_file",
-                    format!("{}: {e}", c.mqtt.password_file.display()),
-                )
-            })?;
-            Some(secrecy::SecretString::from(
-                text.lines().next().unwrap_or("").to_string(),
-            ))
+            Some(read_password_file(
+                "mqtt.password_file",
+                &c.mqtt.password_file,
+            )?)
         } else if !c.mqtt.password.is_empty() {
             Some(secrecy::SecretString::from(c.mqtt.password.clone()))
         } else {
@@ -727,22 +739,27 @@ impl Config {
                     "must be a non-empty topic without wildcards",
                 ));
             }
-            if u.client_cert.as_os_str().is_empty() != u.client_key.as_os_str().is_empty() {
-                return Err(invalid(
-                    "upstream.client_cert",
-                    "client_cert and client_key go together",
-                ));
-            }
+            check_cert_pair("upstream.client_cert", &u.client_cert, &u.client_key)?;
             if !(1..=86_400).contains(&u.timeout_secs) {
                 return Err(invalid(
                     "upstream.timeout_secs",
                     "must be between 1 and 86400",
                 ));
             }
-            Some(addr)
+            let password = if u.password_file.as_os_str().is_empty() {
+                None
+            } else {
+                Some(read_password_file(
+                    "upstream.password_file",
+                    &u.password_file,
+                )?)
+            };
+            Some((addr, password))
         } else {
             None
         };
+        let (upstream, upstream_password) = upstream.unzip();
+        let upstream_password = upstream_password.flatten();
         if !matches!(c.service.role.as_str(), "edge" | "worker") {
             return Err(invalid(
                 "service.role",
@@ -767,6 +784,7 @@ impl Config {
             cloud_routes,
             memory_margin,
             upstream,
+            upstream_password,
             config: self,
         })
     }

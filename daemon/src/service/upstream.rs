@@ -19,6 +19,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
+use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 
 use super::mqtt::{MqttSetupError, tls_client_config};
@@ -77,18 +78,11 @@ impl Upstream {
         o.set_max_packet_size(Some(v.config.mqtt.max_packet_bytes));
         o.set_connection_timeout(10);
         if !u.username.is_empty() {
-            let password = if u.password_file.as_os_str().is_empty() {
-                String::new()
-            } else {
-                let text = std::fs::read_to_string(&u.password_file).map_err(|e| {
-                    MqttSetupError::File {
-                        what: "upstream password file",
-                        path: u.password_file.display().to_string(),
-                        message: e.to_string(),
-                    }
-                })?;
-                text.lines().next().unwrap_or("").to_string()
-            };
+            let password = v
+                .upstream_password
+                .as_ref()
+                .map(|p| p.expose_secret().to_string())
+                .unwrap_or_default();
             o.set_credentials(u.username.clone(), password);
         }
         if addr.tls {
