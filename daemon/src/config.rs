@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
 use crate::model::KvType;
-use crate::units::parse_bytes;
+use crate::units::{human_bytes, parse_bytes};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -27,6 +27,10 @@ pub struct Config {
     pub router: RouterSection,
     pub cloud: crate::cloud::CloudConfig,
     pub upstream: UpstreamSection,
+    /// The file this was read from (not a setting): board profile overrides are looked for
+    /// beside it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// The cloud MQTT broker requests spill to (the `mqtt` cloud route): a fleet of bigger
@@ -78,19 +82,20 @@ pub struct ModelSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
-    /// Compute threads; 0 means one per CPU.
+    /// Compute threads; 0 means the board profile's (one per big core, or per CPU).
     pub threads: usize,
-    /// CPUs to pin compute threads to (empty: let the OS place them).
+    /// CPUs to pin compute threads to (empty: the board profile's big cores, if any).
     pub cpus: Vec<usize>,
-    /// Context per session, in tokens.
+    /// Context per session, in tokens; 0 means the board profile's for its RAM size.
     pub context: usize,
-    /// KV cache element type: "f16" or "q8_0".
+    /// KV cache element type: "f16", "q8_0", or "auto" (the board profile's).
     pub kv_type: String,
-    /// Sessions whose KV cache is kept for follow-up turns.
+    /// Sessions whose KV cache is kept for follow-up turns; 0 means the board profile's.
     pub sessions: usize,
     /// Prompt tokens evaluated per pass.
     pub batch: usize,
-    /// Largest memory plan allowed to load, e.g. "3GiB" (empty: no limit).
+    /// Largest memory plan allowed to load: "auto" (the board profile's share of RAM),
+    /// bytes such as "3GiB", or "none".
     pub ram_budget: String,
 }
 
@@ -155,6 +160,9 @@ pub struct RouterSection {
     /// Board profile: "auto" (detected from the device tree) or a built-in name
     /// (raspberry-pi-4, raspberry-pi-5, rk3588, jetson-orin, generic).
     pub board: String,
+    /// Directory of board profile files that replace or add to the built-in ones ("": the
+    /// `boards` directory beside the configuration file, or /etc/spillway/boards).
+    pub boards_dir: PathBuf,
     /// Directory under which `/sys` and `/proc` are read ("/" on a board).
     pub fs_root: PathBuf,
     /// Milliseconds between resource samples.
@@ -181,6 +189,7 @@ impl Default for RouterSection {
     fn default() -> Self {
         RouterSection {
             board: "auto".into(),
+            boards_dir: PathBuf::new(),
             fs_root: PathBuf::from("/"),
             sample_ms: 1000,
             cloud_routes: Vec::new(),
@@ -210,11 +219,11 @@ impl Default for EngineSection {
         EngineSection {
             threads: 0,
             cpus: Vec::new(),
-            context: 4096,
-            kv_type: "f16".into(),
-            sessions: 2,
+            context: 0,
+            kv_type: "auto".into(),
+            sessions: 0,
             batch: 64,
-            ram_budget: String::new(),
+            ram_budget: "auto".into(),
         }
     }
 }
@@ -359,8 +368,13 @@ pub struct Validated {
     pub engine: EngineConfig,
     /// The MQTT password, from the config, its file or the environment.
     pub password: Option<secrecy::SecretString>,
-    /// The board profile in use, with any threshold overrides applied.
-    pub board: crate::monitor::BoardProfile,
+    /// The board profile in use (its thresholds before the `router.*_c` overrides, which
+    /// are in `thermal`), and why it was chosen.
+    pub board: crate::board::Selection,
+    /// What the machine said about itself (under `router.fs_root`).
+    pub host: crate::board::HostInfo,
+    /// Where `engine.ram_budget` came from, for people (`5.90 GiB: 75% of RAM, board …`).
+    pub budget_source: String,
     /// Temperature thresholds (the profile's, or the overrides).
     pub thermal: crate::router::ThermalLimits,
     /// Cloud routes in order of preference.
@@ -402,10 +416,12 @@ impl Config {
                     path: p.to_owned(),
                     source,
                 })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: p.to_owned(),
                     message: e.to_string().trim().replace('\n', " "),
-                })?
+                })?;
+                config.source = Some(p.to_owned());
+                config
             }
         };
         config.apply_env(env)?;
@@ -457,12 +473,14 @@ impl Config {
             changed = true;
         }
         if changed {
+            let source = self.source.take();
             *self = table
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Env {
                     var: "SPILLWAY_*".into(),
                     message: e.to_string(),
                 })?;
+            self.source = source;
         }
         Ok(())
     }
@@ -503,6 +521,19 @@ impl Config {
         }
         if cloud_flag && !self.router.cloud_routes.iter().any(|r| r == "https") {
             self.router.cloud_routes.insert(0, "https".into());
+        }
+    }
+
+    /// Where board profile overrides are read from: `router.boards_dir`, else `boards/`
+    /// beside the configuration file, else `/etc/spillway/boards`.
+    pub fn boards_dir(&self) -> PathBuf {
+        if !self.router.boards_dir.as_os_str().is_empty() {
+            return self.router.boards_dir.clone();
+        }
+        match self.source.as_deref().and_then(Path::parent) {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join("boards"),
+            Some(_) => PathBuf::from("boards"),
+            None => PathBuf::from("/etc/spillway/boards"),
         }
     }
 
@@ -586,25 +617,46 @@ impl Config {
             ));
         }
 
+        // The board: what it is decides the engine's defaults and the thermal limits.
+        let r = &c.router;
+        let host = crate::board::HostInfo::read(&r.fs_root);
+        let boards_dir = self.boards_dir();
+        let catalog = crate::board::Catalog::with_overrides(&boards_dir)
+            .map_err(|e| invalid("router.boards_dir", e.to_string()))?;
+        let selection = catalog
+            .select(&r.board, &host)
+            .map_err(|e| invalid("router.board", e.to_string()))?;
+        let board = &selection.profile;
+
         let kv_type = match c.engine.kv_type.as_str() {
-            "f16" => KvType::F16,
-            "q8_0" => KvType::Q8_0,
-            other => {
-                return Err(invalid(
+            "" | "auto" => board.memory.kv_type,
+            name => KvType::from_name(name).ok_or_else(|| {
+                invalid(
                     "engine.kv_type",
-                    format!("{other:?} is not f16 or q8_0"),
+                    format!("{name:?} is not f16, q8_0 or auto"),
+                )
+            })?,
+        };
+        let context = match c.engine.context {
+            0 => board.memory.context,
+            n if (16..=1 << 20).contains(&n) => n,
+            _ => {
+                return Err(invalid(
+                    "engine.context",
+                    "must be between 16 and 1048576 tokens (0: the board's)",
                 ));
             }
         };
-        if !(16..=1 << 20).contains(&c.engine.context) {
-            return Err(invalid(
-                "engine.context",
-                "must be between 16 and 1048576 tokens",
-            ));
-        }
-        if !(1..=64).contains(&c.engine.sessions) {
-            return Err(invalid("engine.sessions", "must be between 1 and 64"));
-        }
+        let sessions = match c.engine.sessions {
+            0 => board.memory.sessions,
+            n if n <= 64 => n,
+            _ => {
+                return Err(invalid(
+                    "engine.sessions",
+                    "must be between 1 and 64 (0: the board's)",
+                ));
+            }
+        };
         if !(1..=4096).contains(&c.engine.batch) {
             return Err(invalid("engine.batch", "must be between 1 and 4096"));
         }
@@ -614,10 +666,40 @@ impl Config {
                 "must be at most 1024 (0 means one per CPU)",
             ));
         }
-        let ram_budget = match c.engine.ram_budget.trim() {
-            "" => None,
-            s => Some(parse_bytes(s).map_err(|m| invalid("engine.ram_budget", m))?),
+        let (mut ram_budget, mut budget_source) = match c.engine.ram_budget.trim() {
+            "" | "auto" => match board.memory.ram_budget.bytes(host.mem_total) {
+                Some(b) => (
+                    Some(b),
+                    format!(
+                        "{}: {} (board {})",
+                        human_bytes(b),
+                        board.memory.ram_budget,
+                        board.name
+                    ),
+                ),
+                None => (
+                    None,
+                    "none: MemTotal is unknown, so the board's share of RAM cannot be computed"
+                        .to_string(),
+                ),
+            },
+            "none" => (None, "none (engine.ram_budget = \"none\")".to_string()),
+            s => {
+                let b = parse_bytes(s).map_err(|m| invalid("engine.ram_budget", m))?;
+                (Some(b), format!("{} (engine.ram_budget)", human_bytes(b)))
+            }
         };
+        // The service's cgroup limit (systemd's MemoryHigh=/MemoryMax=) caps any budget: past
+        // it the kernel reclaims the weights' pages under the generating thread, or kills.
+        if let Some(limit) = host.cgroup_limit
+            && ram_budget.is_none_or(|b| b > limit)
+        {
+            budget_source = format!(
+                "{}: the cgroup's memory limit (MemoryHigh=/MemoryMax=), below the {budget_source}",
+                human_bytes(limit)
+            );
+            ram_budget = Some(limit);
+        }
         if !(1..=4096).contains(&c.service.queue) {
             return Err(invalid("service.queue", "must be between 1 and 4096"));
         }
@@ -666,22 +748,28 @@ impl Config {
             telemetry: format!("{prefix}/{device}/telemetry"),
         };
         let mut engine = EngineConfig::new(&c.model.path);
-        if c.engine.threads > 0 {
-            engine.threads = c.engine.threads;
-        }
-        engine.cpus = (!c.engine.cpus.is_empty()).then(|| c.engine.cpus.clone());
-        engine.context = c.engine.context;
+        // Big cores: the profile's, else (generic profiles) the kernel's cpu_capacity.
+        let big_cores = if board.cpu.big_cores.is_empty() {
+            host.big_cores()
+        } else {
+            board.cpu.big_cores.clone()
+        };
+        engine.threads = match c.engine.threads {
+            0 if board.cpu.threads == 0 && !big_cores.is_empty() => big_cores.len(),
+            0 => board.default_threads(engine.threads),
+            n => n,
+        };
+        engine.cpus = if !c.engine.cpus.is_empty() {
+            Some(c.engine.cpus.clone())
+        } else {
+            (!big_cores.is_empty()).then_some(big_cores)
+        };
+        engine.context = context;
         engine.kv_type = kv_type;
-        engine.sessions = c.engine.sessions;
+        engine.sessions = sessions;
         engine.batch = c.engine.batch;
         engine.ram_budget = ram_budget;
         engine.mlock = c.model.mlock;
-        let r = &c.router;
-        let board = match r.board.as_str() {
-            "auto" | "" => crate::monitor::BoardProfile::detect(&r.fs_root),
-            name => crate::monitor::BoardProfile::by_name(name)
-                .map_err(|e| invalid("router.board", e.to_string()))?,
-        };
         let mut thermal = board.thermal.limits();
         for (value, slot) in [
             (r.soft_enter_c, &mut thermal.soft_enter_c),
@@ -779,7 +867,9 @@ impl Config {
             topics,
             engine,
             password,
-            board,
+            board: selection,
+            host,
+            budget_source,
             thermal,
             cloud_routes,
             memory_margin,
@@ -893,6 +983,138 @@ mod tests {
         assert_eq!(
             (v.broker.host.as_str(), v.broker.port, v.broker.tls),
             ("file", 1, false)
+        );
+    }
+
+    /// A captured board root (`daemon/tests/boards`).
+    fn captured(board: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/boards")
+            .join(board)
+    }
+
+    #[test]
+    fn the_board_profile_fills_in_the_engine_settings() {
+        let mut c = Config::default();
+        c.router.fs_root = captured("raspberry-pi-4-4gb");
+        c.router.boards_dir = PathBuf::from("/nonexistent");
+        let v = c.clone().validate().unwrap();
+        assert_eq!(v.board.profile.name, "raspberry-pi-4-4gb");
+        assert_eq!(v.engine.kv_type, KvType::Q8_0);
+        assert_eq!(v.engine.context, 4096);
+        assert_eq!(v.engine.sessions, 2);
+        assert_eq!(v.engine.threads, 4);
+        assert_eq!(v.engine.cpus, None);
+        // 75% of MemTotal (3833280 kB).
+        assert_eq!(v.engine.ram_budget, Some(3_833_280 * 1024 * 3 / 4));
+        assert!(
+            v.budget_source.contains("75% of RAM"),
+            "{}",
+            v.budget_source
+        );
+        // Explicit settings win over the board's.
+        let mut mine = c.clone();
+        mine.engine.kv_type = "f16".into();
+        mine.engine.context = 1024;
+        mine.engine.sessions = 1;
+        mine.engine.threads = 3;
+        mine.engine.ram_budget = "3GiB".into();
+        let v = mine.validate().unwrap();
+        assert_eq!(
+            (
+                v.engine.kv_type,
+                v.engine.context,
+                v.engine.sessions,
+                v.engine.threads
+            ),
+            (KvType::F16, 1024, 1, 3)
+        );
+        assert_eq!(v.engine.ram_budget, Some(3 << 30));
+        let mut unlimited = c.clone();
+        unlimited.engine.ram_budget = "none".into();
+        assert_eq!(unlimited.validate().unwrap().engine.ram_budget, None);
+        // The RK3588's compute threads go to its big cores.
+        let mut rk = c.clone();
+        rk.router.fs_root = captured("rk3588-orange-pi-5");
+        let v = rk.validate().unwrap();
+        assert_eq!(v.board.profile.family, "rk3588");
+        assert_eq!(v.engine.cpus, Some(vec![4, 5, 6, 7]));
+        assert_eq!(v.engine.threads, 4);
+        // Naming a board overrides detection; unknown names are refused.
+        let mut named = c.clone();
+        named.router.board = "raspberry-pi-4-8gb".into();
+        assert_eq!(
+            named.clone().validate().unwrap().engine.kv_type,
+            KvType::F16
+        );
+        named.router.board = "raspberry-pi-9".into();
+        let e = named.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("router.board:") && e.contains("raspberry-pi-5-8gb"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_cgroup_limit_caps_the_budget() {
+        let root = std::env::temp_dir().join(format!("spillway-cg-{}", std::process::id()));
+        let cg = root.join("sys/fs/cgroup/system.slice/spillway.service");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::create_dir_all(root.join("proc/self")).unwrap();
+        std::fs::write(
+            root.join("proc/self/cgroup"),
+            "0::/system.slice/spillway.service\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("proc/meminfo"), "MemTotal: 8000000 kB\n").unwrap();
+        std::fs::write(cg.join("memory.max"), "2147483648\n").unwrap();
+        std::fs::write(cg.join("memory.high"), "max\n").unwrap();
+        let mut c = Config::default();
+        c.router.fs_root = root.clone();
+        c.router.boards_dir = PathBuf::from("/nonexistent");
+        let v = c.clone().validate().unwrap();
+        assert_eq!(v.engine.ram_budget, Some(2 << 30));
+        assert!(v.budget_source.contains("cgroup"), "{}", v.budget_source);
+        // A budget under the limit stands.
+        c.engine.ram_budget = "1GiB".into();
+        assert_eq!(c.validate().unwrap().engine.ram_budget, Some(1 << 30));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn board_overrides_are_read_beside_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("spillway-cfgb-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("boards")).unwrap();
+        let file = dir.join("spillway.toml");
+        std::fs::write(&file, "[router]\nboard = \"lab-board\"\n").unwrap();
+        std::fs::write(
+            dir.join("boards/lab.toml"),
+            "name = \"lab-board\"\ndescription = \"Lab\"\n[thermal]\n\
+             soft = { enter_c = 60.0, exit_c = 55.0 }\nhard = { enter_c = 70.0, exit_c = 65.0 }\n\
+             [[memory]]\nram_gb = 1\nram_budget = \"512MiB\"\ncontext = 256\n\
+             kv_type = \"q8_0\"\nsessions = 1\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[("SPILLWAY_QUEUE", "2")])).unwrap();
+        assert_eq!(c.boards_dir(), dir.join("boards"));
+        let v = c.validate().unwrap();
+        assert_eq!(v.board.profile.name, "lab-board-1gb");
+        assert_eq!(v.engine.ram_budget, Some(512 << 20));
+        assert_eq!(v.thermal.hard_enter_c, 70.0);
+        std::fs::write(dir.join("boards/bad.toml"), "name = \"x\"").unwrap();
+        let e = Config::load(Some(&file), env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("router.boards_dir:") && e.contains("bad.toml"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            Config::default().boards_dir(),
+            Path::new("/etc/spillway/boards")
         );
     }
 

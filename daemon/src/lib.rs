@@ -7,6 +7,8 @@
 //!
 //! - [`model`]: hyperparameters from GGUF metadata, validated against the tensors; memory
 //!   figures.
+//! - [`board`]: board profiles (thermal limits, cores, engine defaults per RAM size) and
+//!   detection from the device tree, `/proc/cpuinfo` and `MemTotal`.
 //! - [`config`]: the TOML configuration, environment and flag overrides, validation.
 //! - [`engine`]: memory plan, session slots with prompt caching, sampling, the
 //!   generation loop with streaming and cancellation.
@@ -20,6 +22,7 @@
 //!
 //! GGUF reading and writing live in the `spillway-gguf` crate.
 
+pub mod board;
 pub mod cli;
 pub mod cloud;
 pub mod config;

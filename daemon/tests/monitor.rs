@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use spillway::monitor::{self, BoardProfile, Limit, Monitor, Sampler, Snapshot};
+use spillway::board::BoardProfile;
+use spillway::monitor::{self, Limit, Monitor, Sampler, Snapshot};
 
 /// A fake root directory, removed on drop.
 struct Tree {
@@ -127,7 +128,7 @@ fn pi5() -> Tree {
 fn raspberry_pi_5() {
     let t = pi5();
     let profile = BoardProfile::detect(t.path());
-    assert_eq!(profile.name, "raspberry-pi-5");
+    assert_eq!(profile.family, "raspberry-pi-5");
     let s = Sampler::new(t.path(), profile).sample();
     // The named zone wins over the hotter unrelated one.
     assert_eq!(s.temperature_c, Some(61.25));
@@ -176,7 +177,7 @@ fn raspberry_pi_4_firmware_path() {
         "80008\n",
     );
     let s = t.sample();
-    assert_eq!(BoardProfile::detect(t.path()).name, "raspberry-pi-4");
+    assert_eq!(BoardProfile::detect(t.path()).family, "raspberry-pi-4");
     assert_eq!(s.temperature_c, Some(79.5));
     let fw = s.throttling.firmware.unwrap();
     assert!(fw.soft_temp_limit() && !fw.throttled());
@@ -206,7 +207,7 @@ fn rk3588() {
     t.meminfo(16_000_000, 12_000_000);
 
     let profile = BoardProfile::detect(t.path());
-    assert_eq!(profile.name, "rk3588");
+    assert_eq!(profile.family, "rk3588");
     assert_eq!(profile.cpu.big_cores, [4, 5, 6, 7]);
     let s = Sampler::new(t.path(), profile).sample();
     // The hottest zone the profile names (a big-core pair), not the GPU or NPU.
@@ -238,7 +239,7 @@ fn unknown_board_uses_the_hottest_zone() {
     // Nor does an implausible reading (a disconnected sensor).
     t.zone(4, "disconnected", 2_147_483_647);
     let profile = BoardProfile::detect(t.path());
-    assert_eq!(profile.name, "generic");
+    assert!(profile.family.starts_with("generic-"));
     let s = Sampler::new(t.path(), profile).sample();
     assert_eq!(s.temperature_c, Some(67.0));
     assert_eq!(s.thermal_zone.as_deref(), Some("x86_pkg_temp"));
@@ -378,7 +379,7 @@ async fn monitor_follows_a_board_that_heats_up_and_cools_down() {
         Monitor::start(Sampler::new(t.path(), profile), Duration::from_millis(10)).unwrap();
     // The first sample is taken before start returns.
     assert_eq!(monitor.latest().temperature_c, Some(61.25));
-    assert_eq!(monitor.profile().name, "raspberry-pi-5");
+    assert_eq!(monitor.profile().family, "raspberry-pi-5");
     let mut rx = monitor.subscribe();
 
     // Heat up through the soft and hard limits, then cool down through their exits; each

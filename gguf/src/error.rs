@@ -5,17 +5,17 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("cannot open {path}: {source}")]
+    // The I/O error is part of the message rather than a `#[source]`: these are shown as
+    // one line, and a chain would repeat it.
+    #[error("cannot open {path}: {error}")]
     Open {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot memory-map {path}: {source}")]
+    #[error("cannot memory-map {path}: {error}")]
     Map {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("not a GGUF file: it starts with {found:?}, not \"GGUF\"")]
     Magic { found: String },

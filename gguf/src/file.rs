@@ -26,9 +26,9 @@ impl Mapping {
     /// the old inode.)
     pub unsafe fn new(file: &File, path: &Path) -> Result<Mapping, GgufError> {
         // SAFETY: the caller guarantees the file is not modified while mapped (see above).
-        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|source| GgufError::Map {
+        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|error| GgufError::Map {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Ok(Mapping {
             map,
@@ -67,9 +67,9 @@ impl Gguf<Mapping> {
     /// Opens, maps and validates the GGUF file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|source| GgufError::Open {
+        let file = File::open(path).map_err(|error| GgufError::Open {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         // SAFETY: model files are installed read-only and Spillway never writes them; the
         // systemd unit mounts the model directory read-only, and model updates replace the

@@ -1,6 +1,7 @@
 //! Command-line interface: the argument types and one module per subcommand.
 
 mod bench;
+mod board;
 mod config;
 mod demo;
 mod inspect;
@@ -33,6 +34,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: take prompts over MQTT, answer with streamed tokens (until SIGTERM).
     Serve(serve::ServeArgs),
+    /// Show the board profile that applies here (detected or configured), the engine
+    /// settings it leads to, and the configured model's memory plan; exits 1 if the model
+    /// does not fit. `--list` shows every profile.
+    Board(board::BoardArgs),
     /// Print the commented default configuration, or check a configuration file.
     Config(config::ConfigArgs),
     /// See it work: embedded MQTT broker, a (synthesized) model, the service, one prompt
@@ -89,6 +94,7 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Board(args) => board::run(args),
         Command::Config(args) => config::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Kernels(args) => kernels::run(args),

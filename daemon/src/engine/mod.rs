@@ -100,6 +100,41 @@ pub enum EngineError {
     NoTokenizer,
 }
 
+/// The memory plan of `cfg` for the model at `cfg.model`, without loading it: the file is
+/// mapped and validated, nothing else is allocated. `spillway board` shows it; [`Engine::load`]
+/// checks it against the budget before allocating.
+pub fn plan(cfg: &EngineConfig) -> Result<MemoryPlan, EngineError> {
+    let file = Arc::new(GgufFile::open(&cfg.model)?);
+    let weights = ModelWeights::new(Arc::clone(&file))?;
+    Ok(plan_for(cfg, &file, &weights))
+}
+
+fn plan_for(cfg: &EngineConfig, file: &GgufFile, weights: &ModelWeights) -> MemoryPlan {
+    let mc = &weights.config;
+    let context = cfg.context.min(mc.context_length as usize);
+    let estimate = MemoryEstimate::new(mc, weights.bytes());
+    let alt = match cfg.kv_type {
+        KvType::F16 => KvType::Q8_0,
+        KvType::Q8_0 => KvType::F16,
+    };
+    let vocab_len = file
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .map_or(0, |a| a.len());
+    MemoryPlan {
+        weights: weights.bytes(),
+        kv_type: cfg.kv_type,
+        context,
+        kv_per_token: estimate.kv_bytes_per_token(cfg.kv_type),
+        sessions: cfg.sessions,
+        scratch: Forward::estimate_bytes(weights, context, cfg.batch, false, cfg.threads) as u64,
+        tokenizer: plan::tokenizer_estimate(file.data_offset(), vocab_len),
+        runtime: plan::RUNTIME_ALLOWANCE,
+        budget: cfg.ram_budget,
+        kv_per_token_alt: (alt, estimate.kv_bytes_per_token(alt)),
+    }
+}
+
 /// How loading went.
 #[derive(Clone, Debug)]
 pub struct LoadReport {
@@ -217,28 +252,7 @@ impl Engine {
         let weights = ModelWeights::new(Arc::clone(&file))?;
         let mc = &weights.config;
         let context = cfg.context.min(mc.context_length as usize);
-        let estimate = MemoryEstimate::new(mc, weights.bytes());
-        let alt = match cfg.kv_type {
-            KvType::F16 => KvType::Q8_0,
-            KvType::Q8_0 => KvType::F16,
-        };
-        let vocab_len = file
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.as_array())
-            .map_or(0, |a| a.len());
-        let plan = MemoryPlan {
-            weights: weights.bytes(),
-            kv_type: cfg.kv_type,
-            context,
-            kv_per_token: estimate.kv_bytes_per_token(cfg.kv_type),
-            sessions: cfg.sessions,
-            scratch: Forward::estimate_bytes(&weights, context, cfg.batch, false, cfg.threads)
-                as u64,
-            tokenizer: plan::tokenizer_estimate(file.data_offset(), vocab_len),
-            runtime: plan::RUNTIME_ALLOWANCE,
-            budget: cfg.ram_budget,
-            kv_per_token_alt: (alt, estimate.kv_bytes_per_token(alt)),
-        };
+        let plan = plan_for(cfg, &file, &weights);
         plan.check()?;
 
         // Within budget: now allocate.

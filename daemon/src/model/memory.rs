@@ -18,6 +18,15 @@ impl KvType {
         }
     }
 
+    /// The type called `name` (`f16` or `q8_0`).
+    pub fn from_name(name: &str) -> Option<KvType> {
+        match name {
+            "f16" => Some(KvType::F16),
+            "q8_0" => Some(KvType::Q8_0),
+            _ => None,
+        }
+    }
+
     /// Bytes for `n` values (`n` a multiple of 32 for Q8_0: 34 bytes per 32).
     pub fn bytes_for(self, n: u64) -> u64 {
         match self {

@@ -35,6 +35,12 @@ pub(crate) fn read_text(path: &Path) -> Option<String> {
 
 /// Reads a whole file of at most [`MAX_FILE_BYTES`] as bytes (see [`read_text`]).
 pub(crate) fn read_bytes(path: &Path) -> Option<Vec<u8>> {
+    read_bytes_max(path, MAX_FILE_BYTES)
+}
+
+/// [`read_bytes`] with another limit, for the few files that grow with the machine
+/// (`/proc/cpuinfo`).
+pub(crate) fn read_bytes_max(path: &Path, max_bytes: u64) -> Option<Vec<u8>> {
     // O_NONBLOCK: opening a FIFO planted in the tree would otherwise block until a writer
     // appears, stalling the sampler for good. It changes nothing for regular files.
     let file = match OpenOptions::new()
@@ -66,15 +72,15 @@ pub(crate) fn read_bytes(path: &Path) -> Option<Vec<u8>> {
     // One byte past the limit tells "exactly at the limit" from "too large". sysfs and
     // procfs report a size of 4096 or 0 whatever the contents, so the size in the metadata
     // is no guide.
-    if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf) {
+    if let Err(e) = file.take(max_bytes + 1).read_to_end(&mut buf) {
         // sysfs attributes report driver errors here (EIO, EINVAL, ENODATA from a sensor
         // that is powered down or not ready).
         tracing::debug!("monitor: cannot read {}: {e}", path.display());
         return None;
     }
-    if buf.len() as u64 > MAX_FILE_BYTES {
+    if buf.len() as u64 > max_bytes {
         tracing::debug!(
-            "monitor: {} is larger than {MAX_FILE_BYTES} bytes; ignored",
+            "monitor: {} is larger than {max_bytes} bytes; ignored",
             path.display()
         );
         return None;

@@ -1,8 +1,8 @@
 //! The resource monitor: what the overflow router knows about the board's state. It owns
 //! sampling the SoC temperature, throttling, memory, pressure stall information and the
 //! service's cgroup memory limits from `/sys` and `/proc`, publishing the latest
-//! [`Snapshot`] through a `tokio::sync::watch` channel, and the [board profiles](board)
-//! that say which thermal zone to trust and where the temperature limits lie.
+//! [`Snapshot`] through a `tokio::sync::watch` channel. Which thermal zone to trust comes
+//! from the [board profile](crate::board).
 //!
 //! Every path is read relative to a root directory (`/` on a real system), so tests drive
 //! the monitor with a fake `/sys` and `/proc` tree. What those files contain is outside
@@ -21,9 +21,8 @@
 //! I2C or a firmware mailbox can take milliseconds), and the thread keeps them off the
 //! runtime's workers.
 
-pub mod board;
-mod fsread;
-mod memory;
+pub(crate) mod fsread;
+pub(crate) mod memory;
 mod psi;
 mod thermal;
 
@@ -35,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-pub use board::{BoardError, BoardProfile, DeviceTree, Threshold};
+use crate::board::BoardProfile;
 pub use memory::{CgroupMemory, Limit};
 pub use psi::{Pressure, PsiLine};
 pub use thermal::{FreqCap, PiThrottled};

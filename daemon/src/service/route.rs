@@ -64,7 +64,7 @@ impl Router {
     /// model's memory plan.
     pub fn new(v: &Validated, engine: &Engine) -> Result<Router, RouterSetupError> {
         let r = &v.config.router;
-        let sampler = Sampler::new(r.fs_root.clone(), v.board.clone());
+        let sampler = Sampler::new(r.fs_root.clone(), v.board.profile.clone());
         let monitor = Monitor::start(sampler, Duration::from_millis(r.sample_ms))?;
         let plan = engine.plan();
         // Everything but the KV cache is committed whatever runs; the KV slots are
@@ -111,7 +111,7 @@ impl Router {
         tracing::info!(
             "routing: board profile {}, soft {:.0}/{:.0} °C, hard {:.0}/{:.0} °C (enter/exit), \
              cloud routes: {}",
-            v.board.name,
+            v.board.profile.name,
             v.thermal.soft_enter_c,
             v.thermal.soft_exit_c,
             v.thermal.hard_enter_c,
