@@ -38,8 +38,9 @@ pub struct ServeArgs {
     /// and containers).
     #[arg(long, value_name = "DIR")]
     fs_root: Option<PathBuf>,
-    /// Board profile: auto, raspberry-pi-4, raspberry-pi-5, rk3588, jetson-orin, generic
-    /// (router.board).
+    /// Board profile: auto, a family (raspberry-pi-4, raspberry-pi-5, rk3588, jetson-orin,
+    /// generic) or a RAM variant such as raspberry-pi-5-8gb (router.board; see `spillway
+    /// board --list`).
     #[arg(long, value_name = "NAME")]
     board: Option<String>,
     /// Spill over HTTPS to this OpenAI-compatible router (default
@@ -102,6 +103,23 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         v.broker.port,
         v.topics.request
     );
+    let board = &v.board;
+    tracing::info!(
+        "board {} ({}; {}); RAM budget {}",
+        board.profile.name,
+        board.family_reason,
+        board.variant_reason,
+        v.budget_source
+    );
+    let missing = board.profile.missing_features(&v.host);
+    if !missing.is_empty() {
+        tracing::warn!(
+            "this CPU lacks {} that the {} profile expects: slower kernels, or the wrong \
+             profile (router.board)",
+            missing.join(" "),
+            board.profile.family
+        );
+    }
     let notify = Notifier::from_env();
     if notify.enabled() {
         tracing::debug!(
