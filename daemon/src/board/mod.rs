@@ -102,9 +102,10 @@ pub struct ThermalProfile {
     /// Empty: the hottest of all zones.
     #[serde(default)]
     pub zones: Vec<String>,
-    /// Above this, local generation sheds heat (fewer threads).
+    /// Above this, requests that may leave spill to the cloud when a route is up, and
+    /// local generation runs on fewer threads to shed heat.
     pub soft: Threshold,
-    /// Above this, requests that may leave the board spill to the cloud.
+    /// Above this, nothing new starts on the board: requests spill or wait.
     pub hard: Threshold,
 }
 
