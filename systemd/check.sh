@@ -2,8 +2,10 @@
 # Checks the systemd unit the way CI does:
 #   1. `systemd-analyze verify` on a temporary copy whose ExecStart= points at the built
 #      binary (the installed /usr/bin/spillway need not exist here);
-#   2. spillway.sysusers creates the user, in a throwaway root (when systemd-sysusers exists);
-#   3. `systemd-analyze security --offline=true`: the overall exposure must be 1.5 or lower.
+#   2. spillway.sysusers creates the user and spillway.tmpfiles the directories with their
+#      owners and modes, in a throwaway root (when systemd-sysusers exists);
+#   3. the unit with the Jetson Orin drop-in (jetson-orin.conf) verifies cleanly too;
+#   4. `systemd-analyze security --offline=true`: the overall exposure must be 1.5 or lower.
 # The binary: $SPILLWAY_BIN, else target/release/spillway (built if missing).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -52,7 +54,34 @@ if command -v systemd-sysusers >/dev/null; then
         exit 1
     }
     echo "ok"
+
+    echo "== systemd-tmpfiles --create spillway.tmpfiles (same root)"
+    install -D -m 0644 "$here/spillway.tmpfiles" "$tmp/root/usr/lib/tmpfiles.d/spillway.conf"
+    systemd-tmpfiles --root="$tmp/root" --create spillway.conf
+    uid="$(sed -n 's/^spillway:[^:]*:\([0-9]*\):.*/\1/p' "$tmp/root/etc/passwd")"
+    for want in "var/lib/spillway 750 $uid:$uid" "var/lib/spillway/models 750 $uid:$uid" \
+        "etc/spillway 750 0:$uid"; do
+        got="$(stat -c "%n %a %u:%g" "$tmp/root/${want%% *}")"
+        [ "$got" = "$tmp/root/$want" ] || {
+            echo "spillway.tmpfiles: got $got, want $want" >&2
+            exit 1
+        }
+    done
+    echo "ok"
 fi
+
+echo "== systemd-analyze verify with the Jetson Orin drop-in (jetson-orin.conf)"
+mkdir -p "$tmp/spillway.service.d"
+cp "$here/jetson-orin.conf" "$tmp/spillway.service.d/"
+out="$(systemd-analyze verify "$tmp/spillway.service" 2>&1)"
+if grep . <<<"$out"; then
+    echo "the drop-in has problems (above)" >&2
+    exit 1
+fi
+jetson_exposure="$(cd "$tmp" && systemd-analyze security --offline=true --no-pager ./spillway.service |
+    sed -n 's/.*Overall exposure level for spillway\.service: \([0-9.]*\).*/\1/p')"
+echo "ok (exposure with the drop-in: $jetson_exposure)"
+rm -rf "$tmp/spillway.service.d"
 
 echo "== systemd-analyze security --offline=true spillway.service"
 report="$(cd "$here" && systemd-analyze security --offline=true --no-pager ./spillway.service)"
