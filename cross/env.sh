@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Environment for building and running aarch64 artefacts on an x86_64 Debian 12 host with
 # Debian's rustc-web/cargo-web 1.96 and qemu-user (see cross/README.md). Source it.
 #
