@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run installs the prerequisites, then runs
 # this): formatting, clippy with warnings denied (x86_64 and aarch64), every native test
-# (unit, property, golden, end-to-end), then the kernel suite on aarch64 under qemu-user as a
-# Cortex-A53 (NEON) and a Cortex-A76 (NEON + dot product).
+# (unit, property, golden, end-to-end), the systemd unit, the .deb packages (built, checked,
+# the amd64 one installed and purged: needs root or passwordless sudo, else skipped), then the
+# kernel and engine suites on aarch64 under qemu-user as a Cortex-A53 (NEON) and a Cortex-A76
+# (NEON + dot product).
 #
 # Prerequisites on Debian 12: rustup's stable toolchain, `sudo cross/install-deps.sh`,
 # `pip install gguf` (llama.cpp's reference reader, for comparisons), and ../shared/fixtures
@@ -13,7 +15,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 step() { printf '\n==== %s\n' "$*"; }
 
 missing=()
-for tool in /usr/bin/cargo /usr/bin/rustc qemu-aarch64 aarch64-linux-gnu-gcc python3 mosquitto openssl; do
+for tool in /usr/bin/cargo /usr/bin/rustc qemu-aarch64 aarch64-linux-gnu-gcc python3 mosquitto openssl \
+    dpkg-deb readelf; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 [ -d ../shared/fixtures ] || [ -n "${SPILLWAY_FIXTURES:-}" ] || missing+=("../shared/fixtures")
@@ -45,13 +48,17 @@ step "cargo clippy (aarch64, warnings denied)"
 )
 
 if command -v systemd-analyze >/dev/null; then
-    step "systemd unit (verify, sysusers, security exposure <= 1.5)"
+    step "systemd unit (verify, sysusers, tmpfiles, Jetson drop-in, security exposure <= 1.5)"
     systemd/check.sh
 else
     step "systemd unit: skipped (no systemd-analyze; apt-get install systemd)"
 fi
 
-step "kernel tests on aarch64 under qemu (cortex-a53: neon, cortex-a76: dotprod)"
+step "Debian packages (amd64, arm64): build, check, install and purge the amd64 one"
+cross/package-deb.sh all
+cross/check-deb.sh all
+
+step "kernel and engine tests on aarch64 under qemu (cortex-a53: neon, cortex-a76: dotprod)"
 cross/test-aarch64.sh
 
 step "all tests passed"
