@@ -4,7 +4,9 @@
 #
 # Usage: cross/build-aarch64.sh [extra cargo build args]
 # The binary: target/cross/aarch64-unknown-linux-gnu/release/spillway (what the arm64 .deb
-# ships). Prerequisites: sudo cross/install-deps.sh.
+# ships). SPILLWAY_PROFILE=ci builds with the tests' profile instead (target/cross/.../ci/):
+# the same code without fat LTO, which is what CI packs and checks. Prerequisites: sudo
+# cross/install-deps.sh.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
@@ -12,10 +14,11 @@ cd "$here/.."
 source "$here/env.sh"
 
 target=aarch64-unknown-linux-gnu
-echo "== building spillway (release) for $target with $("$SPILLWAY_CROSS_CARGO" --version)"
-"$SPILLWAY_CROSS_CARGO" build --release --locked --target "$target" -p spillway --bin spillway "$@"
+profile="${SPILLWAY_PROFILE:-release}"
+echo "== building spillway ($profile profile) for $target with $("$SPILLWAY_CROSS_CARGO" --version)"
+"$SPILLWAY_CROSS_CARGO" build --profile "$profile" --locked --target "$target" -p spillway --bin spillway "$@"
 
-bin="$CARGO_TARGET_DIR/$target/release/spillway"
+bin="$CARGO_TARGET_DIR/$target/$(profile_dir "$profile")/spillway"
 [ -x "$bin" ] || {
     echo "no binary at $bin" >&2
     exit 1

@@ -15,3 +15,12 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 # Keep cross artefacts apart from the native ones (different rustc, different cache).
 export CARGO_TARGET_DIR="${SPILLWAY_CROSS_TARGET_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/cross}"
+
+# The directory cargo puts a profile's artefacts in: `dev` (and `test`) build into `debug`,
+# every other profile into its own name.
+profile_dir() {
+    case "$1" in
+    dev | test) echo debug ;;
+    *) echo "$1" ;;
+    esac
+}

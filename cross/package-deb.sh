@@ -5,7 +5,8 @@
 #
 # amd64 ships the native release binary (target/release/spillway, built here with the
 # rustup toolchain); arm64 ships the cross-built one (cross/build-aarch64.sh, Debian's
-# toolchain). Output: target/deb/spillway_<version>_<arch>.deb, the version being the
+# toolchain). SPILLWAY_PROFILE=ci packs binaries built with the tests' profile instead (the
+# same code without fat LTO: what CI checks, sparing it two whole-program links). Output: target/deb/spillway_<version>_<arch>.deb, the version being the
 # workspace's (Cargo.toml). cross/check-deb.sh checks and installs them.
 #
 # Depends: is computed from the binary: each libc6/libgcc-s1 symbol version it imports
@@ -13,8 +14,9 @@
 # (/var/lib/dpkg/info/<pkg>:<arch>.symbols, as dpkg-shlibdeps does), and the highest
 # minimum version wins.
 #
-# Environment: SPILLWAY_DEB_MAINTAINER (the Maintainer: field), SOURCE_DATE_EPOCH (file
-# times; default: the last commit's time).
+# Environment: SPILLWAY_PROFILE (above), SPILLWAY_DEB_MAINTAINER (the Maintainer: field),
+# SOURCE_DATE_EPOCH (file times; default: the last commit's time). The same sources give
+# byte-identical packages.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
@@ -46,21 +48,26 @@ if [ -z "$cargo_version" ] || [ -z "$homepage" ]; then
 fi
 # SemVer pre-releases sort before the release in Debian only with a tilde: 1.0.0-rc.1 -> 1.0.0~rc.1.
 version="${cargo_version/-/\~}"
-export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
+# File times of the packages (reproducible builds). Not exported: cc-rs makes build scripts
+# (ring's, psm's) rerun when SOURCE_DATE_EPOCH changes, which would rebuild the binaries.
+epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
 out="$root/target/deb"
 mkdir -p "$out"
+
+profile="${SPILLWAY_PROFILE:-release}"
 
 # Builds the binary for $1 and prints its path.
 build_binary() {
     case "$1" in
     amd64)
-        cargo build --release --locked -p spillway --bin spillway >&2
-        echo "$root/target/release/spillway"
+        cargo build --profile "$profile" --locked -p spillway --bin spillway >&2
+        # shellcheck source=cross/env.sh
+        (source "$here/env.sh" && echo "$root/target/$(profile_dir "$profile")/spillway")
         ;;
     arm64)
-        "$here/build-aarch64.sh" >&2
+        SPILLWAY_PROFILE="$profile" "$here/build-aarch64.sh" >&2
         # shellcheck source=cross/env.sh
-        (source "$here/env.sh" && echo "$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release/spillway")
+        (source "$here/env.sh" && echo "$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/$(profile_dir "$profile")/spillway")
         ;;
     esac
 }
@@ -162,7 +169,7 @@ package() {
         echo
         echo "  * Release $version, built from commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)."
         echo
-        echo " -- $maintainer  $(date -u -R -d "@$SOURCE_DATE_EPOCH")"
+        echo " -- $maintainer  $(date -u -R -d "@$epoch")"
     } | gzip -9 -n >"$doc/changelog.Debian.gz"
     chmod 0644 "$doc/changelog.Debian.gz"
 
@@ -194,9 +201,9 @@ EOF
     (cd "$pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z |
         xargs -0 md5sum) >"$pkg/DEBIAN/md5sums"
     chmod 0644 "$pkg/DEBIAN/control" "$pkg/DEBIAN/conffiles" "$pkg/DEBIAN/md5sums"
-    find "$pkg" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+    find "$pkg" -exec touch -h -d "@$epoch" {} +
 
-    dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >/dev/null
+    SOURCE_DATE_EPOCH="$epoch" dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >/dev/null
     rm -rf "$pkg"
     echo "$deb ($(stat -c %s "$deb") bytes)"
 }

@@ -13,7 +13,7 @@
 #     costs a second optimised compile of the whole crate (5 CPU-minutes), so CI skips them.
 # None of these run the `spillway` binary (the end-to-end tests in tests/ do, natively).
 # The same tests run natively; here case counts are trimmed because emulation is 10-50x
-# slower. Built with the `qemu` profile (Cargo.toml): release code without the release
+# slower. Built with the `ci` profile (Cargo.toml): release code without the release
 # profile's whole-program link of every test binary.
 #
 # Usage: cross/test-aarch64.sh [extra cargo test args, for both crates]
@@ -24,7 +24,7 @@ cd "$here/.."
 source "$here/env.sh"
 
 target=aarch64-unknown-linux-gnu
-profile=qemu
+profile=ci
 
 # Builds the tests that cargo selects with "$@" and prints "crate-dir<TAB>test-binary" for
 # each: cargo runs a test binary from its crate's directory, and so does this script.

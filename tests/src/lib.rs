@@ -34,15 +34,16 @@ pub fn fixtures() -> PathBuf {
     .expect("fixtures not found: set SPILLWAY_FIXTURES or put shared/ beside the checkout")
 }
 
-/// Path of the `spillway` binary, built (once per test process) with the same cargo and
-/// profile-independent release settings the README uses.
+/// Path of the `spillway` binary, built (once per test process) with the same cargo and the
+/// `ci` profile: the release build's code without its fat LTO, whose single-threaded
+/// whole-program link would cost the test run minutes (`Cargo.toml`).
 pub fn spillway_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(cargo)
             .current_dir(workspace_root())
-            .args(["build", "--release", "-p", "spillway", "--bin", "spillway"])
+            .args(["build", "--profile", "ci", "-p", "spillway", "--bin", "spillway"])
             .args(["--message-format=json-render-diagnostics"])
             .output()
             .expect("running cargo build");
