@@ -43,7 +43,8 @@ pub fn spillway_bin() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(cargo)
             .current_dir(workspace_root())
-            .args(["build", "--profile", "ci", "-p", "spillway", "--bin", "spillway"])
+            .args(["build", "--profile", "ci"])
+            .args(["-p", "spillway", "--bin", "spillway"])
             .args(["--message-format=json-render-diagnostics"])
             .output()
             .expect("running cargo build");
