@@ -15,19 +15,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 cd "$root"
 
-arches=()
-case "${1:-all}" in
-amd64 | arm64) arches=("$1") ;;
-all) arches=(amd64 arm64) ;;
-*)
-    echo "usage: $0 [amd64|arm64|all]" >&2
-    exit 2
-    ;;
-esac
+# shellcheck source=cross/deb/common.sh
+source "$here/deb/common.sh"
 
-cargo_version="$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"$/\1/p' Cargo.toml)"
-version="${cargo_version/-/\~}"
-homepage="$(sed -n 's/^repository = "\(.*\)"$/\1/p' Cargo.toml | head -n1)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 

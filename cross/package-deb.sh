@@ -6,8 +6,9 @@
 # amd64 ships the native release binary (target/release/spillway, built here with the
 # rustup toolchain); arm64 ships the cross-built one (cross/build-aarch64.sh, Debian's
 # toolchain). SPILLWAY_PROFILE=ci packs binaries built with the tests' profile instead (the
-# same code without fat LTO: what CI checks, sparing it two whole-program links). Output: target/deb/spillway_<version>_<arch>.deb, the version being the
-# workspace's (Cargo.toml). cross/check-deb.sh checks and installs them.
+# same code without fat LTO: what CI checks, sparing it two whole-program links).
+# Output: target/deb/spillway_<version>_<arch>.deb, the version being the workspace's
+# (Cargo.toml). cross/check-deb.sh checks and installs them.
 #
 # Depends: is computed from the binary: each libc6/libgcc-s1 symbol version it imports
 # (readelf --dyn-syms) is looked up in that package's symbols file for the architecture
@@ -22,15 +23,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 cd "$root"
 
-arches=()
-case "${1:-all}" in
-amd64 | arm64) arches=("$1") ;;
-all) arches=(amd64 arm64) ;;
-*)
-    echo "usage: $0 [amd64|arm64|all]" >&2
-    exit 2
-    ;;
-esac
+# shellcheck source=cross/deb/common.sh
+source "$here/deb/common.sh"
 
 for tool in dpkg-deb readelf python3 gzip; do
     command -v "$tool" >/dev/null || {
@@ -40,14 +34,6 @@ for tool in dpkg-deb readelf python3 gzip; do
 done
 
 maintainer="${SPILLWAY_DEB_MAINTAINER:-The Spillway developers <maintainers@spillway.invalid>}"
-homepage="$(sed -n 's/^repository = "\(.*\)"$/\1/p' Cargo.toml | head -n1)"
-cargo_version="$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"$/\1/p' Cargo.toml)"
-if [ -z "$cargo_version" ] || [ -z "$homepage" ]; then
-    echo "cannot read version/repository from [workspace.package] in Cargo.toml" >&2
-    exit 1
-fi
-# SemVer pre-releases sort before the release in Debian only with a tilde: 1.0.0-rc.1 -> 1.0.0~rc.1.
-version="${cargo_version/-/\~}"
 # File times of the packages (reproducible builds). Not exported: cc-rs makes build scripts
 # (ring's, psm's) rerun when SOURCE_DATE_EPOCH changes, which would rebuild the binaries.
 epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
