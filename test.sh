@@ -49,19 +49,22 @@ step "cargo clippy (aarch64, warnings denied)"
 
 if command -v systemd-analyze >/dev/null; then
     step "systemd unit (verify, sysusers, tmpfiles, Jetson drop-in, security exposure <= 1.5)"
-    SPILLWAY_BIN=target/ci/spillway systemd/check.sh
+    SPILLWAY_BIN="$PWD/target/debug/spillway" systemd/check.sh
 else
     step "systemd unit: skipped (no systemd-analyze; apt-get install systemd)"
 fi
 
-# The packages carry binaries of the `ci` profile (the end-to-end tests' amd64 one, and an
-# aarch64 one that shares its dependencies with the qemu tests): the release profile's two
-# fat-LTO links would add a quarter of an hour and test nothing the packaging checks.
-step "Debian packages (amd64, arm64): build, check, install and purge the amd64 one"
-SPILLWAY_PROFILE=ci cross/package-deb.sh all
-cross/check-deb.sh all
-
 step "kernel and engine tests on aarch64 under qemu (cortex-a53: neon, cortex-a76: dotprod)"
 cross/test-aarch64.sh
+
+# The packages carry the binaries the tests built: the native one (`test` profile, what the
+# end-to-end tests ran) and the aarch64 one cargo built beside the engine tests (`ci`
+# profile). Building the release profile here would compile everything twice more and end
+# in two fat-LTO links, a quarter of an hour that tests nothing the packaging checks.
+step "Debian packages (amd64, arm64): build, check, install and purge the amd64 one"
+SPILLWAY_DEB_BIN_AMD64=target/debug/spillway \
+    SPILLWAY_DEB_BIN_ARM64=target/cross/aarch64-unknown-linux-gnu/ci/spillway \
+    cross/package-deb.sh all
+cross/check-deb.sh all
 
 step "all tests passed"

@@ -5,8 +5,10 @@
 #
 # amd64 ships the native release binary (target/release/spillway, built here with the
 # rustup toolchain); arm64 ships the cross-built one (cross/build-aarch64.sh, Debian's
-# toolchain). SPILLWAY_PROFILE=ci packs binaries built with the tests' profile instead (the
-# same code without fat LTO: what CI checks, sparing it two whole-program links).
+# toolchain). SPILLWAY_PROFILE=<cargo profile> builds another profile instead, and
+# SPILLWAY_DEB_BIN_AMD64 / SPILLWAY_DEB_BIN_ARM64 name an already built binary to pack: CI
+# packs the ones its tests built (the same code without fat LTO), sparing it two more
+# builds that end in whole-program links.
 # Output: target/deb/spillway_<version>_<arch>.deb, the version being the workspace's
 # (Cargo.toml). cross/check-deb.sh checks and installs them.
 #
@@ -26,9 +28,9 @@ cd "$root"
 # shellcheck source=cross/deb/common.sh
 source "$here/deb/common.sh"
 
-for tool in dpkg-deb readelf python3 gzip; do
+for tool in dpkg-deb readelf strip aarch64-linux-gnu-strip python3 gzip; do
     command -v "$tool" >/dev/null || {
-        echo "$tool not found (apt-get install dpkg binutils python3 gzip)" >&2
+        echo "$tool not found (apt-get install dpkg binutils binutils-aarch64-linux-gnu python3 gzip)" >&2
         exit 2
     }
 done
@@ -40,10 +42,19 @@ epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
 out="$root/target/deb"
 mkdir -p "$out"
 
-profile="${SPILLWAY_PROFILE:-release}"
-
-# Builds the binary for $1 and prints its path.
+# Builds the binary for $1 (or takes $SPILLWAY_DEB_BIN_<ARCH>) and prints its path.
 build_binary() {
+    local prebuilt="SPILLWAY_DEB_BIN_${1^^}"
+    local profile="${SPILLWAY_PROFILE:-release}"
+    if [ -n "${!prebuilt:-}" ]; then
+        [ -x "${!prebuilt}" ] || {
+            echo "$prebuilt=${!prebuilt}: not an executable file" >&2
+            return 1
+        }
+        echo "using the prebuilt ${!prebuilt}" >&2
+        realpath "${!prebuilt}"
+        return
+    fi
     case "$1" in
     amd64)
         cargo build --profile "$profile" --locked -p spillway --bin spillway >&2
@@ -55,6 +66,14 @@ build_binary() {
         # shellcheck source=cross/env.sh
         (source "$here/env.sh" && echo "$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/$(profile_dir "$profile")/spillway")
         ;;
+    esac
+}
+
+# The strip that understands binaries of Debian architecture $1.
+strip_tool() {
+    case "$1" in
+    amd64) echo strip ;;
+    arm64) echo aarch64-linux-gnu-strip ;;
     esac
 }
 
@@ -137,6 +156,9 @@ package() {
     echo "== packaging spillway $version for $arch from $bin"
 
     install -D -m 0755 "$bin" "$pkg/usr/bin/spillway"
+    # As dh_strip does: no symbols or debug information in the package (a no-op on the
+    # release profile's binary, which is stripped already).
+    "$(strip_tool "$arch")" --strip-all "$pkg/usr/bin/spillway"
     install -D -m 0644 systemd/spillway.service "$pkg/usr/lib/systemd/system/spillway.service"
     install -D -m 0644 systemd/spillway.sysusers "$pkg/usr/lib/sysusers.d/spillway.conf"
     install -D -m 0644 systemd/spillway.tmpfiles "$pkg/usr/lib/tmpfiles.d/spillway.conf"

@@ -35,15 +35,16 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// Path of the `spillway` binary, built (once per test process) with the same cargo and the
-/// `ci` profile: the release build's code without its fat LTO, whose single-threaded
-/// whole-program link would cost the test run minutes (`Cargo.toml`).
+/// `test` profile: optimised, with debug assertions and overflow checks on, and built from
+/// the dependencies `cargo test` has just compiled (a `release` build would compile them
+/// all again and end in a fat-LTO link: minutes on a 2-core machine).
 pub fn spillway_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(cargo)
             .current_dir(workspace_root())
-            .args(["build", "--profile", "ci"])
+            .args(["build", "--profile", "test"])
             .args(["-p", "spillway", "--bin", "spillway"])
             .args(["--message-format=json-render-diagnostics"])
             .output()
