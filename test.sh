@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run installs the prerequisites, then runs
 # this): formatting, clippy with warnings denied (x86_64 and aarch64), every native test
-# (unit, property, golden, end-to-end), the systemd unit, the .deb packages (built, checked,
-# the amd64 one installed and purged: needs root or passwordless sudo, else skipped), then the
-# kernel and engine suites on aarch64 under qemu-user as a Cortex-A53 (NEON) and a Cortex-A76
-# (NEON + dot product).
+# (unit, property, golden, end-to-end), the systemd unit, the kernel and engine suites on
+# aarch64 under qemu-user as a Cortex-A53 (NEON) and a Cortex-A76 (NEON + dot product), then
+# the .deb packages of the binaries those tests built (checked, the amd64 one installed and
+# purged: needs root or passwordless sudo, else skipped).
 #
 # Prerequisites on Debian 12: rustup's stable toolchain, `sudo cross/install-deps.sh`,
 # `pip install gguf` (llama.cpp's reference reader, for comparisons), and ../shared/fixtures
@@ -63,7 +63,7 @@ cross/test-aarch64.sh
 # in two fat-LTO links, a quarter of an hour that tests nothing the packaging checks.
 step "Debian packages (amd64, arm64): build, check, install and purge the amd64 one"
 SPILLWAY_DEB_BIN_AMD64=target/debug/spillway \
-    SPILLWAY_DEB_BIN_ARM64=target/cross/aarch64-unknown-linux-gnu/ci/spillway \
+    SPILLWAY_DEB_BIN_ARM64="$(source cross/env.sh && echo "$CARGO_TARGET_DIR")/aarch64-unknown-linux-gnu/ci/spillway" \
     cross/package-deb.sh all
 cross/check-deb.sh all
 

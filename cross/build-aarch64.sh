@@ -4,9 +4,9 @@
 #
 # Usage: cross/build-aarch64.sh [extra cargo build args]
 # The binary: target/cross/aarch64-unknown-linux-gnu/release/spillway (what the arm64 .deb
-# ships). SPILLWAY_PROFILE=ci builds with the tests' profile instead (target/cross/.../ci/):
-# the same code without fat LTO, which is what CI packs and checks. Prerequisites: sudo
-# cross/install-deps.sh.
+# ships). SPILLWAY_PROFILE=<profile> builds another cargo profile, in
+# target/cross/aarch64-unknown-linux-gnu/<profile>/: `ci`, for example, is the qemu tests'
+# profile, the same code without fat LTO. Prerequisites: sudo cross/install-deps.sh.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."

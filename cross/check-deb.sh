@@ -127,10 +127,7 @@ check_package() {
     gzip -t "$tmp/$arch/root/usr/share/doc/spillway/changelog.Debian.gz"
     local machine
     machine="$(readelf -h "$tmp/$arch/root/usr/bin/spillway" | sed -n 's/^ *Machine: *//p')"
-    case "$arch:$machine" in
-    amd64:"Advanced Micro Devices X86-64" | arm64:AArch64) ;;
-    *) fail "the $arch package holds a $machine binary" ;;
-    esac
+    [ "$machine" = "$(elf_machine "$arch")" ] || fail "the $arch package holds a $machine binary"
 
     # Depends: as dpkg-shlibdeps (dpkg-dev) would compute it, when it is installed.
     if command -v dpkg-shlibdeps >/dev/null; then

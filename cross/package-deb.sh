@@ -77,14 +77,6 @@ strip_tool() {
     esac
 }
 
-# The e_machine a binary for Debian architecture $1 must have (readelf -h).
-elf_machine() {
-    case "$1" in
-    amd64) echo "Advanced Micro Devices X86-64" ;;
-    arm64) echo "AArch64" ;;
-    esac
-}
-
 # Prints the Depends: field for binary $1 of Debian architecture $2.
 shlib_depends() {
     local bin="$1" arch="$2"
