@@ -145,8 +145,15 @@ pub struct ServiceSection {
     pub telemetry_secs: u64,
     /// Seconds SIGTERM waits for running work before cancelling it.
     pub shutdown_deadline_secs: u64,
-    /// Request ids remembered to recognise redeliveries.
-    pub dedup_window: usize,
+    /// Where the request journal lives (empty: see [`Config::state_dir`]).
+    pub state_dir: PathBuf,
+    /// Successful final replies kept to answer a resent request again (its idempotency
+    /// key: id, reply address, correlation data). `dedup_window` is its old name.
+    #[serde(alias = "dedup_window")]
+    pub reply_cache: usize,
+    /// Requests on their way to a cloud route at once, at most; beyond it they are served
+    /// here or answered `busy`.
+    pub max_cloud_inflight: usize,
     /// "edge" (a board: serves its own topic, spills when it must) or "worker" (a bigger
     /// machine serving a fleet's spill-over from the cloud broker's shared request topic;
     /// `mqtt.shared_group` defaults to "workers").
@@ -258,7 +265,9 @@ impl Default for ServiceSection {
             max_tokens_limit: 4096,
             telemetry_secs: 30,
             shutdown_deadline_secs: 20,
-            dedup_window: 1024,
+            state_dir: PathBuf::new(),
+            reply_cache: 1024,
+            max_cloud_inflight: 32,
             role: "edge".into(),
         }
     }
@@ -385,6 +394,8 @@ pub struct Validated {
     pub upstream: Option<BrokerAddr>,
     /// Its password, from `upstream.password_file`.
     pub upstream_password: Option<secrecy::SecretString>,
+    /// Where the request journal lives ([`Config::state_dir`]).
+    pub state_dir: PathBuf,
 }
 
 /// Command-line overrides for the common settings.
@@ -396,6 +407,7 @@ pub struct Overrides {
     pub threads: Option<usize>,
     pub ram_budget: Option<String>,
     pub queue: Option<usize>,
+    pub state_dir: Option<PathBuf>,
     pub fs_root: Option<PathBuf>,
     pub board: Option<String>,
     pub cloud_base_url: Option<String>,
@@ -505,6 +517,9 @@ impl Config {
         if let Some(v) = o.queue {
             self.service.queue = v;
         }
+        if let Some(v) = &o.state_dir {
+            self.service.state_dir = v.clone();
+        }
         if let Some(v) = &o.fs_root {
             self.router.fs_root = v.clone();
         }
@@ -521,6 +536,35 @@ impl Config {
         }
         if cloud_flag && !self.router.cloud_routes.iter().any(|r| r == "https") {
             self.router.cloud_routes.insert(0, "https".into());
+        }
+    }
+
+    /// Where the request journal lives: `service.state_dir`; else systemd's
+    /// `$STATE_DIRECTORY` (the unit's `StateDirectory=spillway`); else `/var/lib/spillway`
+    /// for root; else `$XDG_STATE_HOME/spillway` or `~/.local/state/spillway`.
+    pub fn state_dir(&self) -> PathBuf {
+        if !self.service.state_dir.as_os_str().is_empty() {
+            return self.service.state_dir.clone();
+        }
+        // systemd passes one path per StateDirectory= entry, separated by colons.
+        if let Some(dir) = std::env::var_os("STATE_DIRECTORY")
+            .and_then(|d| {
+                d.to_str()
+                    .and_then(|d| d.split(':').next())
+                    .map(PathBuf::from)
+            })
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            return dir;
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return PathBuf::from("/var/lib/spillway");
+        }
+        match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
+            (Some(x), _) if !x.is_empty() => PathBuf::from(x).join("spillway"),
+            (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".local/state/spillway"),
+            _ => PathBuf::from("/var/lib/spillway"),
         }
     }
 
@@ -723,10 +767,16 @@ impl Config {
                 "must be at least 1 and at most service.max_tokens_limit",
             ));
         }
-        if !(16..=1 << 20).contains(&c.service.dedup_window) {
+        if !(16..=1 << 20).contains(&c.service.reply_cache) {
             return Err(invalid(
-                "service.dedup_window",
+                "service.reply_cache",
                 "must be between 16 and 1048576",
+            ));
+        }
+        if !(1..=4096).contains(&c.service.max_cloud_inflight) {
+            return Err(invalid(
+                "service.max_cloud_inflight",
+                "must be between 1 and 4096",
             ));
         }
         if c.service.shutdown_deadline_secs > 3600 {
@@ -875,6 +925,7 @@ impl Config {
             memory_margin,
             upstream,
             upstream_password,
+            state_dir: self.state_dir(),
             config: self,
         })
     }

@@ -3,7 +3,8 @@
 //! short of memory or too busy. Prompts arrive over MQTT; answers stream back.
 //!
 //! This crate is the daemon and its command-line tools. The compute kernels live in
-//! [`spillway_kernels`]. Module map (see `docs/architecture.md` in the shared docs):
+//! [`spillway_kernels`]. Module map (`docs/architecture.md` in the repository draws the
+//! request path through them):
 //!
 //! - [`model`]: hyperparameters from GGUF metadata, validated against the tensors; memory
 //!   figures.
@@ -12,8 +13,13 @@
 //! - [`config`]: the TOML configuration, environment and flag overrides, validation.
 //! - [`engine`]: memory plan, session slots with prompt caching, sampling, the
 //!   generation loop with streaming and cancellation.
-//! - [`service`]: `spillway serve`, the MQTT front end (request schema, dedup, queue,
-//!   engine thread, replies, status and telemetry, shutdown).
+//! - [`service`]: `spillway serve`: the transport-neutral intake (validation,
+//!   idempotency, the durable request journal, admission), the local queue and engine
+//!   thread, the cloud spills, the reply sink, the MQTT front end and its connection
+//!   driver, status and telemetry, bounded shutdown.
+//! - [`router`]: the routing policy (a pure decision table with a thermal state machine).
+//! - [`cloud`]: the HTTPS forwarder (OpenAI-compatible, streaming), its health and the
+//!   cloud token.
 //! - [`monitor`]: readings of temperature and memory under a root directory.
 //! - [`synth`]: random-weight models with the real shapes, for tests and benchmarks.
 //! - [`tokenizer`]: Mistral's Tekken tokenizer (pre-tokenizer, BPE, streaming

@@ -21,8 +21,8 @@ use spillway::cloud::{
 };
 use spillway_e2e::TempDir;
 use spillway_e2e::fake_router::{
-    FakeRouter, Gate, Part, Reply, bare_stream, chunk_json, delta, done, finish, ok_stream, role,
-    status, stream, stream_error, usage,
+    Echo, FakeRouter, Gate, Part, Reply, bare_stream, chunk_json, delta, done, echo, finish,
+    json_escaped, ok_stream, percent_encoded, role, status, stream, stream_error, usage,
 };
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -805,4 +805,68 @@ async fn a_stream_cut_before_done_is_an_error_unless_finished() {
     );
     assert_eq!(router.requests().len(), 2);
     logs.assert_no_token(&[&err]);
+}
+
+/// Every echo mode of the fake router: the token, JSON-escaped, percent-encoded, in an error
+/// event or split across chunks, shows nowhere — not in the deltas, the answer, the error,
+/// the circuit's reasons or the logs — and `[redacted]` shows where it was.
+#[tokio::test]
+async fn whatever_the_router_echoes_the_token_shows_nowhere() {
+    let forms = [
+        TOKEN.to_string(),
+        json_escaped(TOKEN),
+        TOKEN.replace('_', "\\u005f"),
+        percent_encoded(TOKEN),
+        TOKEN.replace('_', "%5F"),
+        TOKEN[3..15].to_string(),
+    ];
+    let hidden = |what: &str, text: &str| {
+        for f in &forms {
+            assert!(!text.contains(f.as_str()), "{what}: {f:?} in {text}");
+        }
+    };
+    let cases = [
+        (Echo::SplitContent, "ok"),
+        (Echo::SseErrorEvent, "cloud_error"),
+        (Echo::StreamErrorAfterText, "cloud_error"),
+        (Echo::PercentEncoded { status: 503 }, "cloud_unavailable"),
+        (Echo::PercentEncoded { status: 400 }, "cloud_error"),
+        (Echo::JsonEscaped { status: 401 }, "cloud_unavailable"),
+        (Echo::JsonEscaped { status: 402 }, "cloud_unavailable"),
+    ];
+    for (how, want) in cases {
+        let (logs, router, mut s) = one_router(vec![echo(how)]);
+        s.config.retries = 0;
+        let client = s.client();
+        let (r, deltas) = run(&client).await;
+        let streamed = deltas.concat();
+        hidden("deltas", &streamed);
+        for d in &deltas {
+            hidden("a delta", d);
+        }
+        let shown = match r {
+            Ok(out) => {
+                assert_eq!(want, "ok", "{how:?}");
+                assert_eq!(out.text, "Your key is [redacted] and encoded [redacted].");
+                assert_eq!(out.text, streamed, "the answer is what was streamed");
+                out.text
+            }
+            Err(e) => {
+                assert_eq!(e.code(), want, "{how:?}: {e}");
+                hidden("the error", &format!("{e} {e:?} {e:#?}"));
+                e.to_string()
+            }
+        };
+        assert!(shown.contains("[redacted]"), "{how:?}: {shown}");
+        if let Err(why) = client.availability() {
+            hidden("availability", &why);
+        }
+        hidden(
+            "endpoint status",
+            &format!("{:?}", client.endpoint_status()),
+        );
+        hidden("logs", &logs.text());
+        assert_eq!(router.requests().len(), 1, "{how:?}");
+        assert_eq!(router.unused(), 0);
+    }
 }

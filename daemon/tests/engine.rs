@@ -1,7 +1,8 @@
 //! The engine's generation loop on the fixture models: greedy generation reproduces
 //! llama.cpp's continuations, a session's cached prefix gives the same tokens as a fresh
 //! evaluation, limits are errors (never silent truncation), cancellation stops between
-//! tokens, seeded sampling is reproducible, and an over-budget plan is refused.
+//! tokens, seeded sampling is reproducible, an over-budget plan is refused, and a cached
+//! prefix serves only its own session or client.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -120,6 +121,63 @@ fn a_cached_prefix_gives_the_same_tokens_as_a_fresh_evaluation() {
     let (again, done) = run(&mut warm, &follow_up);
     assert_eq!(done.cached_tokens, prompt.len() - 1);
     assert_eq!(again, cold_tokens);
+}
+
+/// Another client's prompt must not show through `cached_tokens`: the cache serves only
+/// the same session key or the same owner, and reusing it or not changes no output.
+#[test]
+fn a_cached_prefix_serves_only_its_own_client_or_session() {
+    let prompt = ids("tiny.ids.txt")[..60].to_vec();
+    let asked_by = |owner: Option<&str>, session: Option<&str>| GenerateRequest {
+        prompt: prompt.clone(),
+        owner: owner.map(str::to_string),
+        session: session.map(str::to_string),
+        max_tokens: Some(8),
+        sampling: greedy(8),
+        ..GenerateRequest::default()
+    };
+    // One slot: every request lands in the cache the previous one filled.
+    let mut e = engine("tiny-q4_0.gguf", 1);
+    let (first, done) = run(&mut e, &asked_by(Some("client/a"), None));
+    assert_eq!(done.cached_tokens, 0);
+
+    let (other, done) = run(&mut e, &asked_by(Some("client/b"), None));
+    assert_eq!(done.cached_tokens, 0, "another client's prompt was reused");
+    assert_eq!(done.timings.prompt_evaluated, prompt.len());
+    assert_eq!(other, first);
+
+    let (same, done) = run(&mut e, &asked_by(Some("client/b"), None));
+    assert!(done.cached_tokens > 0, "the same client reuses its prompt");
+    assert_eq!(same, first);
+
+    // Unknown owners never share, not even with each other.
+    run(&mut e, &asked_by(None, None));
+    let (_, done) = run(&mut e, &asked_by(None, None));
+    assert_eq!(done.cached_tokens, 0, "two unknown clients shared a cache");
+
+    // A session key reuses its own session, whoever asks, and only it.
+    run(&mut e, &asked_by(Some("client/a"), Some("conversation-1")));
+    let (keyed, done) = run(&mut e, &asked_by(None, Some("conversation-1")));
+    assert!(done.cached_tokens > 0, "the session's cache was not reused");
+    assert_eq!(keyed, first);
+    let (_, done) = run(&mut e, &asked_by(Some("client/a"), Some("conversation-2")));
+    assert_eq!(done.cached_tokens, 0, "another session's cache was reused");
+    let (_, done) = run(&mut e, &asked_by(Some("client/b"), None));
+    assert_eq!(
+        done.cached_tokens, 0,
+        "another client read a session's cache"
+    );
+}
+
+#[test]
+fn a_model_without_a_tokenizer_is_recognised_from_its_header() {
+    assert!(spillway::engine::has_tokenizer(&model("tiny-tekken-q4_k_m.gguf")).unwrap());
+    let bare = synth_model(Quant::Q8_0, 5, false);
+    assert!(!spillway::engine::has_tokenizer(&bare).unwrap());
+    // The same answer the loaded engine gives.
+    assert!(engine_at(bare, 1).tokenizer().is_none());
+    let missing = std::env::temp_dir().join("spillway-test-no-such-model.gguf");
+    assert!(spillway::engine::has_tokenizer(&missing).is_err());
 }
 
 #[test]

@@ -6,6 +6,11 @@
 //! any request or per model: streams that stall, break or report errors, 429 with and
 //! without `Retry-After`, 402, 503.
 //!
+//! [`Reply::Echo`] plays a router that quotes the credentials back ([`Echo`]): the token
+//! from the request's `Authorization` header in an error body (JSON-escaped or
+//! percent-encoded), in an `error` event, or in the answer's text split across chunks. The
+//! client must keep it out of everything it shows or forwards.
+//!
 //! It runs on its own tokio runtime, so synchronous and async tests alike drive it; it
 //! records every request (headers and JSON body) for the test to check what was sent, and
 //! how often.
@@ -91,6 +96,112 @@ pub enum Reply {
         headers: Vec<(String, String)>,
         body: String,
     },
+    /// A reply quoting the request's bearer token back, as `echo` says.
+    Echo(Echo),
+}
+
+/// How a [`Reply::Echo`] quotes the token it was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Echo {
+    /// `status` with a JSON body holding the token JSON-escaped: `_` as `\u005f`, `/` as
+    /// `\/` (what a JSON encoder that escapes more than it must produces).
+    JsonEscaped { status: u16 },
+    /// `status` with a JSON body holding the token percent-encoded (as in a quoted URL).
+    PercentEncoded { status: u16 },
+    /// 200, then an `event: error` whose data quotes the token JSON-escaped.
+    SseErrorEvent,
+    /// 200, a delta of text, then an `{"error": ...}` chunk quoting the token
+    /// percent-encoded.
+    StreamErrorAfterText,
+    /// 200 and a complete answer whose text holds the token twice: once as it is, split
+    /// between two deltas (one of them also split across two body writes), and once
+    /// percent-encoded, split inside an escape. The answer reads
+    /// `Your key is TOKEN and encoded PERCENT-ENCODED-TOKEN.`
+    SplitContent,
+}
+
+/// A reply quoting the request's token back.
+pub fn echo(how: Echo) -> Reply {
+    Reply::Echo(how)
+}
+
+/// `text` with `_` and `/` JSON-escaped (`\u005f`, `\/`), the rest as it is.
+pub fn json_escaped(text: &str) -> String {
+    text.replace('_', "\\u005f").replace('/', "\\/")
+}
+
+/// Every byte of `text` percent-encoded.
+pub fn percent_encoded(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// The reply `how` makes of `token`.
+fn echo_reply(how: Echo, token: &str) -> Reply {
+    // Bodies are written by hand, not with serde_json (which would undo the escapes).
+    let error_body = |quoted: &str| {
+        format!(
+            r#"{{"error":{{"message":"Invalid credentials in Authorization header: Bearer {quoted}","type":"invalid_request_error"}}}}"#
+        )
+    };
+    match how {
+        Echo::JsonEscaped { status } => Reply::Status {
+            status,
+            headers: Vec::new(),
+            body: error_body(&json_escaped(token)),
+        },
+        Echo::PercentEncoded { status } => Reply::Status {
+            status,
+            headers: Vec::new(),
+            body: format!(
+                r#"{{"error":"GET /v1/models?api_key={} refused"}}"#,
+                percent_encoded(token)
+            ),
+        },
+        Echo::SseErrorEvent => bare_stream(vec![Part::Bytes(
+            format!(
+                "event: error\ndata: {}\n\n",
+                error_body(&json_escaped(token))
+            )
+            .into_bytes(),
+        )]),
+        Echo::StreamErrorAfterText => bare_stream(vec![
+            role(),
+            delta("Checking your key"),
+            Part::Bytes(
+                format!(
+                    "data: {{\"error\":{{\"message\":\"key {} revoked\",\"code\":401}}}}\n\n",
+                    percent_encoded(token)
+                )
+                .into_bytes(),
+            ),
+        ]),
+        Echo::SplitContent => {
+            let half = token.len() / 2;
+            let encoded = percent_encoded(token);
+            // Inside the sixth escape: "%XX" * 5 + "%".
+            let cut = 16.min(encoded.len());
+            let second = format!(
+                "data: {}\n\n",
+                chunk_json(
+                    json!({"content": format!("{} and encoded {}", &token[half..], &encoded[..cut])}),
+                    Value::Null
+                )
+            )
+            .into_bytes();
+            let mid = second.len() / 2;
+            bare_stream(vec![
+                role(),
+                delta(&format!("Your key is {}", &token[..half])),
+                Part::Bytes(second[..mid].to_vec()),
+                Part::Sleep(Duration::from_millis(20)),
+                Part::Bytes(second[mid..].to_vec()),
+                delta(&format!("{}.", &encoded[cut..])),
+                finish("stop"),
+                usage(9, 12),
+                done(),
+            ])
+        }
+    }
 }
 
 /// An SSE `data:` event.
@@ -385,11 +496,18 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         at: Instant::now(),
     };
     let model = rec.model().to_string();
+    let token = (rec.headers.get("authorization"))
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_string();
     state.requests.lock().unwrap().push(rec);
     let for_model = (state.by_model.lock().unwrap())
         .get_mut(&model)
         .and_then(VecDeque::pop_front);
-    let reply = for_model.or_else(|| state.script.lock().unwrap().pop_front());
+    let mut reply = for_model.or_else(|| state.script.lock().unwrap().pop_front());
+    if let Some(Reply::Echo(how)) = reply {
+        reply = Some(echo_reply(how, &token));
+    }
     let resp = match reply {
         None => {
             let error = format!("the fake router has no scripted reply left for {model:?}");
@@ -413,6 +531,10 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             }
             b.body(Either::Left(Full::from(body)))
         }
+        // Resolved into a status or a stream above.
+        Some(Reply::Echo(_)) => Response::builder()
+            .status(500)
+            .body(Either::Left(Full::from("unresolved echo"))),
         Some(Reply::Stream { provider, parts }) => {
             let (mut tx, body) = Channel::new(1);
             tokio::spawn(async move {

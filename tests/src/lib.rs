@@ -5,9 +5,13 @@
 //! - [`fake_router`]: an HTTPS server speaking the cloud router's protocol from a script.
 //! - [`fake_fs`]: a fake `/sys` + `/proc` tree for `spillway serve --fs-root`.
 //! - [`pki`]: a test CA with server and client certificates, made with `openssl`.
+//! - [`chaos`]: brokers and daemons to kill and restart, and the exactly-once checks.
+//! - [`mqtt5`]: a small MQTT 5 client that knows which publishes the broker acknowledged.
 
+pub mod chaos;
 pub mod fake_fs;
 pub mod fake_router;
+pub mod mqtt5;
 pub mod pki;
 
 use std::path::{Path, PathBuf};
@@ -212,6 +216,26 @@ impl Mosquitto {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
+    /// Waits (up to `timeout`) until the broker has saved its persistence file (sessions,
+    /// subscriptions, queued messages) after `since`: it autosaves about every second or
+    /// two, and a kill before that loses what changed since the last save. True once saved.
+    pub fn wait_for_autosave(
+        &self,
+        since: std::time::SystemTime,
+        timeout: std::time::Duration,
+    ) -> bool {
+        let file = self.dir.path().join("mosquitto.db");
+        let end = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < end {
+            let saved = std::fs::metadata(&file).and_then(|m| m.modified());
+            if saved.is_ok_and(|t| t > since) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Kills the broker abruptly (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -286,14 +310,23 @@ impl Serve {
         Serve::start_with_env(config, args, &[])
     }
 
-    /// Like [`Serve::start_with_args`], with extra environment variables.
+    /// Like [`Serve::start_with_args`], with extra environment variables. Unless `args`
+    /// name a `--state-dir`, the request journal goes in the daemon's own temp dir.
     pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Serve {
         let dir = TempDir::new("serve");
         let conf = dir.path().join("spillway.toml");
         std::fs::write(&conf, config).unwrap();
         let log = dir.path().join("serve.log");
+        let state = dir.path().join("state");
+        let state_args: Vec<&str> = if args.contains(&"--state-dir") || config.contains("state_dir")
+        {
+            Vec::new()
+        } else {
+            vec!["--state-dir", state.to_str().unwrap()]
+        };
         let child = Command::new(spillway_bin())
             .args(["serve", "--config", conf.to_str().unwrap()])
+            .args(state_args)
             .args(args)
             .env_remove("SPILLWAY_KERNELS")
             .env("SPILLWAY_LOG", "spillway=debug")

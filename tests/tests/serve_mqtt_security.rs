@@ -404,7 +404,7 @@ fn a_shared_group_spreads_requests_over_two_daemons_answering_each_once() {
     let queued = |s: &Serve| -> Vec<String> {
         s.log_text()
             .lines()
-            .filter(|l| l.contains(" queued "))
+            .filter(|l| l.contains(" finished id="))
             .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("id=")))
             .map(str::to_string)
             .collect()

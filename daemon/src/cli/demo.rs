@@ -147,6 +147,15 @@ fn start_broker(port_v5: u16, port_v4: u16) {
         .expect("spawning the broker thread");
 }
 
+/// Removes a directory when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -174,6 +183,11 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     config.mqtt.device = "demo".into();
     config.engine.context = 2048;
     config.service.telemetry_secs = 0;
+    // A journal of its own for each run: the demo's one request must not be answered from
+    // the last run's reply cache.
+    let state = std::env::temp_dir().join(format!("spillway-demo-{}", std::process::id()));
+    config.service.state_dir = state.clone();
+    let _remove_state = RemoveOnDrop(state);
     let v = config.validate()?;
     let request_topic = v.topics.request.clone();
     let engine = Engine::load(&v.engine).with_context(|| format!("loading {}", model.display()))?;

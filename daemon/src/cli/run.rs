@@ -99,6 +99,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let req = GenerateRequest {
         prompt,
         session: None,
+        owner: None,
         max_tokens: args.max_tokens,
         sampling: SamplingParams {
             temperature: args.temperature,

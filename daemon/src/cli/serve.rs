@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Requests that may wait for the engine (service.queue).
     #[arg(long, value_name = "N")]
     queue: Option<usize>,
+    /// Directory of the request journal (service.state_dir; default: systemd's
+    /// $STATE_DIRECTORY, else /var/lib/spillway as root, else ~/.local/state/spillway).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Read /sys and /proc under this directory instead of / (router.fs_root; for tests
     /// and containers).
     #[arg(long, value_name = "DIR")]
@@ -65,6 +69,7 @@ impl ServeArgs {
             threads: self.threads,
             ram_budget: self.ram_budget.clone(),
             queue: self.queue,
+            state_dir: self.state_dir.clone(),
             fs_root: self.fs_root.clone(),
             board: self.board.clone(),
             cloud_base_url: self.cloud_base_url.clone(),
@@ -127,6 +132,18 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             notify
                 .watchdog()
                 .map_or("off".to_string(), |w| format!("every {w:?}"))
+        );
+    }
+    // Requests are chat messages: a model without a tokenizer would load and then fail every
+    // one of them, so it is refused before any memory is committed to it.
+    let has_tokenizer = crate::engine::has_tokenizer(&v.engine.model)
+        .with_context(|| format!("reading {}", v.engine.model.display()))?;
+    if !has_tokenizer {
+        anyhow::bail!(
+            "the model {} has no tokenizer (its tokenizer.ggml.model is missing or \"no_vocab\"), \
+             and `spillway serve` must tokenize the chat messages it receives: use a GGUF that \
+             includes its tokenizer",
+            v.engine.model.display()
         );
     }
     notify.status(&format!("loading the model {}", v.engine.model.display()));

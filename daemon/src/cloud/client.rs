@@ -8,6 +8,10 @@
 //! (404, TLS, malformed stream) move on at once; on 401/403/402 open the circuit for that
 //! base URL and move on; on a refusal of the request itself (400, 413, 422) stop.
 //!
+//! Every reason and message handed out (errors, [`CloudClient::availability`],
+//! [`CloudClient::endpoint_status`], logs) is made by the transport's redactor from the
+//! server's text, so none can hold the API token.
+//!
 //! The one rule above all: once a delta has been handed to the caller, nothing is retried
 //! and the error says `partial`, because the caller has already forwarded that text and a
 //! second attempt would send the answer's beginning twice.
@@ -20,16 +24,19 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::config::{CloudConfig, CloudConfigError, EndpointConfig};
-use super::error::{CloudError, CloudErrorKind};
+use super::error::{CloudError, CloudErrorKind, MAX_SUMMARY_CHARS};
 use super::health::{Health, HealthPolicy};
 use super::https::{Target, Then, Transport};
 use super::openai;
+use super::redact::{Excerpt, Redactor};
 use super::secrets::ApiToken;
 
 /// Most stop sequences sent (OpenAI allows 4; some providers more).
 const MAX_STOP: usize = 16;
 /// Longest role name.
 const MAX_ROLE_LEN: usize = 32;
+/// Longest availability reason handed out (it lists every endpoint's).
+const MAX_REASON_CHARS: usize = 4000;
 
 /// One chat message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +192,15 @@ impl CloudClient {
         })
     }
 
+    fn redactor(&self) -> &Redactor {
+        self.transport.redactor()
+    }
+
+    /// A reason fit to hand out (made of excerpts already; this is the last word).
+    fn reason(&self, text: &str) -> Excerpt {
+        self.redactor().excerpt(text, MAX_REASON_CHARS)
+    }
+
     fn health(&self) -> MutexGuard<'_, Health> {
         // The state stays consistent even if a holder panicked: every update is one step.
         self.health.lock().unwrap_or_else(|e| e.into_inner())
@@ -198,7 +214,9 @@ impl CloudClient {
 
     /// [`Self::is_available`] with the reason when not (for the routing decision's record).
     pub fn availability(&self) -> Result<(), String> {
-        self.health().availability(Instant::now())
+        self.health()
+            .availability(Instant::now())
+            .map_err(|why| self.reason(&why).into_string())
     }
 
     /// Every endpoint and why it is skipped, if it is (for status and telemetry).
@@ -209,7 +227,7 @@ impl CloudClient {
             .zip(blocked)
             .map(|(t, blocked)| EndpointStatus {
                 endpoint: endpoint_config(t),
-                blocked,
+                blocked: blocked.map(|why| self.reason(&why).into_string()),
             })
             .collect()
     }
@@ -221,17 +239,20 @@ impl CloudClient {
         req: &CloudRequest,
         mut on_delta: impl FnMut(&str),
     ) -> Result<CloudOutcome, CloudError> {
-        req.validate()
-            .map_err(|m| CloudError::new(CloudErrorKind::InvalidRequest(m), 0, false))?;
+        req.validate().map_err(|m| {
+            let m = self.redactor().excerpt(&m, MAX_SUMMARY_CHARS);
+            CloudError::new(CloudErrorKind::InvalidRequest(m), 0, false)
+        })?;
         let mut attempts = 0u32;
         let mut last: Option<CloudErrorKind> = None;
-        let mut skipped: Vec<String> = Vec::new();
+        let mut skipped: Vec<Excerpt> = Vec::new();
         'endpoints: for (i, target) in self.targets.iter().enumerate() {
             let body = Bytes::from(openai::request_body(&target.model, req));
             let mut retry = 0u32;
             loop {
                 let blocked = self.health().blocked(i, Instant::now());
                 if let Some(why) = blocked {
+                    let why = self.reason(&why);
                     tracing::debug!(endpoint = %target.label, reason = %why, "cloud endpoint skipped");
                     skipped.push(why);
                     continue 'endpoints;
@@ -262,7 +283,7 @@ impl CloudClient {
                     Err(f) => f,
                 };
                 let now = Instant::now();
-                let summary = failure.kind.summary();
+                let summary = failure.kind.summary(self.redactor());
                 if failure.emitted {
                     self.health().record_failure(i, now, &summary);
                     tracing::warn!(
@@ -282,7 +303,7 @@ impl CloudClient {
                             "cloud circuit opened for {}",
                             target.base_url
                         );
-                        self.health().open_circuit(i, now, cooldown, summary);
+                        self.health().open_circuit(i, now, cooldown, &summary);
                         last = Some(failure.kind);
                         continue 'endpoints;
                     }
@@ -307,8 +328,8 @@ impl CloudClient {
                             Some(d) if d > self.retry_after_max => {
                                 // Waiting that long would hold the request hostage; skip
                                 // the endpoint for as long as it asked instead.
-                                let why = format!("Retry-After {} s", d.as_secs());
-                                self.health().cool_for(i, now, d, why);
+                                let why = self.reason(&format!("Retry-After {} s", d.as_secs()));
+                                self.health().cool_for(i, now, d, &why);
                                 last = Some(failure.kind);
                                 continue 'endpoints;
                             }
@@ -334,7 +355,13 @@ impl CloudClient {
             Some(kind) => Err(CloudError::new(kind, attempts, false)),
             None => Err(CloudError::new(
                 CloudErrorKind::Unavailable {
-                    reason: skipped.join("; "),
+                    reason: self.reason(
+                        &skipped
+                            .iter()
+                            .map(Excerpt::as_str)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ),
                 },
                 0,
                 false,

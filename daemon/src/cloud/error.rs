@@ -1,7 +1,14 @@
 //! Why a cloud request failed, and the reply error code each failure maps to. Messages
-//! quote the endpoint and (cleaned, truncated) server text, never the token.
+//! quote the endpoint and server text; every message is an [`Excerpt`], which only the
+//! redactor makes (decoded, cleaned, bounded, without the token), so no error can show the
+//! token whatever the server sent.
 
 use std::fmt;
+
+use super::redact::{Excerpt, Redactor};
+
+/// Longest summary kept as a cooldown or circuit reason.
+pub(crate) const MAX_SUMMARY_CHARS: usize = 600;
 
 /// Which timeout fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,37 +36,37 @@ impl fmt::Display for TimeoutPhase {
 pub enum CloudErrorKind {
     /// Nothing was sent: every endpoint is cooling down or behind an open circuit.
     #[error("cloud unavailable: {reason}")]
-    Unavailable { reason: String },
+    Unavailable { reason: Excerpt },
     /// The request cannot be sent as it is.
     #[error("invalid cloud request: {0}")]
-    InvalidRequest(String),
+    InvalidRequest(Excerpt),
     #[error("cannot connect to {endpoint}: {message}")]
-    Connect { endpoint: String, message: String },
+    Connect { endpoint: String, message: Excerpt },
     #[error("TLS with {endpoint} failed: {message}")]
-    Tls { endpoint: String, message: String },
+    Tls { endpoint: String, message: Excerpt },
     /// 401 or 403: the token was refused; the circuit is now open.
     #[error("{endpoint} refused the API token (HTTP {status}): {message}")]
     Auth {
         endpoint: String,
         status: u16,
-        message: String,
+        message: Excerpt,
     },
     /// 402: the account is out of credits; the circuit is now open.
     #[error("{endpoint}: credits exhausted (HTTP 402): {message}")]
-    Credits { endpoint: String, message: String },
+    Credits { endpoint: String, message: Excerpt },
     /// 429, 5xx and other statuses that say nothing about the request itself.
     #[error("{endpoint}: HTTP {status}: {message}")]
     Http {
         endpoint: String,
         status: u16,
-        message: String,
+        message: Excerpt,
     },
     /// 400, 413, 422: the request itself was refused; another try would fare no better.
     #[error("{endpoint} rejected the request (HTTP {status}): {message}")]
     Rejected {
         endpoint: String,
         status: u16,
-        message: String,
+        message: Excerpt,
     },
     #[error("{endpoint}: timed out {phase}")]
     Timeout {
@@ -68,11 +75,11 @@ pub enum CloudErrorKind {
     },
     /// An `error` event in the stream, or the stream ending before `[DONE]`.
     #[error("{endpoint}: the stream failed: {message}")]
-    Stream { endpoint: String, message: String },
+    Stream { endpoint: String, message: Excerpt },
     /// A response that breaks the protocol or a limit (oversize line, not an event stream,
     /// malformed chunk).
     #[error("{endpoint}: bad response: {message}")]
-    Protocol { endpoint: String, message: String },
+    Protocol { endpoint: String, message: Excerpt },
 }
 
 impl CloudErrorKind {
@@ -98,10 +105,10 @@ impl CloudErrorKind {
 
     /// The failure without the endpoint, for cooldown and circuit reasons (which name the
     /// endpoint themselves).
-    pub(crate) fn summary(&self) -> String {
-        match self {
-            CloudErrorKind::Unavailable { reason } => reason.clone(),
-            CloudErrorKind::InvalidRequest(m) => m.clone(),
+    pub(crate) fn summary(&self, redactor: &Redactor) -> Excerpt {
+        let text = match self {
+            CloudErrorKind::Unavailable { reason } => reason.to_string(),
+            CloudErrorKind::InvalidRequest(m) => m.to_string(),
             CloudErrorKind::Connect { message, .. } => format!("connection failed: {message}"),
             CloudErrorKind::Tls { message, .. } => format!("TLS failed: {message}"),
             CloudErrorKind::Auth {
@@ -119,7 +126,8 @@ impl CloudErrorKind {
             CloudErrorKind::Timeout { phase, .. } => format!("timed out {phase}"),
             CloudErrorKind::Stream { message, .. } => format!("stream failed: {message}"),
             CloudErrorKind::Protocol { message, .. } => format!("bad response: {message}"),
-        }
+        };
+        redactor.excerpt(&text, MAX_SUMMARY_CHARS)
     }
 }
 
@@ -157,35 +165,6 @@ impl CloudError {
     }
 }
 
-/// Makes server-supplied text fit for a log line or a reply: control characters become
-/// spaces, runs of whitespace collapse, and it is cut to `max` characters.
-pub(crate) fn clean_text(s: &str, max: usize) -> String {
-    let mut out = String::with_capacity(s.len().min(max + 3));
-    let mut n = 0;
-    let mut last_space = true;
-    for c in s.chars() {
-        let c = if c.is_control() || c.is_whitespace() {
-            ' '
-        } else {
-            c
-        };
-        if c == ' ' && last_space {
-            continue;
-        }
-        if n == max {
-            out.push('…');
-            return out;
-        }
-        last_space = c == ' ';
-        out.push(c);
-        n += 1;
-    }
-    if out.ends_with(' ') {
-        out.pop();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,15 +172,17 @@ mod tests {
     #[test]
     fn codes() {
         let e = |kind| CloudError::new(kind, 1, false).code();
+        let r = Redactor::new(None);
         let ep = || "x".to_string();
+        let m = || r.excerpt("x", 10);
         assert_eq!(
-            e(CloudErrorKind::Unavailable { reason: ep() }),
+            e(CloudErrorKind::Unavailable { reason: m() }),
             "cloud_unavailable"
         );
         assert_eq!(
             e(CloudErrorKind::Credits {
                 endpoint: ep(),
-                message: ep()
+                message: m()
             }),
             "cloud_unavailable"
         );
@@ -209,7 +190,7 @@ mod tests {
             e(CloudErrorKind::Http {
                 endpoint: ep(),
                 status: 503,
-                message: ep()
+                message: m()
             }),
             "cloud_unavailable"
         );
@@ -217,7 +198,7 @@ mod tests {
             e(CloudErrorKind::Http {
                 endpoint: ep(),
                 status: 404,
-                message: ep()
+                message: m()
             }),
             "cloud_error"
         );
@@ -231,11 +212,11 @@ mod tests {
         assert_eq!(
             e(CloudErrorKind::Stream {
                 endpoint: ep(),
-                message: ep()
+                message: m()
             }),
             "cloud_error"
         );
-        assert_eq!(e(CloudErrorKind::InvalidRequest(ep())), "invalid_request");
+        assert_eq!(e(CloudErrorKind::InvalidRequest(m())), "invalid_request");
     }
 
     #[test]
@@ -243,7 +224,7 @@ mod tests {
         let kind = CloudErrorKind::Http {
             endpoint: "https://r/v1 (m)".into(),
             status: 503,
-            message: "busy".into(),
+            message: Redactor::new(None).excerpt("busy", 10),
         };
         assert_eq!(
             CloudError::new(kind.clone(), 1, false).to_string(),
@@ -253,13 +234,5 @@ mod tests {
             CloudError::new(kind, 3, false).to_string(),
             "https://r/v1 (m): HTTP 503: busy (after 3 attempts)"
         );
-    }
-
-    #[test]
-    fn clean_text_strips_controls_and_truncates() {
-        assert_eq!(clean_text("a\r\n\x1b[31mb  \t c ", 100), "a [31mb c");
-        assert_eq!(clean_text("ééééé", 3), "ééé…");
-        assert_eq!(clean_text("", 3), "");
-        assert_eq!(clean_text("abc", 3), "abc");
     }
 }

@@ -8,12 +8,17 @@
 //!   the account at that router, not one model, so every endpoint on that base URL is
 //!   skipped until the circuit closes; retrying sooner would only burn more refusals.
 //!
+//! Reasons are taken only as [`Excerpt`]s (server text already through the redactor), so
+//! no reason this module gives out can hold the token.
+//!
 //! Time is passed in, so the state machine is tested without sleeping.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::redact::Excerpt;
 
 /// When endpoints cool down.
 #[derive(Clone, Copy, Debug)]
@@ -113,7 +118,7 @@ impl Health {
     }
 
     /// Counts a failure of endpoint `i`; returns true if it has just started cooling down.
-    pub(crate) fn record_failure(&mut self, i: usize, now: Instant, what: &str) -> bool {
+    pub(crate) fn record_failure(&mut self, i: usize, now: Instant, what: &Excerpt) -> bool {
         let policy = self.policy;
         let e = &mut self.endpoints[i];
         while e
@@ -138,8 +143,8 @@ impl Health {
     }
 
     /// Takes endpoint `i` out of rotation for `d` (a long `Retry-After`).
-    pub(crate) fn cool_for(&mut self, i: usize, now: Instant, d: Duration, reason: String) {
-        Self::extend(&mut self.endpoints[i].cooling, now + d, reason);
+    pub(crate) fn cool_for(&mut self, i: usize, now: Instant, d: Duration, reason: &Excerpt) {
+        Self::extend(&mut self.endpoints[i].cooling, now + d, reason.to_string());
     }
 
     /// A success: the endpoint's failure history starts over.
@@ -148,9 +153,9 @@ impl Health {
     }
 
     /// Opens the circuit of endpoint `i`'s base URL for `d`.
-    pub(crate) fn open_circuit(&mut self, i: usize, now: Instant, d: Duration, reason: String) {
+    pub(crate) fn open_circuit(&mut self, i: usize, now: Instant, d: Duration, reason: &Excerpt) {
         let c = self.circuit_of[i];
-        Self::extend(&mut self.circuits[c], now + d, reason);
+        Self::extend(&mut self.circuits[c], now + d, reason.to_string());
     }
 
     /// Ok if some endpoint may be tried now; otherwise every endpoint's reason.
@@ -189,6 +194,11 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::redact::Redactor;
+
+    fn ex(text: &str) -> Excerpt {
+        Redactor::new(None).excerpt(text, 100)
+    }
 
     const S: Duration = Duration::from_secs(1);
 
@@ -211,10 +221,10 @@ mod tests {
     fn failures_within_the_window_cool_an_endpoint_until_the_cooldown_ends() {
         let mut h = health();
         let t0 = Instant::now();
-        assert!(!h.record_failure(0, t0, "HTTP 503"));
-        assert!(!h.record_failure(0, t0 + 10 * S, "HTTP 503"));
+        assert!(!h.record_failure(0, t0, &ex("HTTP 503")));
+        assert!(!h.record_failure(0, t0 + 10 * S, &ex("HTTP 503")));
         assert_eq!(h.blocked(0, t0 + 10 * S), None);
-        assert!(h.record_failure(0, t0 + 20 * S, "HTTP 500"));
+        assert!(h.record_failure(0, t0 + 20 * S, &ex("HTTP 500")));
         let why = h.blocked(0, t0 + 21 * S).unwrap();
         assert_eq!(
             why,
@@ -226,7 +236,7 @@ mod tests {
         assert!(h.blocked(0, t0 + 139 * S).is_some());
         assert_eq!(h.blocked(0, t0 + 140 * S), None);
         // A clean slate after the cooldown: one more failure does not cool it again.
-        assert!(!h.record_failure(0, t0 + 141 * S, "HTTP 503"));
+        assert!(!h.record_failure(0, t0 + 141 * S, &ex("HTTP 503")));
     }
 
     #[test]
@@ -234,7 +244,7 @@ mod tests {
         let mut h = health();
         let t0 = Instant::now();
         for k in 0..10u32 {
-            assert!(!h.record_failure(2, t0 + k * 31 * S, "timeout"));
+            assert!(!h.record_failure(2, t0 + k * 31 * S, &ex("timeout")));
         }
         assert_eq!(h.blocked(2, t0 + 400 * S), None);
     }
@@ -243,19 +253,19 @@ mod tests {
     fn success_resets_the_count() {
         let mut h = health();
         let t0 = Instant::now();
-        h.record_failure(0, t0, "x");
-        h.record_failure(0, t0, "x");
+        h.record_failure(0, t0, &ex("x"));
+        h.record_failure(0, t0, &ex("x"));
         h.record_success(0);
-        assert!(!h.record_failure(0, t0, "x"));
-        assert!(!h.record_failure(0, t0, "x"));
-        assert!(h.record_failure(0, t0, "x"));
+        assert!(!h.record_failure(0, t0, &ex("x")));
+        assert!(!h.record_failure(0, t0, &ex("x")));
+        assert!(h.record_failure(0, t0, &ex("x")));
     }
 
     #[test]
     fn circuit_covers_every_endpoint_of_the_base_url() {
         let mut h = health();
         let t0 = Instant::now();
-        h.open_circuit(1, t0, 600 * S, "credits exhausted (HTTP 402)".into());
+        h.open_circuit(1, t0, 600 * S, &ex("credits exhausted (HTTP 402)"));
         let why = h.blocked(0, t0).unwrap();
         assert_eq!(
             why,
@@ -265,7 +275,7 @@ mod tests {
         assert_eq!(h.blocked(2, t0), None);
         assert!(h.availability(t0).is_ok());
         // With the LAN endpoint cooling too, nothing is left; the reason lists both causes.
-        h.cool_for(2, t0, 30 * S, "Retry-After 30 s".into());
+        h.cool_for(2, t0, 30 * S, &ex("Retry-After 30 s"));
         let why = h.availability(t0 + S).unwrap_err();
         assert!(why.contains("HTTP 402"), "{why}");
         assert!(why.contains("Retry-After 30 s"), "{why}");
@@ -280,11 +290,11 @@ mod tests {
     fn a_shorter_block_does_not_shorten_a_longer_one() {
         let mut h = health();
         let t0 = Instant::now();
-        h.open_circuit(0, t0, 3600 * S, "402".into());
-        h.open_circuit(0, t0, 10 * S, "401".into());
+        h.open_circuit(0, t0, 3600 * S, &ex("402"));
+        h.open_circuit(0, t0, 10 * S, &ex("401"));
         assert!(h.blocked(0, t0 + 20 * S).unwrap().contains("402"));
-        h.cool_for(2, t0, 100 * S, "long".into());
-        h.cool_for(2, t0, 5 * S, "short".into());
+        h.cool_for(2, t0, 100 * S, &ex("long"));
+        h.cool_for(2, t0, 5 * S, &ex("short"));
         assert!(h.blocked(2, t0 + 50 * S).unwrap().contains("long"));
     }
 }

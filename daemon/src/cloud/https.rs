@@ -11,6 +11,11 @@
 //! The token goes into one `Authorization` header value built at start and marked
 //! sensitive (hyper's `Debug` hides it). That copy, and hyper's write buffer, are not
 //! zeroized: hyper's `Bytes` offer no hook for it.
+//!
+//! Nothing the server sends is shown or forwarded as it came: messages (error bodies, error
+//! events, header values, even hyper's and rustls's errors) become [`Excerpt`]s through the
+//! [`Redactor`], and the answer's text goes through a [`super::redact::StreamRedactor`], so
+//! the token cannot come back out, however the server encodes or splits it.
 
 use std::io::{BufReader, Read};
 use std::path::Path;
@@ -33,8 +38,9 @@ use tokio_rustls::TlsConnector;
 
 use super::client::Usage;
 use super::config::{CloudConfig, CloudConfigError};
-use super::error::{CloudErrorKind, TimeoutPhase, clean_text};
-use super::openai::{self, StreamEvent};
+use super::error::{CloudErrorKind, TimeoutPhase};
+use super::openai::{self, MAX_MESSAGE_CHARS, StreamEvent};
+use super::redact::{Excerpt, Redactor};
 use super::secrets::ApiToken;
 use super::sse::{SseLimits, SseParser};
 
@@ -190,7 +196,8 @@ impl Drop for AbortOnDrop {
 /// What every attempt shares: TLS, the token, timeouts and limits.
 pub(crate) struct Transport {
     tls: Option<TlsConnector>,
-    token: Option<ApiToken>,
+    /// Holds the token, and takes it out of everything the server sends.
+    redactor: Redactor,
     authorization: Option<HeaderValue>,
     connect_timeout: Duration,
     first_token_timeout: Duration,
@@ -205,7 +212,7 @@ impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transport")
             .field("tls", &self.tls.is_some())
-            .field("token", &self.token)
+            .field("redactor", &self.redactor)
             .field("connect_timeout", &self.connect_timeout)
             .field("first_token_timeout", &self.first_token_timeout)
             .field("idle_timeout", &self.idle_timeout)
@@ -242,7 +249,7 @@ impl Transport {
         };
         Ok(Transport {
             tls,
-            token,
+            redactor: Redactor::new(token),
             authorization,
             connect_timeout: cfg.connect_timeout(),
             first_token_timeout: cfg.first_token_timeout(),
@@ -258,18 +265,16 @@ impl Transport {
     }
 
     pub(crate) fn has_token(&self) -> bool {
-        self.token.is_some()
+        self.redactor.token().is_some()
     }
 
-    /// Replaces the token wherever a server echoed it back (some APIs quote the key they
-    /// refused), before the text is truncated or logged.
-    fn redact(&self, text: &mut String) {
-        if let Some(t) = &self.token {
-            let t = t.expose_secret();
-            if text.contains(t) {
-                *text = text.replace(t, "[redacted]");
-            }
-        }
+    pub(crate) fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Text fit for an error message (server text, or an error that may quote it).
+    fn shown(&self, text: &str) -> Excerpt {
+        self.redactor.excerpt(text, MAX_MESSAGE_CHARS)
     }
 
     /// One attempt: connect, send `body`, stream the answer into `on_delta`.
@@ -304,7 +309,7 @@ impl Transport {
                 Failure::new(
                     CloudErrorKind::Connect {
                         endpoint: t.label.clone(),
-                        message: e.to_string(),
+                        message: self.shown(&e.to_string()),
                     },
                     Then::Retry { after: None },
                 )
@@ -319,7 +324,7 @@ impl Transport {
                     Failure::new(
                         CloudErrorKind::Tls {
                             endpoint: t.label.clone(),
-                            message: e.to_string(),
+                            message: self.shown(&e.to_string()),
                         },
                         Then::NextEndpoint,
                     )
@@ -344,7 +349,7 @@ impl Transport {
             Failure::new(
                 CloudErrorKind::Connect {
                     endpoint: t.label.clone(),
-                    message: format!("connection failed before the response: {e}"),
+                    message: self.shown(&format!("connection failed before the response: {e}")),
                 },
                 Then::Retry { after: None },
             )
@@ -369,7 +374,9 @@ impl Transport {
         }
         let req = req.body(Full::new(body)).map_err(|e| {
             Failure::new(
-                CloudErrorKind::InvalidRequest(format!("cannot build the request: {e}")),
+                CloudErrorKind::InvalidRequest(
+                    self.shown(&format!("cannot build the request: {e}")),
+                ),
                 Then::Stop,
             )
         })?;
@@ -397,19 +404,19 @@ impl Transport {
             .unwrap_or("")
             .to_ascii_lowercase();
         if !content_type.starts_with("text/event-stream") {
-            let mut text = String::from_utf8_lossy(
+            let text = String::from_utf8_lossy(
                 &read_bounded(resp.into_body(), MAX_ERROR_BODY_BYTES, self.idle_timeout).await,
             )
             .into_owned();
-            self.redact(&mut text);
+            let message = format!(
+                "expected an event stream, got content-type {:?}: {}",
+                self.redactor.excerpt(&content_type, 80).as_str(),
+                self.shown(&openai::error_message_from_text(&text))
+            );
             return Err(Failure::new(
                 CloudErrorKind::Protocol {
                     endpoint: t.label.clone(),
-                    message: format!(
-                        "expected an event stream, got content-type {:?}: {}",
-                        clean_text(&content_type, 80),
-                        openai::error_message_from_text(&text)
-                    ),
+                    message: self.redactor.excerpt(&message, MAX_MESSAGE_CHARS + 120),
                 },
                 Then::NextEndpoint,
             ));
@@ -420,23 +427,30 @@ impl Transport {
             return Err(Failure::new(
                 CloudErrorKind::Protocol {
                     endpoint: t.label.clone(),
-                    message: format!(
+                    message: self.shown(&format!(
                         "unrequested content-encoding {:?}",
-                        clean_text(&String::from_utf8_lossy(enc.as_bytes()), 40)
-                    ),
+                        self.redactor
+                            .excerpt(&String::from_utf8_lossy(enc.as_bytes()), 40)
+                            .as_str()
+                    )),
                 },
                 Then::NextEndpoint,
             ));
         }
         let provider = headers
             .get("x-inference-provider")
-            .map(|v| clean_text(&String::from_utf8_lossy(v.as_bytes()), MAX_PROVIDER_CHARS))
+            .map(|v| {
+                self.redactor
+                    .excerpt(&String::from_utf8_lossy(v.as_bytes()), MAX_PROVIDER_CHARS)
+                    .into_string()
+            })
             .filter(|p| !p.is_empty());
         self.stream(t, resp.into_body(), first_deadline, provider, on_delta)
             .await
     }
 
-    /// Reads the event stream to `[DONE]`, forwarding each non-empty text delta.
+    /// Reads the event stream to `[DONE]`, forwarding each non-empty text delta once the
+    /// stream redactor has passed it (so `emitted` means text the caller really received).
     async fn stream<F: FnMut(&str)>(
         &self,
         t: &Target,
@@ -446,6 +460,7 @@ impl Transport {
         on_delta: &mut F,
     ) -> Result<Answer, Failure> {
         let mut parser = SseParser::new(self.sse_limits);
+        let mut redacted = self.redactor.stream();
         let mut events = Vec::new();
         let mut answer = Answer {
             text: String::new(),
@@ -460,9 +475,18 @@ impl Transport {
             next,
             emitted,
         };
-        let protocol = |message: String| CloudErrorKind::Protocol {
+        let protocol = |message: Excerpt| CloudErrorKind::Protocol {
             endpoint: t.label.clone(),
             message,
+        };
+        // Hands text to the caller and into the answer: the final text is exactly what was
+        // streamed.
+        let mut forward = |text: &str, answer: &mut Answer, emitted: &mut bool| {
+            if !text.is_empty() {
+                answer.text.push_str(text);
+                *emitted = true;
+                on_delta(text);
+            }
         };
         loop {
             // Before the first delta the provider may be queueing or reading the prompt;
@@ -489,7 +513,7 @@ impl Transport {
                 Ok(Some(Err(e))) => {
                     let kind = CloudErrorKind::Stream {
                         endpoint: t.label.clone(),
-                        message: format!("connection failed mid-stream: {e}"),
+                        message: self.shown(&format!("connection failed mid-stream: {e}")),
                     };
                     return Err(fail(kind, Then::Retry { after: None }, emitted));
                 }
@@ -500,20 +524,23 @@ impl Transport {
             };
             received += data.len();
             if received > self.max_body_bytes {
-                let kind = protocol(format!(
+                let kind = protocol(self.shown(&format!(
                     "response larger than {} bytes",
                     self.max_body_bytes
-                ));
+                )));
                 return Err(fail(kind, Then::NextEndpoint, emitted));
             }
             if let Err(e) = parser.feed(&data, &mut events) {
-                return Err(fail(protocol(e.to_string()), Then::NextEndpoint, emitted));
+                let kind = protocol(self.shown(&e.to_string()));
+                return Err(fail(kind, Then::NextEndpoint, emitted));
             }
-            for mut ev in events.drain(..) {
-                self.redact(&mut ev.data);
-                match openai::interpret(&ev) {
+            for ev in events.drain(..) {
+                match openai::interpret(&ev, &self.redactor) {
                     Err(m) => return Err(fail(protocol(m), Then::NextEndpoint, emitted)),
-                    Ok(StreamEvent::Done) => return Ok(answer),
+                    Ok(StreamEvent::Done) => {
+                        forward(&redacted.finish(), &mut answer, &mut emitted);
+                        return Ok(answer);
+                    }
                     Ok(StreamEvent::Error(message)) => {
                         let kind = CloudErrorKind::Stream {
                             endpoint: t.label.clone(),
@@ -532,10 +559,8 @@ impl Transport {
                         if finish_reason.is_some() {
                             answer.finish_reason = finish_reason;
                         }
-                        if let Some(c) = content.filter(|c| !c.is_empty()) {
-                            answer.text.push_str(&c);
-                            emitted = true;
-                            on_delta(&c);
+                        if let Some(c) = content {
+                            forward(&redacted.push(&c), &mut answer, &mut emitted);
                         }
                     }
                 }
@@ -544,11 +569,12 @@ impl Transport {
         // The connection closed without `[DONE]`. Some servers do that after the final
         // chunk; without a finish reason, though, the answer was cut short.
         if answer.finish_reason.is_some() && !parser.has_partial_event() {
+            forward(&redacted.finish(), &mut answer, &mut emitted);
             return Ok(answer);
         }
         let kind = CloudErrorKind::Stream {
             endpoint: t.label.clone(),
-            message: "the stream ended before [DONE]".into(),
+            message: self.shown("the stream ended before [DONE]"),
         };
         Err(fail(kind, Then::Retry { after: None }, emitted))
     }
@@ -561,17 +587,14 @@ impl Transport {
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let mut text = String::from_utf8_lossy(
+        // The body may be cut at the limit, mid-token: the excerpt redacts such a piece too.
+        let text = String::from_utf8_lossy(
             &read_bounded(resp.into_body(), MAX_ERROR_BODY_BYTES, self.idle_timeout).await,
         )
         .into_owned();
-        self.redact(&mut text);
-        let mut message = openai::error_message_from_text(&text);
+        let mut message = self.shown(&openai::error_message_from_text(&text));
         if message.is_empty() {
-            message = status
-                .canonical_reason()
-                .unwrap_or("no message")
-                .to_string();
+            message = self.shown(status.canonical_reason().unwrap_or("no message"));
         }
         let endpoint = t.label.clone();
         let code = status.as_u16();

@@ -11,6 +11,9 @@
 //! - [`sse`]: the incremental server-sent-events parser, bounded in line and event size.
 //! - [`secrets`]: the API token from a systemd credential, a private file or the
 //!   environment, held in a zeroizing type that never prints.
+//! - `redact`: the one place server text becomes showable ([`Excerpt`]: decoded, token
+//!   removed, cleaned, bounded), and the stream redactor that keeps the token out of the
+//!   answer even when it is split across chunks.
 //! - [`CloudConfig`]: the `[cloud]` settings with their defaults.
 //!
 //! Wiring it up:
@@ -38,8 +41,9 @@
 //! ```
 //!
 //! Everything received is untrusted: bodies, lines and events are bounded, error messages
-//! from the server are cleaned and truncated before they reach logs or replies, and the
-//! token is scrubbed from anything the server echoes back.
+//! from the server are decoded, cleaned and truncated before they reach logs or replies, and
+//! the token is scrubbed from anything the server echoes back, escaped, percent-encoded or
+//! split across chunks.
 
 mod client;
 mod config;
@@ -47,12 +51,14 @@ mod error;
 mod health;
 mod https;
 mod openai;
+mod redact;
 pub mod secrets;
 pub mod sse;
 
 pub use client::{CloudClient, CloudMessage, CloudOutcome, CloudRequest, EndpointStatus, Usage};
 pub use config::{CloudConfig, CloudConfigError, DEFAULT_BASE_URL, DEFAULT_MODEL, EndpointConfig};
 pub use error::{CloudError, CloudErrorKind, TimeoutPhase};
+pub use redact::Excerpt;
 pub use secrets::{
     ApiToken, LoadedToken, SecretError, TokenSource, TokenSources, load_token, load_token_with,
 };

@@ -4,14 +4,15 @@
 //!
 //! Chunks are parsed leniently (unknown fields, `null`s and missing fields are normal:
 //! providers differ), but each is an untrusted JSON document: only the first choice's text,
-//! the finish reason and the token counts are kept, and server text that may reach a log is
-//! cleaned and truncated.
+//! the finish reason and the token counts are kept, and server text that may be shown (error
+//! messages, the finish reason) leaves this module only as an [`Excerpt`] made by the
+//! redactor. The answer's text is left to the caller's stream redactor.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::client::{CloudMessage, CloudRequest, Usage};
-use super::error::clean_text;
+use super::redact::{Excerpt, Redactor};
 use super::sse::SseEvent;
 
 /// Longest error message kept from the server.
@@ -109,22 +110,35 @@ pub(crate) enum StreamEvent {
         usage: Option<Usage>,
     },
     /// The server reported a failure inside the stream.
-    Error(String),
+    Error(Excerpt),
 }
 
-/// Interprets one event; `Err` is a malformed event (a protocol violation).
-pub(crate) fn interpret(ev: &SseEvent) -> Result<StreamEvent, String> {
+/// Interprets one event; `Err` is a malformed event (a protocol violation). `redactor`
+/// makes the text that may be shown.
+pub(crate) fn interpret(ev: &SseEvent, redactor: &Redactor) -> Result<StreamEvent, Excerpt> {
     let data = ev.data.trim();
     if ev.event == "error" {
-        return Ok(StreamEvent::Error(error_message_from_text(data)));
+        let message = error_message_from_text(data);
+        return Ok(StreamEvent::Error(
+            redactor.excerpt(&message, MAX_MESSAGE_CHARS),
+        ));
     }
     if data == "[DONE]" {
         return Ok(StreamEvent::Done);
     }
-    let chunk: ChunkJson = serde_json::from_str(data)
-        .map_err(|e| format!("malformed chunk ({e}): {}", clean_text(data, 80)))?;
+    let chunk: ChunkJson = serde_json::from_str(data).map_err(|e| {
+        // serde's message may quote a value from the chunk: it is excerpted with the rest.
+        let quoted = redactor.excerpt(data, 80);
+        redactor.excerpt(
+            &format!("malformed chunk ({e}): {quoted}"),
+            MAX_MESSAGE_CHARS,
+        )
+    })?;
     if let Some(err) = chunk.error.filter(|e| !e.is_null()) {
-        return Ok(StreamEvent::Error(error_message(&err)));
+        let message = error_message(&err);
+        return Ok(StreamEvent::Error(
+            redactor.excerpt(&message, MAX_MESSAGE_CHARS),
+        ));
     }
     // We ask for one choice; a server that sends more is answered with the first.
     let choice = chunk
@@ -136,7 +150,7 @@ pub(crate) fn interpret(ev: &SseEvent) -> Result<StreamEvent, String> {
         Some(c) => (
             c.delta.and_then(|d| d.content),
             c.finish_reason
-                .map(|r| clean_text(&r, MAX_FINISH_REASON_CHARS)),
+                .map(|r| redactor.excerpt(&r, MAX_FINISH_REASON_CHARS).into_string()),
         ),
         None => (None, None),
     };
@@ -152,9 +166,9 @@ pub(crate) fn interpret(ev: &SseEvent) -> Result<StreamEvent, String> {
 }
 
 /// The message of an OpenAI-style error value: `{"message": ...}` (possibly with a `code`
-/// or `type`), or a bare string as TGI sends.
+/// or `type`), or a bare string as TGI sends. Raw server text: excerpt it before showing it.
 pub(crate) fn error_message(err: &Value) -> String {
-    let text = match err {
+    match err {
         Value::String(s) => s.clone(),
         Value::Object(o) => {
             let msg = o.get("message").and_then(Value::as_str).unwrap_or("");
@@ -174,26 +188,33 @@ pub(crate) fn error_message(err: &Value) -> String {
             }
         }
         other => other.to_string(),
-    };
-    clean_text(&text, MAX_MESSAGE_CHARS)
+    }
 }
 
 /// The message in an error body: a JSON `{"error": ...}` document, `{"message": ...}`, or
-/// plain text.
+/// plain text. Raw server text: excerpt it before showing it.
 pub(crate) fn error_message_from_text(text: &str) -> String {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(o)) => match o.get("error") {
             Some(e) if !e.is_null() => error_message(e),
             _ => error_message(&Value::Object(o)),
         },
-        Ok(Value::String(s)) => clean_text(&s, MAX_MESSAGE_CHARS),
-        _ => clean_text(text, MAX_MESSAGE_CHARS),
+        Ok(Value::String(s)) => s,
+        _ => text.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn interp(ev: &SseEvent) -> Result<StreamEvent, Excerpt> {
+        interpret(ev, &Redactor::new(None))
+    }
+
+    fn error(message: &str) -> StreamEvent {
+        StreamEvent::Error(Redactor::new(None).excerpt(message, 1000))
+    }
 
     fn data(d: &str) -> SseEvent {
         SseEvent {
@@ -237,7 +258,7 @@ mod tests {
     fn chunks() {
         let role = r#"{"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}"#;
         assert_eq!(
-            interpret(&data(role)).unwrap(),
+            interp(&data(role)).unwrap(),
             StreamEvent::Chunk {
                 content: None,
                 finish_reason: None,
@@ -247,7 +268,7 @@ mod tests {
         let text =
             r#"{"choices":[{"index":0,"delta":{"content":"Hel"},"logprobs":null}],"usage":null}"#;
         assert_eq!(
-            interpret(&data(text)).unwrap(),
+            interp(&data(text)).unwrap(),
             StreamEvent::Chunk {
                 content: Some("Hel".into()),
                 finish_reason: None,
@@ -256,7 +277,7 @@ mod tests {
         );
         let fin = r#"{"choices":[{"index":1,"delta":{"content":"no"}},{"delta":{},"finish_reason":"length"}]}"#;
         assert_eq!(
-            interpret(&data(fin)).unwrap(),
+            interp(&data(fin)).unwrap(),
             StreamEvent::Chunk {
                 content: None,
                 finish_reason: Some("length".into()),
@@ -265,7 +286,7 @@ mod tests {
         );
         let usage = r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
         assert_eq!(
-            interpret(&data(usage)).unwrap(),
+            interp(&data(usage)).unwrap(),
             StreamEvent::Chunk {
                 content: None,
                 finish_reason: None,
@@ -275,40 +296,35 @@ mod tests {
                 }),
             }
         );
-        assert_eq!(interpret(&data(" [DONE] ")).unwrap(), StreamEvent::Done);
-        assert!(interpret(&data("{\"choices\": 5}")).is_err());
+        assert_eq!(interp(&data(" [DONE] ")).unwrap(), StreamEvent::Done);
+        assert!(interp(&data("{\"choices\": 5}")).is_err());
         assert!(
-            interpret(&data("not json"))
+            interp(&data("not json"))
                 .unwrap_err()
+                .as_str()
                 .contains("not json")
         );
     }
 
     #[test]
     fn errors_in_the_stream() {
-        let e = interpret(&data(
+        let e = interp(&data(
             r#"{"error":{"message":"Model too busy","type":"overloaded","code":null}}"#,
         ))
         .unwrap();
-        assert_eq!(e, StreamEvent::Error("Model too busy (overloaded)".into()));
-        let tgi = interpret(&data(
+        assert_eq!(e, error("Model too busy (overloaded)"));
+        let tgi = interp(&data(
             r#"{"error":"Input validation error","error_type":"validation"}"#,
         ));
-        assert_eq!(
-            tgi.unwrap(),
-            StreamEvent::Error("Input validation error".into())
-        );
+        assert_eq!(tgi.unwrap(), error("Input validation error"));
         let typed = SseEvent {
             event: "error".into(),
             data: "upstream\nreset".into(),
         };
-        assert_eq!(
-            interpret(&typed).unwrap(),
-            StreamEvent::Error("upstream reset".into())
-        );
+        assert_eq!(interp(&typed).unwrap(), error("upstream reset"));
         // `"error": null` is not an error.
         assert!(matches!(
-            interpret(&data(r#"{"error":null,"choices":[]}"#)).unwrap(),
+            interp(&data(r#"{"error":null,"choices":[]}"#)).unwrap(),
             StreamEvent::Chunk { .. }
         ));
     }
@@ -325,11 +341,48 @@ mod tests {
         );
         assert_eq!(
             error_message_from_text("<html>\n502</html>"),
-            "<html> 502</html>"
+            "<html>\n502</html>"
         );
-        assert_eq!(
-            error_message_from_text(&"x".repeat(1000)).chars().count(),
-            301
-        );
+    }
+
+    /// JSON escapes in a chunk are undone by the JSON parse, so the stream redactor sees the
+    /// token in the content as it is; error text comes out redacted.
+    #[test]
+    fn the_token_is_decoded_in_content_and_redacted_in_errors() {
+        let token = "hf_OpenaiTestToken0123456789";
+        let r = Redactor::new(Some(
+            crate::cloud::ApiToken::from_string(token.into()).unwrap(),
+        ));
+        let escaped = token.replace('_', "\\u005f");
+        let chunk = format!(r#"{{"choices":[{{"delta":{{"content":"key {escaped}"}}}}]}}"#);
+        let StreamEvent::Chunk { content, .. } = interpret(&data(&chunk), &r).unwrap() else {
+            panic!("a chunk");
+        };
+        assert_eq!(content.unwrap(), format!("key {token}"));
+        for (event, payload) in [
+            ("error", format!(r#"{{"error":"bad key {escaped}"}}"#)),
+            (
+                "message",
+                format!(r#"{{"error":{{"message":"bad key {escaped}"}}}}"#),
+            ),
+            ("error", format!("bad key {}", token.replace('_', "%5F"))),
+        ] {
+            let ev = SseEvent {
+                event: event.into(),
+                data: payload,
+            };
+            let StreamEvent::Error(m) = interpret(&ev, &r).unwrap() else {
+                panic!("an error");
+            };
+            assert_eq!(m.as_str(), "bad key [redacted]");
+        }
+        let bad = format!(r#"{{"choices": "{escaped}"}}"#);
+        let e = interpret(&data(&bad), &r).unwrap_err();
+        assert!(!e.as_str().contains(token), "{e}");
+        let fin = format!(r#"{{"choices":[{{"delta":{{}},"finish_reason":"{token}"}}]}}"#);
+        let StreamEvent::Chunk { finish_reason, .. } = interpret(&data(&fin), &r).unwrap() else {
+            panic!("a chunk");
+        };
+        assert_eq!(finish_reason.as_deref(), Some("[redacted]"));
     }
 }

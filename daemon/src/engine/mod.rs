@@ -135,6 +135,21 @@ fn plan_for(cfg: &EngineConfig, file: &GgufFile, weights: &ModelWeights) -> Memo
     }
 }
 
+/// Whether the GGUF's metadata names a tokenizer (`tokenizer.ggml.model` present and not
+/// `no_vocab`). Such a model can only be given token ids.
+fn names_tokenizer(file: &GgufFile) -> bool {
+    !matches!(
+        file.get("tokenizer.ggml.model").and_then(|v| v.as_str()),
+        None | Some("no_vocab")
+    )
+}
+
+/// Whether the model at `model` carries a tokenizer, read from its header without loading
+/// it: a service that takes text checks this before committing memory to the model.
+pub fn has_tokenizer(model: &std::path::Path) -> Result<bool, EngineError> {
+    Ok(names_tokenizer(&GgufFile::open(model)?))
+}
+
 /// How loading went.
 #[derive(Clone, Debug)]
 pub struct LoadReport {
@@ -149,6 +164,9 @@ pub struct GenerateRequest {
     pub prompt: Vec<u32>,
     /// Reuse (and keep) this session's KV cache.
     pub session: Option<String>,
+    /// Who is asking (an MQTT reply topic, an API key's id): without a session key, only a
+    /// cache filled by the same owner is reused. `None` never shares (see [`session`]).
+    pub owner: Option<String>,
     /// At most this many tokens (default: the rest of the context).
     pub max_tokens: Option<usize>,
     pub sampling: SamplingParams,
@@ -263,9 +281,10 @@ impl Engine {
             ..PoolConfig::with_threads(cfg.threads)
         })
         .map_err(EngineError::Threads)?;
-        let tokenizer = match file.get("tokenizer.ggml.model").and_then(|v| v.as_str()) {
-            None | Some("no_vocab") => None,
-            Some(_) => Some(Tokenizer::from_gguf(&file)?),
+        let tokenizer = if names_tokenizer(&file) {
+            Some(Tokenizer::from_gguf(&file)?)
+        } else {
+            None
         };
         let eos = match &tokenizer {
             Some(t) => t.eos_id(),
@@ -367,10 +386,22 @@ impl Engine {
 
         // Reuse the session's cached prefix; evaluate at least the last prompt token.
         self.clock += 1;
-        let si = session::choose(&self.slots, req.session.as_deref(), prompt);
-        let slot = &mut self.slots[si];
+        let choice = session::choose(
+            &self.slots,
+            req.session.as_deref(),
+            req.owner.as_deref(),
+            prompt,
+        );
+        let slot = &mut self.slots[choice.slot];
+        if !choice.reuse {
+            // Another client's (or session's) cache: nothing of it may show.
+            slot.truncate(0);
+        }
         if slot.key.as_deref() != req.session.as_deref() {
             slot.key = req.session.clone();
+        }
+        if slot.owner.as_deref() != req.owner.as_deref() {
+            slot.owner = req.owner.clone();
         }
         slot.last_used = self.clock;
         let cached = session::common_prefix(&slot.tokens, prompt).min(prompt.len() - 1);

@@ -3,7 +3,9 @@
 //! and saying why.
 //!
 //! - [`policy`]: the pure decision state machine (thermal hysteresis, memory, queue wait,
-//!   context, route hint, privacy, cloud health) and the generation-rate [`Ewma`].
+//!   context, route hint, privacy, cloud health), and the [`Ewma`]s of the generation rate
+//!   and of the completion length that make its wait estimate. This policy's rate is the
+//!   one that routes; the service's statistics keep their own for telemetry only.
 //!
 //! The monitor (readings) and the cloud forwarders (health) feed it; the service acts on
 //! its [`Decision`]s.
@@ -11,6 +13,7 @@
 pub mod policy;
 
 pub use policy::{
-    CloudHealth, CloudRoute, Conditions, Decision, Ewma, Policy, PolicyConfig, PolicyError,
-    RejectCode, RequestFacts, Route, RouteHealth, Rule, Thermal, ThermalLimits, ThermalState,
+    COMPLETION_PRIOR_TOKENS, CloudHealth, CloudRoute, Conditions, Decision, Ewma, Policy,
+    PolicyConfig, PolicyError, RejectCode, RequestFacts, Route, RouteHealth, Rule, Thermal,
+    ThermalLimits, ThermalState,
 };

@@ -41,7 +41,7 @@
 //! | 6  | `ContextTooLong`         | prompt + `max_tokens` exceeds the local context                                  | reject                                | `context_length`      |
 //! | 7  | `NeverFits`              | the request's KV cache cannot fit the RAM budget even on an idle engine          | reject                                | `insufficient_memory` |
 //! | 8  | `QueueFull`              | the local queue is full                                                          | reject                                | `busy`                |
-//! | 9  | `DeadlineUnmet`          | estimated local wait (+ the cool-down estimate when `Hard`) exceeds the deadline | reject                                | `deadline_exceeded`   |
+//! | 9  | `DeadlineUnmet`          | the *measured* local wait (+ the cool-down estimate when `Hard`) exceeds the deadline | reject                           | `deadline_exceeded`   |
 //! | 10 | `HardWait`               | thermal state `Hard`                                                             | queue                                 | —                     |
 //! | 11 | `MemoryWait`             | the KV cache does not fit now (memory headroom − margin, or budget left)         | queue                                 | —                     |
 //! | 12 | `LocalHot`               | thermal state `Soft`                                                             | local on `hot_threads`                | —                     |
@@ -74,10 +74,34 @@
 //!
 //! # Estimates
 //!
-//! The local wait is `(tokens queued ahead + prompt + max_tokens) / rate`, where the rate
-//! is an [`Ewma`] of measured generation tokens per second (a configured prior until the
-//! first measurement). Counting prompt tokens at the generation rate overestimates (prompt
-//! processing is faster), which errs towards spilling rather than missing deadlines.
+//! The local wait is `(tokens queued ahead + tokens expected for this request) / rate`:
+//!
+//! - the rate is an [`Ewma`] of measured generation tokens per second of finished local
+//!   requests ([`Policy::observe_rate`]); before the first measurement it is the configured
+//!   prior [`PolicyConfig::rate_prior`];
+//! - a request is expected to generate `min(max_tokens, E)` tokens, where `E` is an
+//!   [`Ewma`] of the completion tokens finished requests actually generated
+//!   ([`Policy::observe_completion`]), starting at [`PolicyConfig::completion_prior`]
+//!   ([`COMPLETION_PRIOR_TOKENS`] by default). `max_tokens` is a cap, not a length: most
+//!   answers end at a stop token long before it, and taking the cap as the length refused
+//!   a `max_tokens: 2000` request on an idle board that would have taken a fraction of a
+//!   second;
+//! - the tokens queued ahead are the expected generation of every request admitted to
+//!   the engine and not finished, counted the same way by the caller
+//!   ([`Policy::expected_completion`]).
+//!
+//! Prompt tokens are not counted: prompt processing runs batched, an order of magnitude
+//! faster than generation, and at the generation rate they would dominate the estimate.
+//!
+//! **Only a measured rate may refuse or spill on the deadline** (rule 9 and its spill
+//! cause): the prior is a guess for an unknown board, and a guess must not turn requests
+//! away from an idle daemon. With the prior only, the deadline is not checked (in `Hard`
+//! the cool-down estimate alone still is). Both averages can be restored across restarts
+//! ([`Policy::restore_rate`], [`Policy::restore_completion`]); a restored value counts as
+//! measured. The reason says what the number is made of, e.g. `estimated wait 412 s
+//! (1,930 tokens queued ahead + ~180 expected for this one at 5.1 t/s measured) exceeds
+//! the deadline of 300 s`.
+//!
 //! Memory: the request's KV cache needs `(prompt + max_tokens) × kv_bytes_per_token`; it
 //! must fit within the system's memory headroom less a safety margin (the headroom is
 //! measured, so noisy) and within what is left of the RAM budget (our own exact
@@ -101,6 +125,9 @@ pub enum PolicyError {
     /// A generation-rate measurement that is not a positive finite number.
     #[error("routing policy: generation rate {0} tokens/s is not a positive finite number")]
     InvalidRate(f64),
+    /// A completion-length measurement that is not a positive finite number of tokens.
+    #[error("routing policy: completion length {0} tokens is not a positive finite number")]
+    InvalidCompletion(f64),
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> PolicyError {
@@ -329,7 +356,30 @@ impl Ewma {
     pub fn samples(&self) -> u64 {
         self.samples
     }
+
+    /// The average of the measurements; `None` while it is only the prior.
+    pub fn measured(&self) -> Option<f64> {
+        (self.samples > 0).then_some(self.value)
+    }
+
+    /// Sets the average to a value measured earlier (by a previous run), which then counts
+    /// as one measurement: the next one is blended with it rather than replacing it. The
+    /// same values as [`Ewma::observe`] are refused.
+    pub fn restore(&mut self, value: f64) -> Result<f64, PolicyError> {
+        if !(value.is_finite() && value > 0.0) {
+            return Err(PolicyError::InvalidRate(value));
+        }
+        self.value = value;
+        self.samples = self.samples.max(1);
+        Ok(value)
+    }
 }
+
+/// Completion tokens a request is expected to generate before any has finished: a
+/// typical chat answer of a few paragraphs (Mistral-style instruct models answer short
+/// questions in 100–300 tokens). Only a starting point: [`Policy::observe_completion`]
+/// replaces it with what requests here actually generate.
+pub const COMPLETION_PRIOR_TOKENS: f64 = 256.0;
 
 /// A way to the cloud.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -417,6 +467,11 @@ pub struct PolicyConfig {
     pub rate_prior: f64,
     /// Weight of each new rate measurement in the [`Ewma`], in (0, 1].
     pub rate_alpha: f64,
+    /// Completion tokens a request is expected to generate before any has finished
+    /// (usually [`COMPLETION_PRIOR_TOKENS`]).
+    pub completion_prior: f64,
+    /// Weight of each finished request's completion length in its [`Ewma`], in (0, 1].
+    pub completion_alpha: f64,
 }
 
 impl PolicyConfig {
@@ -460,6 +515,21 @@ impl PolicyConfig {
             }
         }
         Ewma::new(self.rate_prior, self.rate_alpha)?;
+        if !(self.completion_prior.is_finite() && self.completion_prior >= 1.0) {
+            return Err(invalid(
+                "completion_prior",
+                format!(
+                    "{} tokens must be a finite number, at least 1",
+                    self.completion_prior
+                ),
+            ));
+        }
+        if !(self.completion_alpha > 0.0 && self.completion_alpha <= 1.0) {
+            return Err(invalid(
+                "completion_alpha",
+                format!("{} must be in (0, 1]", self.completion_alpha),
+            ));
+        }
         Ok(())
     }
 }
@@ -477,7 +547,8 @@ pub struct Conditions {
     pub budget_committed: u64,
     /// Requests in the local queue, not counting this one.
     pub queued_requests: usize,
-    /// Tokens (prompt + `max_tokens`) of the work ahead of this request, running or queued.
+    /// Tokens the work ahead of this request, running or queued, is expected to generate
+    /// (each admitted request counted by [`Policy::expected_completion`]).
     pub queued_tokens: u64,
     pub cloud: CloudHealth,
 }
@@ -599,17 +670,23 @@ pub struct Decision {
     /// Threads local generation should use now (meaningful for `Local`; also what running
     /// work should drop to, see [`Policy::local_threads`]).
     pub local_threads: usize,
-    /// The estimated local queue wait: work ahead plus this request at the measured rate
-    /// (in `Hard` the deadline check adds [`PolicyConfig::hard_cooldown`] to it).
+    /// The estimated local queue wait: the work ahead plus this request's expected
+    /// generation, at the rate estimate (in `Hard` the deadline check adds
+    /// [`PolicyConfig::hard_cooldown`] to it).
     pub local_wait: Duration,
+    /// Whether `local_wait` rests on a measured rate (only then may it refuse or spill).
+    pub rate_measured: bool,
 }
 
-/// The routing state machine: configuration, thermal state and generation rate.
+/// The routing state machine: configuration, thermal state, generation rate and
+/// completion length.
 #[derive(Clone, Debug)]
 pub struct Policy {
     config: PolicyConfig,
     thermal: Thermal,
     rate: Ewma,
+    /// Completion tokens per finished request.
+    completion: Ewma,
 }
 
 /// The outcome of looking for a cloud route that is up.
@@ -633,6 +710,7 @@ struct Findings {
     memory_short: Option<String>,
     queue_full: Option<String>,
     wait_s: f64,
+    rate_measured: bool,
     too_slow: Option<String>,
     cloud: CloudPick,
 }
@@ -643,6 +721,7 @@ impl Policy {
         Ok(Policy {
             thermal: Thermal::new(config.thermal)?,
             rate: Ewma::new(config.rate_prior, config.rate_alpha)?,
+            completion: Ewma::new(config.completion_prior, config.completion_alpha)?,
             config,
         })
     }
@@ -671,6 +750,43 @@ impl Policy {
         self.rate.observe(tokens_per_s)
     }
 
+    /// Restores a generation rate measured by a previous run; it counts as measured.
+    pub fn restore_rate(&mut self, tokens_per_s: f64) -> Result<f64, PolicyError> {
+        self.rate.restore(tokens_per_s)
+    }
+
+    /// The completion-length estimate (tokens per request).
+    pub fn completion(&self) -> &Ewma {
+        &self.completion
+    }
+
+    /// Feeds the completion tokens a finished local request generated (0 counts as 1:
+    /// even an immediate end-of-sequence is a generation step).
+    pub fn observe_completion(&mut self, tokens: usize) -> f64 {
+        let tokens = tokens.max(1) as f64;
+        // Finite and at least 1, so the average accepts it.
+        self.completion
+            .observe(tokens)
+            .unwrap_or(self.completion.value())
+    }
+
+    /// Restores a completion-length average measured by a previous run.
+    pub fn restore_completion(&mut self, tokens: f64) -> Result<f64, PolicyError> {
+        if !(tokens.is_finite() && tokens >= 1.0) {
+            return Err(PolicyError::InvalidCompletion(tokens));
+        }
+        self.completion.restore(tokens)
+    }
+
+    /// Tokens a request allowed `max_tokens` is expected to generate: the completion
+    /// average, capped by `max_tokens`, at least 1. Rounded up, so the queue-ahead sum
+    /// the caller keeps from these never undercounts a request.
+    pub fn expected_completion(&self, max_tokens: usize) -> u64 {
+        let cap = u64::try_from(max_tokens.max(1)).unwrap_or(u64::MAX);
+        // The average is finite and at least 1; `as` saturates.
+        (self.completion.value().ceil() as u64).clamp(1, cap)
+    }
+
     /// Threads local generation should use in the current thermal state.
     pub fn local_threads(&self) -> usize {
         match self.thermal.state() {
@@ -692,6 +808,7 @@ impl Policy {
             thermal: f.thermal,
             local_threads: self.local_threads(),
             local_wait: Duration::try_from_secs_f64(f.wait_s).unwrap_or(Duration::MAX),
+            rate_measured: f.rate_measured,
         }
     }
 
@@ -750,27 +867,44 @@ impl Policy {
         });
 
         // The Ewma keeps its value positive and finite, so this is finite too.
-        let wait_s = now.queued_tokens.saturating_add(tokens64) as f64 / self.rate.value();
+        let rate = self.rate.value();
+        let rate_measured = self.rate.measured().is_some();
+        let expected = self.expected_completion(req.max_tokens);
+        let wait_s = now.queued_tokens.saturating_add(expected) as f64 / rate;
+        let wait = format!(
+            "estimated wait {} ({} tokens queued ahead + ~{} expected for this one at {:.1} t/s {})",
+            seconds(wait_s),
+            thousands(now.queued_tokens),
+            thousands(expected),
+            rate,
+            if rate_measured {
+                "measured"
+            } else {
+                "assumed, not yet measured"
+            }
+        );
+        // Only a measured rate may turn a request away on its deadline (module docs).
+        let counted_wait_s = if rate_measured { wait_s } else { 0.0 };
         let thermal_reason = self.thermal.reason();
+        let deadline_s = deadline.as_secs_f64();
         let too_slow = if thermal == ThermalState::Hard {
             let cooldown = c.hard_cooldown.as_secs_f64();
-            (cooldown + wait_s > deadline.as_secs_f64()).then(|| {
+            (cooldown + counted_wait_s > deadline_s).then(|| {
+                let waiting = if rate_measured {
+                    format!(" + {wait}")
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{}: cool-down ~{} + queue wait ~{} exceeds deadline {}",
+                    "{}: cool-down ~{}{waiting} exceeds the deadline of {}",
                     thermal_reason.as_deref().unwrap_or("soc hot"),
                     seconds(cooldown),
-                    seconds(wait_s),
-                    seconds(deadline.as_secs_f64())
+                    seconds(deadline_s)
                 )
             })
         } else {
-            (wait_s > deadline.as_secs_f64()).then(|| {
-                format!(
-                    "queue wait ~{} exceeds deadline {}",
-                    seconds(wait_s),
-                    seconds(deadline.as_secs_f64())
-                )
-            })
+            (rate_measured && wait_s > deadline_s)
+                .then(|| format!("{wait} exceeds the deadline of {}", seconds(deadline_s)))
         };
 
         Findings {
@@ -784,6 +918,7 @@ impl Policy {
             memory_short: over_budget.or(over_headroom),
             queue_full,
             wait_s,
+            rate_measured,
             too_slow,
             cloud: self.pick_cloud(&now.cloud),
         }
@@ -939,8 +1074,13 @@ fn walk(f: &Findings, local_threads: usize, all_threads: usize) -> (Route, Rule,
         Route::Local,
         Rule::Local,
         say(&format!(
-            "fits locally (wait ~{}, deadline {})",
+            "fits locally (estimated wait {}{}, deadline {})",
             seconds(f.wait_s),
+            if f.rate_measured {
+                ""
+            } else {
+                " at the assumed rate"
+            },
             seconds(f.deadline.as_secs_f64())
         )),
     )
@@ -953,6 +1093,19 @@ fn degrees(c: f32) -> String {
     } else {
         format!("{c:.1}")
     }
+}
+
+/// `1,930`: token counts in reasons are read by people.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
 }
 
 /// `41 s`, `3.5 s`: tenths only where they matter.
@@ -996,6 +1149,8 @@ mod tests {
             cloud_routes: vec![CloudRoute::Https, CloudRoute::Mqtt],
             rate_prior: 5.0,
             rate_alpha: 0.25,
+            completion_prior: COMPLETION_PRIOR_TOKENS,
+            completion_alpha: 0.25,
         }
     }
 
@@ -1036,6 +1191,10 @@ mod tests {
         https: H,
         mqtt: H,
         mqtt_first: bool,
+        /// A measured generation rate (tokens/s) fed before deciding; `None`: the prior.
+        rate: Option<f64>,
+        /// A measured completion length fed before deciding; `None`: the prior.
+        completion: Option<usize>,
         want: Route,
         rule: Rule,
         reason: &'static str,
@@ -1057,6 +1216,8 @@ mod tests {
         https: H::Up,
         mqtt: H::Up,
         mqtt_first: false,
+        rate: None,
+        completion: None,
         want: Route::Local,
         rule: Rule::Local,
         reason: "",
@@ -1073,11 +1234,21 @@ mod tests {
     #[rustfmt::skip]
     const ROWS: &[Row] = &[
         // --- auto: local when Normal and it fits.
-        Row { name: "auto normal fits", reason: "fits locally (wait ~60 s, deadline 300 s)", ..BASE },
+        Row { name: "auto normal fits", reason: "fits locally (estimated wait 40 s at the assumed rate, deadline 300 s)", ..BASE },
         Row { name: "auto no reading yet", temps: &[], reason: "fits locally", ..BASE },
         Row { name: "auto memory headroom unknown", headroom_mib: None, reason: "fits locally", ..BASE },
         Row { name: "auto queue one short of full", queued: 3, reason: "fits locally", ..BASE },
-        Row { name: "auto wait exactly the deadline", queued_tokens: 1200, reason: "fits locally (wait ~300 s, deadline 300 s)", ..BASE },
+        Row { name: "auto wait exactly the deadline", rate: Some(5.0), queued_tokens: 1300, reason: "fits locally (estimated wait 300 s, deadline 300 s)", ..BASE },
+        // --- admission: max_tokens is a cap, and only a measured rate turns work away.
+        Row { name: "auto idle prior only huge max_tokens", max_tokens: 2000, reason: "fits locally (estimated wait 51 s at the assumed rate, deadline 300 s)", ..BASE },
+        Row { name: "auto prior only short deadline", max_tokens: 2000, deadline_s: Some(5), reason: "fits locally (estimated wait 51 s at the assumed rate, deadline 5.0 s)", ..BASE },
+        Row { name: "private prior only work ahead", local_only: true, max_tokens: 2000, queued_tokens: 5000, reason: "privacy local-only: fits locally", ..BASE },
+        Row { name: "auto measured fast huge max_tokens", rate: Some(20.0), max_tokens: 2000, reason: "fits locally (estimated wait 13 s, deadline 300 s)", ..BASE },
+        Row { name: "auto measured short answers", rate: Some(5.0), completion: Some(20), max_tokens: 2000, deadline_s: Some(10), reason: "fits locally (estimated wait 4.0 s, deadline 10 s)", ..BASE },
+        Row { name: "auto measured slow spills", rate: Some(5.1), completion: Some(180), max_tokens: 2000, queued_tokens: 1930, want: Route::CloudHttps, rule: Rule::Spill, reason: "estimated wait 414 s (1,930 tokens queued ahead + ~180 expected for this one at 5.1 t/s measured) exceeds the deadline of 300 s", ..BASE },
+        Row { name: "auto measured slow cloud down refuses", rate: Some(5.1), completion: Some(180), max_tokens: 2000, queued_tokens: 1930, https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "estimated wait 414 s (1,930 tokens queued ahead + ~180 expected for this one at 5.1 t/s measured) exceeds the deadline of 300 s; cloud unavailable", ..BASE },
+        Row { name: "auto queue ahead counted", rate: Some(5.0), queued_tokens: 1400, https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "estimated wait 320 s (1,400 tokens queued ahead + ~200 expected", ..BASE },
+        Row { name: "auto hard prior only cool-down alone", temps: HOT, deadline_s: Some(50), https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "soc 83.1 °C above hard limit 82 °C: cool-down ~60 s exceeds the deadline of 50 s", ..BASE },
         // --- auto: spill causes with the cloud up.
         Row { name: "auto hard spills", temps: HOT, want: Route::CloudHttps, rule: Rule::Spill, reason: "soc 83.1 °C above hard limit 82 °C", ..BASE },
         Row { name: "auto soft spills", temps: WARM, want: Route::CloudHttps, rule: Rule::Spill, reason: "soc 76.0 °C above soft limit 75 °C", ..BASE },
@@ -1092,8 +1263,8 @@ mod tests {
         Row { name: "auto budget short spills", committed_mib: 1900, prompt: 2800, deadline_s: Some(1000), want: Route::CloudHttps, rule: Rule::Spill, reason: "KV cache 187.50 MiB exceeds RAM budget left 148.00 MiB of 2.00 GiB", ..BASE },
         Row { name: "auto never fits spills", baseline_mib: 1900, committed_mib: 1900, prompt: 3800, deadline_s: Some(1000), want: Route::CloudHttps, rule: Rule::Spill, reason: "never fits RAM budget 2.00 GiB", ..BASE },
         Row { name: "auto queue full spills", queued: 4, want: Route::CloudHttps, rule: Rule::Spill, reason: "local queue full (4 of 4)", ..BASE },
-        Row { name: "auto slow spills", prompt: 5, deadline_s: Some(30), want: Route::CloudHttps, rule: Rule::Spill, reason: "queue wait ~41 s exceeds deadline 30 s", ..BASE },
-        Row { name: "auto wait a little past the deadline spills", queued_tokens: 1205, want: Route::CloudHttps, rule: Rule::Spill, reason: "queue wait ~301 s exceeds deadline 300 s", ..BASE },
+        Row { name: "auto slow spills", rate: Some(5.0), deadline_s: Some(30), want: Route::CloudHttps, rule: Rule::Spill, reason: "estimated wait 40 s (0 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 30 s", ..BASE },
+        Row { name: "auto wait a little past the deadline spills", rate: Some(5.0), queued_tokens: 1305, want: Route::CloudHttps, rule: Rule::Spill, reason: "estimated wait 301 s (1,305 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 300 s", ..BASE },
         // --- auto: preference order and health.
         Row { name: "auto https down uses mqtt", temps: WARM, https: DOWN, want: Route::CloudMqtt, rule: Rule::Spill, reason: "soc 76.0 °C above soft limit 75 °C (skipped https: circuit open)", ..BASE },
         Row { name: "auto mqtt preferred", temps: HOT, mqtt_first: true, want: Route::CloudMqtt, rule: Rule::Spill, reason: "above hard limit", ..BASE },
@@ -1103,7 +1274,7 @@ mod tests {
         Row { name: "auto soft cloud down runs on fewer threads", temps: WARM, https: DOWN, mqtt: MQTT_DOWN, want: Route::Local, rule: Rule::LocalHot, reason: "soc 76.0 °C above soft limit 75 °C: local on 2 of 4 threads; cloud unavailable (https: circuit open; mqtt: broker unreachable)", ..BASE },
         Row { name: "auto soft no cloud configured", temps: WARM, https: H::Off, mqtt: H::Off, want: Route::Local, rule: Rule::LocalHot, reason: "local on 2 of 4 threads; no cloud route configured", ..BASE },
         Row { name: "auto hard cloud down waits", temps: HOT, https: DOWN, mqtt: MQTT_DOWN, want: Route::Queue, rule: Rule::HardWait, reason: "waiting for local capacity (soc 83.1 °C above hard limit 82 °C); cloud unavailable", ..BASE },
-        Row { name: "auto hard cloud down misses deadline", temps: HOT, deadline_s: Some(100), https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "soc 83.1 °C above hard limit 82 °C: cool-down ~60 s + queue wait ~60 s exceeds deadline 100 s", ..BASE },
+        Row { name: "auto hard cloud down misses deadline", temps: HOT, rate: Some(5.0), deadline_s: Some(90), https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "soc 83.1 °C above hard limit 82 °C: cool-down ~60 s + estimated wait 40 s (0 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 90 s", ..BASE },
         Row { name: "auto hard and memory short waits for heat first", temps: HOT, headroom_mib: Some(50), https: DOWN, mqtt: MQTT_DOWN, want: Route::Queue, rule: Rule::HardWait, reason: "(soc 83.1", ..BASE },
         Row { name: "auto context cloud down", prompt: 8000, max_tokens: 1000, https: H::Down("credits exhausted"), mqtt: H::Off, want: Route::Reject(C::ContextLength), rule: Rule::ContextTooLong, reason: "prompt+max_tokens 9000 exceeds local context 4096; cloud unavailable (https: credits exhausted)", ..BASE },
         Row { name: "auto headroom short cloud down waits", headroom_mib: Some(50), https: DOWN, mqtt: MQTT_DOWN, want: Route::Queue, rule: Rule::MemoryWait, reason: "waiting for local capacity (KV cache 18.75 MiB + margin", ..BASE },
@@ -1111,7 +1282,7 @@ mod tests {
         Row { name: "auto never fits cloud down", baseline_mib: 1900, committed_mib: 1900, prompt: 3800, https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::InsufficientMemory), rule: Rule::NeverFits, reason: "KV cache 250.00 MiB for 4000 tokens never fits RAM budget 2.00 GiB (1.86 GiB in use when idle)", ..BASE },
         Row { name: "auto queue full cloud down", queued: 4, https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::Busy), rule: Rule::QueueFull, reason: "local queue full (4 of 4); cloud unavailable", ..BASE },
         Row { name: "auto soft queue full cloud down is busy", temps: WARM, queued: 4, https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::Busy), rule: Rule::QueueFull, reason: "local queue full (4 of 4)", ..BASE },
-        Row { name: "auto slow cloud down", prompt: 5, deadline_s: Some(30), https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "queue wait ~41 s exceeds deadline 30 s; cloud unavailable", ..BASE },
+        Row { name: "auto slow cloud down", rate: Some(5.0), deadline_s: Some(30), https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "estimated wait 40 s (0 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 30 s; cloud unavailable", ..BASE },
         Row { name: "auto expired", deadline_s: Some(0), want: Route::Reject(C::Expired), rule: Rule::Expired, reason: "deadline passed", ..BASE },
         // --- route=local forces the board.
         Row { name: "local normal", route: LocalHint, reason: "route local: fits locally", ..BASE },
@@ -1120,7 +1291,8 @@ mod tests {
         Row { name: "local context", route: LocalHint, prompt: 8000, max_tokens: 1000, want: Route::Reject(C::ContextLength), rule: Rule::ContextTooLong, reason: "route local: prompt+max_tokens 9000 exceeds local context 4096", ..BASE },
         Row { name: "local queue full", route: LocalHint, queued: 4, want: Route::Reject(C::Busy), rule: Rule::QueueFull, reason: "route local: local queue full", ..BASE },
         Row { name: "local memory short waits", route: LocalHint, headroom_mib: Some(50), want: Route::Queue, rule: Rule::MemoryWait, reason: "route local: waiting for local capacity (KV cache", ..BASE },
-        Row { name: "local slow", route: LocalHint, prompt: 5, deadline_s: Some(30), want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "route local: queue wait ~41 s exceeds deadline 30 s", ..BASE },
+        Row { name: "local slow", route: LocalHint, rate: Some(5.0), deadline_s: Some(30), want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "route local: estimated wait 40 s (0 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 30 s", ..BASE },
+        Row { name: "local prior only never refused on deadline", route: LocalHint, deadline_s: Some(30), reason: "route local: fits locally (estimated wait 40 s at the assumed rate, deadline 30 s)", ..BASE },
         // --- route=cloud never runs on the board.
         Row { name: "cloud normal", route: Cloud, want: Route::CloudHttps, rule: Rule::CloudForced, reason: "route cloud", ..BASE },
         Row { name: "cloud hot and long still cloud", route: Cloud, temps: HOT, prompt: 8000, max_tokens: 1000, want: Route::CloudHttps, rule: Rule::CloudForced, reason: "route cloud", ..BASE },
@@ -1132,12 +1304,12 @@ mod tests {
         Row { name: "private normal", local_only: true, reason: "privacy local-only: fits locally", ..BASE },
         Row { name: "private soft", local_only: true, temps: WARM, want: Route::Local, rule: Rule::LocalHot, reason: "privacy local-only: soc 76.0 °C above soft limit 75 °C: local on 2 of 4 threads", ..BASE },
         Row { name: "private hard waits", local_only: true, temps: HOT, want: Route::Queue, rule: Rule::HardWait, reason: "privacy local-only: waiting for local capacity (soc 83.1 °C above hard limit 82 °C)", ..BASE },
-        Row { name: "private hard misses deadline", local_only: true, temps: HOT, deadline_s: Some(100), want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "privacy local-only: soc 83.1 °C above hard limit 82 °C: cool-down ~60 s + queue wait ~60 s exceeds deadline 100 s", ..BASE },
+        Row { name: "private hard misses deadline", local_only: true, temps: HOT, rate: Some(5.0), deadline_s: Some(90), want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "privacy local-only: soc 83.1 °C above hard limit 82 °C: cool-down ~60 s + estimated wait 40 s (0 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 90 s", ..BASE },
         Row { name: "private context", local_only: true, prompt: 8000, max_tokens: 1000, want: Route::Reject(C::ContextLength), rule: Rule::ContextTooLong, reason: "privacy local-only: prompt+max_tokens 9000 exceeds local context 4096", ..BASE },
         Row { name: "private never fits", local_only: true, baseline_mib: 1900, committed_mib: 1900, prompt: 3800, want: Route::Reject(C::InsufficientMemory), rule: Rule::NeverFits, reason: "privacy local-only: KV cache 250.00 MiB", ..BASE },
         Row { name: "private memory short waits", local_only: true, headroom_mib: Some(50), want: Route::Queue, rule: Rule::MemoryWait, reason: "privacy local-only: waiting for local capacity (KV cache", ..BASE },
         Row { name: "private queue full", local_only: true, queued: 4, want: Route::Reject(C::Busy), rule: Rule::QueueFull, reason: "privacy local-only: local queue full (4 of 4)", ..BASE },
-        Row { name: "private slow", local_only: true, prompt: 5, deadline_s: Some(30), want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "privacy local-only: queue wait ~41 s exceeds deadline 30 s", ..BASE },
+        Row { name: "private slow", local_only: true, rate: Some(5.0), deadline_s: Some(30), want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "privacy local-only: estimated wait 40 s (0 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 30 s", ..BASE },
         Row { name: "private with route local", local_only: true, route: LocalHint, temps: HOT, want: Route::Queue, rule: Rule::HardWait, reason: "privacy local-only: waiting for local capacity", ..BASE },
         Row { name: "private cloud down changes nothing", local_only: true, https: DOWN, mqtt: MQTT_DOWN, reason: "privacy local-only: fits locally", ..BASE },
         Row { name: "private with route cloud", local_only: true, route: Cloud, want: Route::Reject(C::InvalidRequest), rule: Rule::PrivacyConflict, reason: "privacy local-only forbids route cloud", ..BASE },
@@ -1161,6 +1333,12 @@ mod tests {
             H::Up | H::Off => RouteHealth::Up,
         };
         let mut policy = Policy::new(cfg).unwrap();
+        if let Some(rate) = row.rate {
+            policy.observe_rate(rate).unwrap();
+        }
+        if let Some(tokens) = row.completion {
+            policy.observe_completion(tokens);
+        }
         let (last, earlier) = row
             .temps
             .split_last()
@@ -1383,7 +1561,7 @@ mod tests {
     #[test]
     fn invalid_configs_are_refused() {
         type Edit = fn(&mut PolicyConfig);
-        let edits: [(&str, Edit); 9] = [
+        let edits: [(&str, Edit); 11] = [
             ("local_context", |c| c.local_context = 0),
             ("kv_bytes_per_token", |c| c.kv_bytes_per_token = 0),
             ("queue_capacity", |c| c.queue_capacity = 0),
@@ -1395,6 +1573,8 @@ mod tests {
             }),
             ("rate_prior", |c| c.rate_prior = 0.0),
             ("rate_alpha", |c| c.rate_alpha = 1.5),
+            ("completion_prior", |c| c.completion_prior = f64::NAN),
+            ("completion_alpha", |c| c.completion_alpha = 0.0),
         ];
         for (field, edit) in edits {
             let mut c = config();
@@ -1443,38 +1623,74 @@ mod tests {
         let mut policy = Policy::new(config()).unwrap();
         let now = Conditions::default();
         let req = RequestFacts {
-            prompt_tokens: 5,
-            max_tokens: 200,
+            max_tokens: 2000,
             deadline: Some(Duration::from_secs(30)),
             ..request(Auto, false)
         };
-        // 205 tokens at the 5 tokens/s prior: ~41 s, past the 30 s deadline.
+        // The 256-token prior at the 5 tokens/s prior: ~51 s, past the deadline, but a
+        // guess: it neither spills nor refuses.
+        assert!(policy.rate().measured().is_none());
         let d = policy.decide(&now, &req);
-        assert_eq!(d.route, Route::CloudHttps);
-        assert_eq!(d.local_wait, Duration::from_secs(41));
-        assert!(
-            d.reason.contains("queue wait ~41 s exceeds deadline 30 s"),
+        assert_eq!(
+            (d.route, d.rate_measured),
+            (Route::Local, false),
             "{}",
             d.reason
         );
-        // Measured at 10 tokens/s: ~20.5 s, in time.
+        assert_eq!(d.local_wait, Duration::from_secs_f64(51.2));
+        // Measured at 10 tokens/s with 100-token answers: ~10 s, in time.
         policy.observe_rate(10.0).unwrap();
-        assert_eq!(policy.rate().value(), 10.0);
+        assert_eq!(policy.observe_completion(100), 100.0);
+        assert_eq!(policy.expected_completion(2000), 100);
+        assert_eq!(policy.expected_completion(30), 30, "capped by max_tokens");
         let d = policy.decide(&now, &req);
-        assert_eq!(d.route, Route::Local, "{}", d.reason);
+        assert_eq!(
+            (d.route, d.rate_measured),
+            (Route::Local, true),
+            "{}",
+            d.reason
+        );
         assert!(
-            d.reason.contains("wait ~20 s, deadline 30 s"),
+            d.reason.contains("estimated wait 10 s, deadline 30 s"),
             "{}",
             d.reason
         );
         // Work queued ahead counts too.
         let busy = Conditions {
-            queued_tokens: 200,
+            queued_tokens: 250,
             ..Conditions::default()
         };
         let d = policy.decide(&busy, &req);
         assert_eq!(d.route, Route::CloudHttps);
-        assert!(d.reason.contains("queue wait ~40 s"), "{}", d.reason);
+        assert_eq!(
+            d.reason,
+            "estimated wait 35 s (250 tokens queued ahead + ~100 expected for this one at \
+             10.0 t/s measured) exceeds the deadline of 30 s"
+        );
+    }
+
+    #[test]
+    fn averages_restore_across_restarts() {
+        let mut policy = Policy::new(config()).unwrap();
+        assert_eq!(policy.completion().measured(), None);
+        assert_eq!(policy.restore_rate(7.5), Ok(7.5));
+        assert_eq!(policy.rate().measured(), Some(7.5));
+        // A restored value is evidence: the next measurement is blended, not a restart.
+        assert_eq!(policy.observe_rate(3.5), Ok(6.5));
+        assert_eq!(policy.restore_completion(120.0), Ok(120.0));
+        assert_eq!(policy.completion().measured(), Some(120.0));
+        assert_eq!(policy.observe_completion(40), 100.0);
+        assert_eq!(policy.observe_completion(0), 75.25, "0 counts as 1");
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(policy.restore_rate(bad).is_err(), "{bad}");
+        }
+        assert!(policy.restore_completion(0.5).is_err());
+        assert_eq!(policy.rate().value(), 6.5);
+        assert_eq!(policy.expected_completion(0), 1);
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1930), "1,930");
+        assert_eq!(thousands(12_345_678), "12,345,678");
     }
 
     #[test]

@@ -4,8 +4,15 @@
 //! thread), the [`Policy`] state machine (behind a mutex: the dispatcher decides, the
 //! engine thread reports measured rates and asks whether it may start work) and the
 //! HTTPS [`CloudClient`] when a cloud route is configured. It also keeps the one number
-//! the policy needs that only the service knows: the tokens of work admitted to the local
-//! engine and not yet finished, for the queue-wait estimate.
+//! the policy needs that only the service knows: the tokens the work admitted to the local
+//! engine and not yet finished is expected to generate, for the queue-wait estimate.
+//!
+//! The policy's generation-rate and completion-length averages are the ones routing uses
+//! (the service's statistics keep a rate of their own, for telemetry only). The engine
+//! thread feeds both after every finished request ([`Router::observe_rate`],
+//! [`Router::observe_completion`]); [`Router::generation_rate`] and
+//! [`Router::completion_tokens`] read them for persisting, and the `restore_*` methods put
+//! them back after a restart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,8 +24,8 @@ use crate::config::Validated;
 use crate::engine::Engine;
 use crate::monitor::{Monitor, MonitorError, Sampler};
 use crate::router::{
-    CloudHealth, CloudRoute, Conditions, Decision, Policy, PolicyConfig, PolicyError, RejectCode,
-    RequestFacts, RouteHealth, ThermalState,
+    COMPLETION_PRIOR_TOKENS, CloudHealth, CloudRoute, Conditions, Decision, Policy, PolicyConfig,
+    PolicyError, RejectCode, RequestFacts, RouteHealth, ThermalState,
 };
 use crate::tokenizer::chat::Message;
 
@@ -45,8 +52,8 @@ pub struct Router {
     monitor: Monitor,
     cloud: Option<Arc<CloudClient>>,
     upstream: Option<Arc<Upstream>>,
-    /// Prompt + `max_tokens` of every request admitted to the local engine and not yet
-    /// finished.
+    /// Tokens every request admitted to the local engine and not yet finished is expected
+    /// to generate ([`Policy::expected_completion`] when it was admitted).
     local_tokens: AtomicU64,
     budget_baseline: u64,
 }
@@ -89,6 +96,8 @@ impl Router {
             cloud_routes: v.cloud_routes.clone(),
             rate_prior: r.rate_prior,
             rate_alpha: 0.3,
+            completion_prior: COMPLETION_PRIOR_TOKENS,
+            completion_alpha: 0.3,
         })?;
         let cloud = if v.cloud_routes.contains(&CloudRoute::Https) {
             let sources = v.config.cloud.token_sources();
@@ -194,10 +203,11 @@ impl Router {
         self.cloud.as_ref()
     }
 
-    /// Records a request admitted to the local engine (for the queue-wait estimate); the
-    /// returned number goes back to [`Router::local_done`].
+    /// Records a request admitted to the local engine (for the queue-wait estimate: the
+    /// tokens it is expected to generate); the returned number goes back to
+    /// [`Router::local_done`].
     pub fn local_admitted(&self, req: &Request) -> u64 {
-        let tokens = (estimate_prompt_tokens(req) + req.max_tokens) as u64;
+        let tokens = self.policy().expected_completion(req.max_tokens);
         self.local_tokens.fetch_add(tokens, Ordering::Relaxed);
         tokens
     }
@@ -215,6 +225,39 @@ impl Router {
     pub fn observe_rate(&self, tokens_per_s: f64) {
         if tokens_per_s.is_finite() && tokens_per_s > 0.0 {
             let _ = self.policy().observe_rate(tokens_per_s);
+        }
+    }
+
+    /// Reports the completion tokens a local request generated (one that finished by a
+    /// stop or by `max_tokens`; a cancelled one says nothing about answer lengths).
+    pub fn observe_completion(&self, tokens: usize) {
+        self.policy().observe_completion(tokens);
+    }
+
+    /// The measured generation rate (tokens/s), `None` while only the prior is known: the
+    /// number to persist.
+    pub fn generation_rate(&self) -> Option<f64> {
+        self.policy().rate().measured()
+    }
+
+    /// Restores a rate persisted by a previous run; it counts as measured. A value that is
+    /// not a positive finite number is ignored (with a warning: the journal is a file).
+    pub fn restore_generation_rate(&self, tokens_per_s: f64) {
+        if let Err(e) = self.policy().restore_rate(tokens_per_s) {
+            tracing::warn!("not restoring the generation rate: {e}");
+        }
+    }
+
+    /// The measured completion tokens per request, `None` while only the prior is known.
+    pub fn completion_tokens(&self) -> Option<f64> {
+        self.policy().completion().measured()
+    }
+
+    /// Restores a completion length persisted by a previous run; it counts as measured. A
+    /// value below 1 or not finite is ignored with a warning.
+    pub fn restore_completion_tokens(&self, tokens: f64) {
+        if let Err(e) = self.policy().restore_completion(tokens) {
+            tracing::warn!("not restoring the completion length: {e}");
         }
     }
 
@@ -276,6 +319,8 @@ impl Router {
             "throttled": snap.throttled(),
             "memory_headroom_bytes": snap.memory_headroom_bytes(),
             "generation_tokens_per_s_ewma": policy.rate().value(),
+            "generation_rate_measured": policy.rate().measured().is_some(),
+            "expected_completion_tokens": policy.completion().value(),
             "cloud_https": status(self.cloud.is_some(), cloud.https),
             "cloud_mqtt": status(self.upstream.is_some(), cloud.mqtt),
         })

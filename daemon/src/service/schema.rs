@@ -41,6 +41,9 @@ pub enum ErrorCode {
     Timeout,
     /// The request's KV cache can never fit the RAM budget.
     InsufficientMemory,
+    /// The daemon stopped (a crash, an OOM kill, a power cut) while the request was in
+    /// hand, and its deadline passed before it could run again after the restart.
+    Interrupted,
     /// The estimated wait for local capacity exceeds the request's deadline.
     DeadlineExceeded,
     /// A bug or an unexpected failure.
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::CloudError => "cloud_error",
             ErrorCode::Timeout => "timeout",
             ErrorCode::InsufficientMemory => "insufficient_memory",
+            ErrorCode::Interrupted => "interrupted",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Internal => "internal",
         }

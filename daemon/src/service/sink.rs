@@ -1,50 +1,87 @@
 //! The one way out for a request's answer. A [`ReplySink`] streams chunks and then ends with
 //! exactly one final message: `finish`/`fail` consume it, and dropping it unfinished (a
 //! panic, a forgotten path) sends an `internal` error, so a client always gets its final.
-//! Sinks are used on the engine thread (their sends block); the MQTT side answers the
+//! Sinks are used on the engine thread (their sends block); the intake answers the
 //! requests it refuses itself, asynchronously.
+//!
+//! Every message says how it must be delivered ([`Delivery`]): the final of a journaled
+//! request is recorded in the journal before it goes out and marked delivered after, so
+//! that a crash in between cannot lose it (see [`super::intake`]).
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::journal::RequestKey;
 use super::schema::{ErrorCode, RequestError, chunk_json, error_json};
 
-/// Where replies go: an MQTT topic and the request's correlation data.
+/// Where replies go: a topic and the request's correlation data (MQTT 5's response topic
+/// and correlation data, or an MQTT 3.1.1 client's `reply_to`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplyTarget {
     pub topic: String,
     pub correlation: Option<Bytes>,
 }
 
-/// A message for the MQTT publisher.
+/// How a message is delivered.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delivery {
+    /// A streamed piece of an answer.
+    Chunk,
+    /// A final that is not journaled: a refusal before the request was accepted, or a
+    /// replay of a final the journal already holds.
+    Final,
+    /// The final of a journaled request, to be recorded before it is sent.
+    /// `keep_for_replay`: a successful answer, kept to answer a resend again.
+    Journaled {
+        key: RequestKey,
+        keep_for_replay: bool,
+    },
+    /// The final of a journaled request, already recorded: mark it delivered once sent.
+    Recorded { key: RequestKey },
+}
+
+/// A message for the front end that accepted the request.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
     pub target: ReplyTarget,
     pub payload: Vec<u8>,
-    /// Whether this ends a request (for bookkeeping).
-    pub is_final: bool,
+    pub delivery: Delivery,
 }
 
-/// Streams one request's replies.
+impl Outgoing {
+    /// Whether this ends a request.
+    pub fn is_final(&self) -> bool {
+        self.delivery != Delivery::Chunk
+    }
+
+    /// The final error reply of journaled request `key`.
+    pub fn journaled_error(key: &RequestKey, target: &ReplyTarget, err: &RequestError) -> Outgoing {
+        Outgoing {
+            target: target.clone(),
+            payload: error_json(Some(&key.id), err),
+            delivery: Delivery::Journaled {
+                key: key.clone(),
+                keep_for_replay: false,
+            },
+        }
+    }
+}
+
+/// Streams one journaled request's replies.
 #[derive(Debug)]
 pub struct ReplySink {
-    id: Option<String>,
-    target: Option<ReplyTarget>,
+    key: RequestKey,
+    target: ReplyTarget,
     tx: mpsc::Sender<Outgoing>,
     seq: u64,
     done: bool,
 }
 
 impl ReplySink {
-    /// A sink for request `id` replying to `target` (`None`: the client gave no way to
-    /// reply, so replies are dropped, but the bookkeeping still happens).
-    pub fn new(
-        id: Option<String>,
-        target: Option<ReplyTarget>,
-        tx: mpsc::Sender<Outgoing>,
-    ) -> ReplySink {
+    /// A sink for the request journaled under `key`, replying to `target`.
+    pub fn new(key: RequestKey, target: ReplyTarget, tx: mpsc::Sender<Outgoing>) -> ReplySink {
         ReplySink {
-            id,
+            key,
             target,
             tx,
             seq: 0,
@@ -52,21 +89,29 @@ impl ReplySink {
         }
     }
 
-    pub fn id(&self) -> Option<&str> {
-        self.id.as_deref()
+    pub fn id(&self) -> &str {
+        &self.key.id
     }
 
-    fn send(&self, payload: Vec<u8>, is_final: bool) {
-        let Some(target) = &self.target else { return };
+    fn send(&self, payload: Vec<u8>, delivery: Delivery) {
         let msg = Outgoing {
-            target: target.clone(),
+            target: self.target.clone(),
             payload,
-            is_final,
+            delivery,
         };
-        // Sinks live on the engine thread: this blocks while the publisher is behind, which
-        // paces generation to what the network takes. It fails only when the publisher is
-        // gone (shutdown), and then there is nobody left to tell.
+        // Sinks live on the engine thread: this blocks while the front end is behind, which
+        // paces generation to what the network takes. It fails only when the front end is
+        // gone (the end of a shutdown), and then there is nobody left to tell; the journal
+        // still holds the request, so the next start answers it.
         let _ = self.tx.blocking_send(msg);
+    }
+
+    fn send_final(&self, payload: Vec<u8>, keep_for_replay: bool) {
+        let delivery = Delivery::Journaled {
+            key: self.key.clone(),
+            keep_for_replay,
+        };
+        self.send(payload, delivery);
     }
 
     /// Sends the next piece of the answer (empty pieces are skipped).
@@ -74,9 +119,9 @@ impl ReplySink {
         if delta.is_empty() {
             return;
         }
-        let payload = chunk_json(self.id.as_deref().unwrap_or(""), self.seq, delta);
+        let payload = chunk_json(&self.key.id, self.seq, delta);
         self.seq += 1;
-        self.send(payload, false);
+        self.send(payload, Delivery::Chunk);
     }
 
     /// Chunks sent so far.
@@ -84,16 +129,16 @@ impl ReplySink {
         self.seq
     }
 
-    /// Ends the request with its final reply (already serialized).
+    /// Ends the request with its (successful) final reply, already serialized.
     pub fn finish(mut self, payload: Vec<u8>) {
         self.done = true;
-        self.send(payload, true);
+        self.send_final(payload, true);
     }
 
     /// Ends the request with an error.
     pub fn fail(mut self, err: &RequestError) {
         self.done = true;
-        self.send(error_json(self.id.as_deref(), err), true);
+        self.send_final(error_json(Some(&self.key.id), err), false);
     }
 }
 
@@ -101,7 +146,7 @@ impl Drop for ReplySink {
     fn drop(&mut self) {
         if !self.done {
             let err = RequestError::new(ErrorCode::Internal, "the request ended without an answer");
-            self.send(error_json(self.id.as_deref(), &err), true);
+            self.send_final(error_json(Some(&self.key.id), &err), false);
         }
     }
 }
@@ -109,6 +154,14 @@ impl Drop for ReplySink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key() -> RequestKey {
+        RequestKey {
+            id: "q".into(),
+            reply_to: "r".into(),
+            correlation: Vec::new(),
+        }
+    }
 
     #[test]
     fn exactly_one_final_even_when_dropped() {
@@ -118,14 +171,22 @@ mod tests {
             topic: "r".into(),
             correlation: None,
         };
-        let mut s = ReplySink::new(Some("q".into()), Some(target.clone()), tx.clone());
+        let mut s = ReplySink::new(key(), target.clone(), tx.clone());
         s.chunk("a");
         s.chunk("");
         s.chunk("b");
         drop(s);
         let msgs: Vec<Outgoing> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert_eq!(msgs.len(), 3);
-        assert!(!msgs[0].is_final && !msgs[1].is_final && msgs[2].is_final);
+        assert!(!msgs[0].is_final() && !msgs[1].is_final() && msgs[2].is_final());
+        assert_eq!(
+            msgs[2].delivery,
+            Delivery::Journaled {
+                key: key(),
+                keep_for_replay: false
+            },
+            "an unfinished request's final is journaled and not kept for replay"
+        );
         let last: serde_json::Value = serde_json::from_slice(&msgs[2].payload).unwrap();
         assert_eq!(last["error"]["code"], "internal");
         let first: serde_json::Value = serde_json::from_slice(&msgs[1].payload).unwrap();
@@ -134,13 +195,20 @@ mod tests {
             (Some(1), Some("b"))
         );
 
-        let s = ReplySink::new(Some("q".into()), Some(target), tx);
+        let s = ReplySink::new(key(), target, tx);
         s.finish(b"{}".to_vec());
         let msgs: Vec<Outgoing> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert_eq!(
             msgs.len(),
             1,
             "finish sends one final and the drop nothing more"
+        );
+        assert_eq!(
+            msgs[0].delivery,
+            Delivery::Journaled {
+                key: key(),
+                keep_for_replay: true
+            }
         );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Shared between the MQTT side, the engine thread and the telemetry task.
 #[derive(Debug, Default)]
@@ -12,6 +12,11 @@ pub struct Stats {
     pub queued: AtomicUsize,
     /// Requests the engine is running (0 or 1).
     pub running: AtomicUsize,
+    /// Resends answered with their recorded final (`"replayed": true`).
+    replays: AtomicU64,
+    /// Deliveries of a request already in flight, or redeliveries of an answered one:
+    /// attached, not run again.
+    duplicates: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -30,6 +35,16 @@ impl Stats {
     pub fn count(&self, route: &'static str, outcome: &'static str) {
         let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         *i.counts.entry((route, outcome)).or_default() += 1;
+    }
+
+    /// A resend answered with its recorded final.
+    pub fn replay(&self) {
+        self.replays.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A duplicate delivery attached to its request.
+    pub fn duplicate(&self) {
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a generation speed (tokens/s over `tokens` tokens).
@@ -68,6 +83,8 @@ impl Stats {
             "tokens_per_s": i.tokens_per_s,
             "tokens_generated": i.tokens_generated,
             "requests": by_route,
+            "replayed": self.replays.load(Ordering::Relaxed),
+            "duplicates": self.duplicates.load(Ordering::Relaxed),
         })
     }
 }

@@ -10,33 +10,40 @@
 //! memory, and after a reconnect unanswered forwards end by their timeout.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::{AsyncClient, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use secrecy::ExposeSecret;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use super::connection::{self, ConnectionConfig, ConnectionEvent, ConnectionState};
 use super::mqtt::{MqttSetupError, tls_client_config};
 use crate::config::{BrokerAddr, Validated};
 
 /// Replies of one forward, as they arrive.
 type Pending = Arc<Mutex<HashMap<Bytes, mpsc::UnboundedSender<Bytes>>>>;
 
-/// The connection to the cloud broker.
+/// The connection to the cloud broker. Dropping it disconnects.
 pub struct Upstream {
     client: AsyncClient,
     pending: Pending,
-    connected: Arc<AtomicBool>,
-    last_error: Arc<Mutex<String>>,
+    state: Arc<ConnectionState>,
+    /// Tells the connection's driver to stop reconnecting (on drop).
+    stop: watch::Sender<bool>,
+    label: String,
     reply_topic: String,
     topic: String,
-    device: String,
+    /// `<device>-<start time>`: with the counter after it, a forward's correlation data is
+    /// unique across restarts too. The worker keys its idempotency on it (with the request
+    /// id and our reply topic), so a counter starting over at 0 would have it replay an
+    /// answer from before the restart for a new request with a reused id.
+    correlation_prefix: String,
     next: AtomicU64,
     pub timeout: Duration,
 }
@@ -46,6 +53,15 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("topic", &self.topic)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        // Best effort: with the client's queue full, the connection just drops, and the
+        // driver ends at the first failure after the stop.
+        let _ = self.client.try_disconnect();
     }
 }
 
@@ -67,12 +83,13 @@ impl Drop for Forward {
 }
 
 impl Upstream {
-    /// Connects (in the background, retrying with backoff) and subscribes to the reply
-    /// topic. Must be called within the tokio runtime.
+    /// Connects (in the background, through [`connection::drive`]: backoff with jitter,
+    /// the reply topic subscribed after every CONNACK). Must be called within the tokio
+    /// runtime.
     pub fn start(v: &Validated, addr: &BrokerAddr) -> Result<Upstream, MqttSetupError> {
         let u = &v.config.upstream;
         let client_id = format!("{}-upstream", v.client_id);
-        let mut o = MqttOptions::new(client_id, addr.host.clone(), addr.port);
+        let mut o = MqttOptions::new(client_id.clone(), addr.host.clone(), addr.port);
         o.set_keep_alive(Duration::from_secs(v.config.mqtt.keep_alive_secs));
         o.set_clean_start(true);
         o.set_max_packet_size(Some(v.config.mqtt.max_packet_bytes));
@@ -91,86 +108,61 @@ impl Upstream {
                 Arc::new(tls),
             )));
         }
-        let (client, mut events) = AsyncClient::new(o, 256);
+        let (client, eventloop) = AsyncClient::new(o, 256);
         let prefix = v.config.mqtt.topic_prefix.trim_end_matches('/');
         let reply_topic = format!("{prefix}/{}/upstream-replies", v.device);
+        let label = format!("the cloud broker {}:{}", addr.host, addr.port);
         let pending: Pending = Arc::default();
-        let connected = Arc::new(AtomicBool::new(false));
-        let last_error = Arc::new(Mutex::new("not connected yet".to_string()));
-        let upstream = Upstream {
-            client: client.clone(),
-            pending: Arc::clone(&pending),
-            connected: Arc::clone(&connected),
-            last_error: Arc::clone(&last_error),
-            reply_topic: reply_topic.clone(),
+        let state = Arc::new(ConnectionState::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let cfg = ConnectionConfig {
+            label: label.clone(),
+            client_id,
+            subscriptions: vec![(reply_topic.clone(), QoS::AtLeastOnce)],
+            online: None,
+            backoff: connection::BackoffConfig::default(),
+        };
+        tokio::spawn(connection::drive(
+            eventloop,
+            cfg,
+            events_tx,
+            Arc::clone(&state),
+            stop_rx,
+            None,
+        ));
+        tokio::spawn(route_replies(events, Arc::clone(&pending)));
+        Ok(Upstream {
+            client,
+            pending,
+            state,
+            stop,
+            label,
+            reply_topic,
             topic: u.topic.clone(),
-            device: v.device.clone(),
+            correlation_prefix: format!(
+                "{}-{:x}",
+                v.device,
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros())
+            ),
             next: AtomicU64::new(0),
             timeout: Duration::from_secs(u.timeout_secs),
-        };
-        let host = format!("{}:{}", addr.host, addr.port);
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        backoff = Duration::from_millis(500);
-                        tracing::info!("connected to the cloud broker {host}");
-                        if let Err(e) = client
-                            .subscribe(reply_topic.clone(), QoS::AtLeastOnce)
-                            .await
-                        {
-                            tracing::error!("cannot subscribe to {reply_topic}: {e}");
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        connected.store(true, Ordering::SeqCst);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let corr = p
-                            .properties
-                            .as_ref()
-                            .and_then(|p| p.correlation_data.clone());
-                        let Some(corr) = corr else { continue };
-                        let tx = pending
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .get(&corr)
-                            .cloned();
-                        match tx {
-                            Some(tx) => {
-                                let _ = tx.send(p.payload);
-                            }
-                            None => tracing::debug!("a late or unknown upstream reply: dropped"),
-                        }
-                    }
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-                    Ok(_) => {}
-                    Err(e) => {
-                        connected.store(false, Ordering::SeqCst);
-                        *last_error.lock().unwrap_or_else(PoisonError::into_inner) =
-                            format!("cloud broker {host} unreachable: {e}");
-                        tracing::warn!("cloud broker {host}: {e}; retrying in {backoff:?}");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                }
-            }
-        });
-        Ok(upstream)
+        })
     }
 
     /// Whether forwards can go out now, with the reason when not.
     pub fn availability(&self) -> Result<(), String> {
-        if self.connected.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone())
+        if self.state.is_connected() {
+            return Ok(());
         }
+        let e = self.state.last_error();
+        Err(if e.is_empty() {
+            format!("not connected to {} yet", self.label)
+        } else {
+            e
+        })
     }
 
     /// Publishes `payload` (a request in our schema) and returns where its replies arrive.
@@ -180,7 +172,7 @@ impl Upstream {
         expiry: Option<Duration>,
     ) -> Result<Forward, String> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let correlation = Bytes::from(format!("{}-{n}", self.device));
+        let correlation = Bytes::from(format!("{}-{n}", self.correlation_prefix));
         let (tx, rx) = mpsc::unbounded_channel();
         self.pending
             .lock()
@@ -205,6 +197,32 @@ impl Upstream {
             .await
             .map_err(|e| format!("cannot publish to the cloud broker: {e}"))?;
         Ok(forward)
+    }
+}
+
+/// Hands each reply to the forward waiting for its correlation data, until the driver
+/// ends.
+async fn route_replies(mut events: mpsc::UnboundedReceiver<ConnectionEvent>, pending: Pending) {
+    while let Some(event) = events.recv().await {
+        let ConnectionEvent::Publish(p) = event else {
+            continue;
+        };
+        let corr = p
+            .properties
+            .as_ref()
+            .and_then(|p| p.correlation_data.clone());
+        let Some(corr) = corr else { continue };
+        let tx = pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&corr)
+            .cloned();
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(p.payload);
+            }
+            None => tracing::debug!("a late or unknown upstream reply: dropped"),
+        }
     }
 }
 

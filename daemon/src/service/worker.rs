@@ -1,35 +1,24 @@
 //! The engine thread: takes accepted requests from the bounded queue one at a time, runs
 //! them on the engine (never on the async runtime: generation is seconds of CPU work), and
-//! streams the answer through the request's [`ReplySink`].
+//! streams the answer through the request's [`ReplySink`]. It returns when the queue is
+//! closed and empty; after `Control::cancel` it stops the running generation and answers
+//! whatever is still queued `shutting_down` on its way out.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::notify::Heartbeat;
+use super::queue::{EXPIRED_WHILE_WAITING, Job, JobReceiver};
 use super::route::Router;
-use super::schema::{ErrorCode, Request, RequestError, Served, final_json};
-use super::sink::{Outgoing, ReplySink, ReplyTarget};
+use super::schema::{ErrorCode, RequestError, final_json};
+use super::sink::{Outgoing, ReplySink};
 use super::stats::Stats;
 use crate::engine::{Engine, EngineError, FinishReason, GenerateRequest};
-
-/// An accepted request waiting for the engine.
-#[derive(Debug)]
-pub struct Job {
-    pub request: Request,
-    pub target: Option<ReplyTarget>,
-    pub received: Instant,
-    /// The MQTT 5 message expiry: not started after this, it is answered `expired`.
-    pub deadline: Option<Instant>,
-    /// The routing decision, for the final reply.
-    pub served: Served,
-    /// What [`Router::local_admitted`] counted for it.
-    pub tokens: u64,
-}
 
 /// Flags the service sets to stop the engine thread.
 #[derive(Debug, Default)]
@@ -48,7 +37,7 @@ const IDLE_BEAT: Duration = Duration::from_secs(1);
 /// Runs jobs until the queue's senders are gone and it is empty.
 pub fn run(
     mut engine: Engine,
-    jobs: Receiver<Job>,
+    jobs: JobReceiver,
     out: mpsc::Sender<Outgoing>,
     stats: Arc<Stats>,
     control: Arc<Control>,
@@ -70,11 +59,7 @@ pub fn run(
         control.heartbeat.set_busy(true);
         stats.queued.fetch_sub(1, Ordering::Relaxed);
         let tokens = job.tokens;
-        let sink = ReplySink::new(
-            Some(job.request.id.clone()),
-            job.target.clone(),
-            out.clone(),
-        );
+        let sink = ReplySink::new(job.key.clone(), job.target.clone(), out.clone());
         wait_while_hot(&job, &control, &router);
         let threads = router.local_threads();
         let pool = &engine.compute().pool;
@@ -100,9 +85,7 @@ pub fn run(
 fn wait_while_hot(job: &Job, control: &Control, router: &Router) {
     let mut logged = false;
     while let Some(reason) = router.hold_local() {
-        if control.cancel.load(Ordering::Relaxed)
-            || job.deadline.is_some_and(|d| Instant::now() >= d)
-        {
+        if control.cancel.load(Ordering::Relaxed) || job.expired_at(Instant::now()) {
             return;
         }
         if !logged {
@@ -135,12 +118,8 @@ fn serve(
             "the device is shutting down; send the request again later".into(),
         );
     }
-    if job.deadline.is_some_and(|d| Instant::now() >= d) {
-        return fail(
-            sink,
-            ErrorCode::Expired,
-            "the request's message expiry passed while it waited".into(),
-        );
+    if job.expired_at(Instant::now()) {
+        return fail(sink, ErrorCode::Expired, EXPIRED_WHILE_WAITING.into());
     }
     let req = job.request;
     let Some(tok) = engine.tokenizer() else {
@@ -155,9 +134,16 @@ fn serve(
         Err(e) => return fail(sink, ErrorCode::InvalidRequest, e.to_string()),
     };
     let queue_ms = job.received.elapsed().as_secs_f64() * 1e3;
+    // A cached prompt prefix serves only the client it came from (engine::session): the
+    // client's identity is its reply address, and session keys live in the client's own
+    // namespace, so guessing another client's key reveals nothing either.
     let job_request = GenerateRequest {
         prompt,
-        session: req.session.clone(),
+        session: req
+            .session
+            .as_ref()
+            .map(|s| format!("{}\u{0}{s}", job.client)),
+        owner: Some(job.client.clone()),
         max_tokens: Some(req.max_tokens),
         sampling: req.sampling.clone(),
         stop: req.stop.clone(),
@@ -183,6 +169,8 @@ fn serve(
         ),
         Ok(done) => {
             stats.generation(done.completion_tokens, done.generation_tokens_per_s());
+            router.observe_completion(done.completion_tokens);
+            // A handful of tokens measures the prompt's tail more than the decode speed.
             if done.completion_tokens >= 8 {
                 router.observe_rate(done.generation_tokens_per_s());
             }

@@ -1,0 +1,837 @@
+//! The intake: where every request enters, whatever front end received it. It owns the
+//! rules a request meets on its way to one final reply, so that no front end repeats any
+//! of them: validation, idempotency, the request journal, routing, admission to the local
+//! queue or a cloud route, and the recording of every final. Nothing here knows MQTT: a
+//! front end hands in a [`Submission`] (the payload, where replies go, the transport's
+//! expiry), gets an [`Admission`] that says whether to acknowledge the message, and
+//! delivers the [`Outgoing`] messages of the receiver [`Intake::start`] returns.
+//!
+//! **Idempotency.** A request's key is its id, reply address and correlation data. A
+//! request whose key is in flight is attached to the running one (it gets that one's
+//! answer); one whose key has a successful final in the journal's reply cache gets that
+//! final again, marked `"replayed": true` (unless the transport says it is a redelivery
+//! of a message it delivered before: that client has its answer); after a refusal or an
+//! error a resend is a new attempt.
+//!
+//! **Durability.** A request is journaled (fsync'd) before the front end acknowledges it.
+//! Its final is recorded in the journal before it goes out and marked delivered after.
+//! At start, [`Intake::recover`] sends again every final recorded but not delivered, and
+//! answers every journaled request without a final exactly once: it runs again (seeded as
+//! before, without streaming, its final marked `"resumed": true`) while its deadline
+//! allows, else it is answered `interrupted`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::journal::{Accepted, Journal, JournalError, Lookup, RequestKey};
+use super::queue::{EXPIRED_WHILE_WAITING, Job, JobReceiver, LocalQueue, Refused};
+use super::route::{self, Router};
+use super::schema::{
+    ErrorCode, Limits, Request, RequestError, RouteHint, Served, error_json, parse_request,
+    salvage_id, salvage_reply_to,
+};
+use super::sink::{Delivery, Outgoing, ReplyTarget};
+use super::spill::{self, CloudTarget, Spill};
+use super::stats::Stats;
+use super::upstream::upstream_payload;
+use crate::router::Route;
+
+/// Longest correlation data accepted (it is part of the journal's key).
+pub const MAX_CORRELATION_BYTES: usize = super::journal::MAX_CORRELATION_BYTES;
+
+/// A request as a front end received it.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    /// The request JSON.
+    pub payload: Bytes,
+    /// Where replies go, if the transport says (MQTT 5's response topic and correlation
+    /// data); else the payload's `reply_to`.
+    pub reply: Option<ReplyTarget>,
+    /// Time left before the transport's expiry (MQTT 5's message expiry interval).
+    pub expiry: Option<Duration>,
+    /// The transport delivers this message again (MQTT's DUP flag): its sender does not
+    /// resend it, so a final it already got is not replayed.
+    pub redelivered: bool,
+}
+
+/// What became of a submission; all but `Deferred` are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Journaled: it will get its final.
+    Accepted,
+    /// The same request is in flight, or was answered and this is a redelivery.
+    Attached,
+    /// Answered already: refused, or its final replayed.
+    Answered,
+    /// Shutting down: not taken; the transport should deliver it again after a restart.
+    Deferred,
+}
+
+impl Admission {
+    /// Whether the front end acknowledges the message.
+    pub fn acknowledge(self) -> bool {
+        self != Admission::Deferred
+    }
+}
+
+/// Settings of the intake.
+#[derive(Clone, Copy, Debug)]
+pub struct IntakeConfig {
+    pub limits: Limits,
+    /// Deadline of requests whose transport gives no expiry.
+    pub default_deadline: Duration,
+    pub max_cloud_inflight: usize,
+}
+
+/// A request accepted and not yet answered.
+#[derive(Clone, Debug)]
+struct InFlight {
+    received: Instant,
+    /// Taken back from the journal at start: its final says so.
+    resumed: bool,
+}
+
+/// Requests accepted and not yet answered, shared with the final recorder.
+type InFlightMap = Arc<Mutex<HashMap<RequestKey, InFlight>>>;
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Intake {
+    config: IntakeConfig,
+    journal: Arc<Journal>,
+    router: Arc<Router>,
+    queue: Arc<LocalQueue>,
+    stats: Arc<Stats>,
+    /// Into the final recorder; taken at [`Intake::close`].
+    replies: Mutex<Option<mpsc::Sender<Outgoing>>>,
+    in_flight: InFlightMap,
+    cloud_permits: Arc<Semaphore>,
+    spills: Mutex<JoinSet<()>>,
+    /// Turns true at the shutdown deadline: spills still running are cancelled.
+    cancel_spills: watch::Sender<bool>,
+    accepting: AtomicBool,
+    /// One admission at a time from lookup to journal: two front ends delivering the same
+    /// request at once must not both run it.
+    admission: tokio::sync::Mutex<()>,
+}
+
+/// What [`Intake::recover`] did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Recovery {
+    /// Finals recorded before the restart but not delivered, sent again.
+    pub resent: usize,
+    /// Requests run again.
+    pub resumed: usize,
+    /// Requests whose deadline had passed, answered `interrupted`.
+    pub interrupted: usize,
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs a journal call off the async runtime (it may wait for the disk).
+async fn blocking<T: Send + 'static>(
+    journal: &Arc<Journal>,
+    f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+) -> Result<T, JournalError> {
+    let journal = Arc::clone(journal);
+    tokio::task::spawn_blocking(move || f(&journal))
+        .await
+        .unwrap_or_else(|e| match e.try_into_panic() {
+            // A bug in the journal: fail here as an inline call would have.
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => Err(JournalError::Unavailable(e.to_string())),
+        })
+}
+
+/// Where an admitted request goes.
+enum Placement {
+    Local(Served),
+    Cloud(Served, CloudTarget, tokio::sync::OwnedSemaphorePermit),
+    Refuse(RequestError),
+}
+
+impl Intake {
+    /// The intake, the engine's job queue receiver, and the receiver of every message the
+    /// front end must deliver. Spawns the final recorder on the current runtime.
+    pub fn start(
+        config: IntakeConfig,
+        journal: Arc<Journal>,
+        router: Arc<Router>,
+        stats: Arc<Stats>,
+        queue_depth: usize,
+    ) -> (Arc<Intake>, JobReceiver, mpsc::Receiver<Outgoing>) {
+        let recovered_room = journal.limits().max_pending;
+        let (queue, jobs) = LocalQueue::new(
+            queue_depth,
+            recovered_room,
+            Arc::clone(&stats),
+            Arc::clone(&router),
+        );
+        let (replies_tx, replies_rx) = mpsc::channel::<Outgoing>(1024);
+        let (front_tx, front_rx) = mpsc::channel::<Outgoing>(1024);
+        let in_flight: InFlightMap = Arc::default();
+        tokio::spawn(record_finals(
+            replies_rx,
+            front_tx,
+            Arc::clone(&journal),
+            Arc::clone(&in_flight),
+        ));
+        let intake = Intake {
+            config,
+            journal,
+            router,
+            queue: Arc::new(queue),
+            stats,
+            replies: Mutex::new(Some(replies_tx)),
+            in_flight,
+            cloud_permits: Arc::new(Semaphore::new(config.max_cloud_inflight)),
+            spills: Mutex::new(JoinSet::new()),
+            cancel_spills: watch::channel(false).0,
+            accepting: AtomicBool::new(true),
+            admission: tokio::sync::Mutex::new(()),
+        };
+        let intake = Arc::new(intake);
+        tokio::spawn(answer_expired(Arc::downgrade(&intake)));
+        (intake, jobs, front_rx)
+    }
+
+    /// A sender for replies (the engine thread's sinks use one); `None` once closed.
+    pub fn reply_sender(&self) -> Option<mpsc::Sender<Outgoing>> {
+        self.replies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn send(&self, msg: Outgoing) {
+        match self.reply_sender() {
+            Some(tx) => {
+                let _ = tx.send(msg).await;
+            }
+            None => tracing::warn!("a reply after shutdown was dropped"),
+        }
+    }
+
+    /// Answers a request that was not accepted (nothing is journaled).
+    async fn refuse(&self, target: Option<ReplyTarget>, id: Option<&str>, err: &RequestError) {
+        self.stats.count("none", err.code.as_str());
+        tracing::info!(id = id.unwrap_or("?"), "refused: {err}");
+        let Some(target) = target else {
+            tracing::warn!(
+                id = id.unwrap_or("?"),
+                "cannot answer a refused request: it gave no reply topic"
+            );
+            return;
+        };
+        self.send(Outgoing {
+            target,
+            payload: error_json(id, err),
+            delivery: Delivery::Final,
+        })
+        .await;
+    }
+
+    /// Takes in one request.
+    pub async fn submit(&self, s: Submission) -> Admission {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Admission::Deferred;
+        }
+        let received = Instant::now();
+        let req = match parse_request(&s.payload, &self.config.limits) {
+            Ok(r) => r,
+            Err(err) => {
+                let target = s.reply.clone().or_else(|| {
+                    salvage_reply_to(&s.payload).map(|topic| ReplyTarget {
+                        topic,
+                        correlation: None,
+                    })
+                });
+                self.refuse(target, salvage_id(&s.payload).as_deref(), &err)
+                    .await;
+                return Admission::Answered;
+            }
+        };
+        let target = s.reply.clone().or_else(|| {
+            req.reply_to.clone().map(|topic| ReplyTarget {
+                topic,
+                correlation: None,
+            })
+        });
+        let Some(target) = target else {
+            tracing::warn!(id = %req.id, "request has no response topic and no reply_to: dropped");
+            self.stats.count("none", "no_reply_address");
+            return Admission::Answered;
+        };
+        let correlation = target.correlation.clone().unwrap_or_default();
+        if correlation.len() > MAX_CORRELATION_BYTES {
+            let err = RequestError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the correlation data is {} bytes; the limit is {MAX_CORRELATION_BYTES}",
+                    correlation.len()
+                ),
+            );
+            self.refuse(Some(target), Some(&req.id), &err).await;
+            return Admission::Answered;
+        }
+        let key = RequestKey {
+            id: req.id.clone(),
+            reply_to: target.topic.clone(),
+            correlation: correlation.to_vec(),
+        };
+
+        let _admission = self.admission.lock().await;
+        let lookup_key = key.clone();
+        match blocking(&self.journal, move |j| j.lookup(&lookup_key)).await {
+            Ok(Lookup::Pending) => {
+                self.stats.duplicate();
+                tracing::info!(id = %req.id, "the same request is in flight: attached to it");
+                return Admission::Attached;
+            }
+            Ok(Lookup::Answered { .. }) if s.redelivered => {
+                self.stats.duplicate();
+                tracing::info!(id = %req.id, "a redelivery of an answered request: not run again");
+                return Admission::Attached;
+            }
+            Ok(Lookup::Answered { final_payload }) => {
+                self.stats.replay();
+                tracing::info!(id = %req.id, "resent after its answer: the final is replayed");
+                self.send(Outgoing {
+                    target,
+                    payload: with_flag(&final_payload, "replayed"),
+                    delivery: Delivery::Final,
+                })
+                .await;
+                return Admission::Answered;
+            }
+            Ok(Lookup::Unknown) => {}
+            Err(e) => {
+                tracing::error!(id = %req.id, "request journal: {e}");
+                let err = RequestError::new(
+                    ErrorCode::Internal,
+                    "the request journal cannot be read; try again later",
+                );
+                self.refuse(Some(target), Some(&req.id), &err).await;
+                return Admission::Answered;
+            }
+        }
+
+        if s.expiry.is_some_and(|e| e.is_zero()) {
+            let err = RequestError::new(ErrorCode::Expired, "the request had expired on arrival");
+            self.refuse(Some(target), Some(&req.id), &err).await;
+            return Admission::Answered;
+        }
+        let placement = self.place(&req, &s.payload, s.expiry, false);
+        let (served, cloud) = match placement {
+            Placement::Refuse(err) => {
+                self.refuse(Some(target), Some(&req.id), &err).await;
+                return Admission::Answered;
+            }
+            Placement::Local(served) => (served, None),
+            Placement::Cloud(served, to, permit) => (served, Some((to, permit))),
+        };
+
+        let received_unix_ms = unix_ms();
+        let deadline = s.expiry.unwrap_or(self.config.default_deadline);
+        let accepted = Accepted {
+            key: key.clone(),
+            payload: s.payload.to_vec(),
+            received_unix_ms,
+            deadline_unix_ms: Some(
+                received_unix_ms
+                    .saturating_add(u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX)),
+            ),
+            seed: req.sampling.seed,
+            client: target.topic.clone(),
+        };
+        if let Err(e) = blocking(&self.journal, move |j| j.accept(&accepted)).await {
+            let err = match e {
+                JournalError::Full { .. } => RequestError::new(ErrorCode::Busy, e.to_string()),
+                JournalError::TooLarge { .. } => {
+                    RequestError::new(ErrorCode::TooLarge, e.to_string())
+                }
+                _ => {
+                    tracing::error!(id = %req.id, "request journal: {e}");
+                    RequestError::new(
+                        ErrorCode::Internal,
+                        "the request journal cannot be written; try again later",
+                    )
+                }
+            };
+            self.refuse(Some(target), Some(&req.id), &err).await;
+            return Admission::Answered;
+        }
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                key.clone(),
+                InFlight {
+                    received,
+                    resumed: false,
+                },
+            );
+        let job = Job {
+            request: req,
+            key,
+            client: target.topic.clone(),
+            target,
+            received,
+            deadline: s.expiry.map(|e| received + e),
+            served,
+            tokens: 0,
+        };
+        self.start_placed(job, cloud).await;
+        Admission::Accepted
+    }
+
+    /// Decides where a request goes and claims what it needs there (a cloud permit);
+    /// `recovered` requests were accepted before a restart, so the queue's depth does not
+    /// refuse them.
+    fn place(
+        &self,
+        req: &Request,
+        payload: &[u8],
+        expiry: Option<Duration>,
+        recovered: bool,
+    ) -> Placement {
+        let queued = self.stats.queued.load(Ordering::SeqCst);
+        let decision = self.router.decide(req, expiry, queued);
+        tracing::info!(
+            id = %req.id,
+            route = decision.route.as_str(),
+            rule = decision.rule.number(),
+            "{}",
+            decision.reason
+        );
+        let local = |reason: String| {
+            if !recovered && self.queue.is_full() {
+                return Placement::Refuse(RequestError::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "the queue is full ({} waiting); try again shortly",
+                        self.stats.queued.load(Ordering::SeqCst)
+                    ),
+                ));
+            }
+            Placement::Local(Served {
+                route: "local",
+                reason,
+            })
+        };
+        match decision.route {
+            Route::Local | Route::Queue => local(decision.reason),
+            Route::CloudHttps | Route::CloudMqtt => {
+                let served = Served {
+                    route: decision.route.as_str(),
+                    reason: decision.reason,
+                };
+                let to = if decision.route == Route::CloudHttps {
+                    self.router.cloud().cloned().map(CloudTarget::Https)
+                } else {
+                    self.router
+                        .upstream()
+                        .cloned()
+                        .zip(upstream_payload(payload))
+                        .map(|(up, p)| CloudTarget::Mqtt(up, p))
+                };
+                let Some(to) = to else {
+                    // The policy only picks configured routes.
+                    return Placement::Refuse(RequestError::new(
+                        ErrorCode::Internal,
+                        "no such cloud route",
+                    ));
+                };
+                match Arc::clone(&self.cloud_permits).try_acquire_owned() {
+                    Ok(permit) => Placement::Cloud(served, to, permit),
+                    Err(_) if req.route == RouteHint::Cloud => {
+                        Placement::Refuse(RequestError::new(
+                            ErrorCode::Busy,
+                            format!(
+                                "{} requests are on their way to the cloud already; try again \
+                                 shortly",
+                                self.config.max_cloud_inflight
+                            ),
+                        ))
+                    }
+                    Err(_) => local(format!(
+                        "{}, but {} requests are on their way to the cloud already: served here",
+                        served.reason, self.config.max_cloud_inflight
+                    )),
+                }
+            }
+            Route::Reject(code) => {
+                Placement::Refuse(RequestError::new(route::reject_code(code), decision.reason))
+            }
+        }
+    }
+
+    /// Starts a journaled request where [`Intake::place`] put it: the local queue, or a
+    /// cloud route when `cloud` says so.
+    async fn start_placed(
+        &self,
+        job: Job,
+        cloud: Option<(CloudTarget, tokio::sync::OwnedSemaphorePermit)>,
+    ) {
+        let Some(out) = self.reply_sender() else {
+            return;
+        };
+        match cloud {
+            None => {
+                let admitted = if self.is_resumed(&job.key) {
+                    self.queue.readmit(job)
+                } else {
+                    self.queue.admit(job)
+                };
+                let (code, message, job) = match admitted {
+                    Ok(()) => return,
+                    Err(Refused::Full(job)) => {
+                        (ErrorCode::Busy, "the queue is full; try again shortly", job)
+                    }
+                    Err(Refused::Closed(job)) => (
+                        ErrorCode::ShuttingDown,
+                        "the device is shutting down; send the request again later",
+                        job,
+                    ),
+                };
+                self.stats.count("none", code.as_str());
+                let err = RequestError::new(code, message);
+                let _ = out
+                    .send(Outgoing::journaled_error(&job.key, &job.target, &err))
+                    .await;
+            }
+            Some((to, permit)) => {
+                let spill = Spill {
+                    req: job.request,
+                    key: job.key,
+                    target: job.target,
+                    client: job.client,
+                    received: job.received,
+                    deadline: job.deadline,
+                    served: job.served,
+                    out,
+                    stats: Arc::clone(&self.stats),
+                    queue: Arc::clone(&self.queue),
+                    cancel: self.cancel_spills.subscribe(),
+                    permit,
+                };
+                let mut spills = self.spills.lock().unwrap_or_else(PoisonError::into_inner);
+                // Reap the finished ones: the set holds only what runs.
+                while spills.try_join_next().is_some() {}
+                spills.spawn(spill::run(spill, to));
+            }
+        }
+    }
+
+    fn is_resumed(&self, key: &RequestKey) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|f| f.resumed)
+    }
+
+    /// Answers what the journal holds from before a restart (see the module docs). Call it
+    /// once, before the front ends take requests.
+    pub async fn recover(&self) -> Result<Recovery, JournalError> {
+        let mut report = Recovery::default();
+        let undelivered = blocking(&self.journal, |j| j.undelivered()).await?;
+        for (key, payload) in undelivered {
+            report.resent += 1;
+            let target = key_target(&key);
+            self.send(Outgoing {
+                target,
+                payload,
+                delivery: Delivery::Recorded { key },
+            })
+            .await;
+        }
+        let pending = blocking(&self.journal, |j| j.pending()).await?;
+        let now_ms = unix_ms();
+        for a in pending {
+            let target = key_target(&a.key);
+            let received = Instant::now();
+            self.in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    a.key.clone(),
+                    InFlight {
+                        received,
+                        resumed: true,
+                    },
+                );
+            let left = a
+                .deadline_unix_ms
+                .map(|d| Duration::from_millis(d.saturating_sub(now_ms)));
+            let answer = |code: ErrorCode, message: String| {
+                Outgoing::journaled_error(&a.key, &target, &RequestError::new(code, message))
+            };
+            if left.is_some_and(|l| l.is_zero()) {
+                report.interrupted += 1;
+                self.stats.count("none", ErrorCode::Interrupted.as_str());
+                let away = Duration::from_millis(now_ms.saturating_sub(a.received_unix_ms));
+                self.send(answer(
+                    ErrorCode::Interrupted,
+                    format!(
+                        "the device restarted while the request was in hand, and its deadline \
+                         passed before it could run again (received {} s ago)",
+                        away.as_secs()
+                    ),
+                ))
+                .await;
+                continue;
+            }
+            let mut req = match parse_request(&a.payload, &self.config.limits) {
+                Ok(r) => r,
+                Err(err) => {
+                    // The limits changed across the restart.
+                    self.send(Outgoing::journaled_error(&a.key, &target, &err))
+                        .await;
+                    continue;
+                }
+            };
+            req.sampling.seed = a.seed;
+            // Chunks from the interrupted run may have gone out: the re-run answers with
+            // its final only, whose text is whole.
+            req.stream = false;
+            report.resumed += 1;
+            let (served, cloud) = match self.place(&req, &a.payload, left, true) {
+                Placement::Refuse(err) => {
+                    self.send(Outgoing::journaled_error(&a.key, &target, &err))
+                        .await;
+                    continue;
+                }
+                Placement::Local(mut served) => {
+                    served.reason = format!("resumed after a restart; {}", served.reason);
+                    (served, None)
+                }
+                Placement::Cloud(served, to, permit) => (served, Some((to, permit))),
+            };
+            let job = Job {
+                request: req,
+                key: a.key,
+                target,
+                client: a.client,
+                received,
+                deadline: left.map(|l| received + l),
+                served,
+                tokens: 0,
+            };
+            self.start_placed(job, cloud).await;
+        }
+        Ok(report)
+    }
+
+    /// Marks a final as handed to the transport.
+    pub async fn delivered(&self, key: RequestKey) {
+        if let Err(e) = blocking(&self.journal, move |j| j.delivered(&key)).await {
+            tracing::warn!("request journal: cannot mark a final delivered: {e}");
+        }
+    }
+
+    /// Stops taking requests: submissions are `Deferred` from now on.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Requests accepted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Cancels every spill still running (each answers `shutting_down`).
+    pub fn cancel_spills(&self) {
+        self.cancel_spills.send_replace(true);
+    }
+
+    /// Closes the local queue and the intake's own reply sender: the recorder ends once
+    /// the engine thread and the spills are done.
+    pub fn close(&self) {
+        self.queue.close();
+        self.replies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// Waits up to `limit` for the spills to end.
+    pub async fn join_spills(&self, limit: Duration) {
+        let mut spills =
+            std::mem::take(&mut *self.spills.lock().unwrap_or_else(PoisonError::into_inner));
+        let all = async { while spills.join_next().await.is_some() {} };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!("cloud requests still running at exit: aborted");
+        }
+    }
+
+    /// The journal's figures, for telemetry: (unanswered, finals kept for replay).
+    pub async fn journal_counts(&self) -> Option<(usize, usize)> {
+        blocking(&self.journal, |j| j.counts()).await.ok()
+    }
+
+    /// The journal (for persisted settings).
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+}
+
+/// How often the local queue is swept for requests whose deadline passed while they
+/// waited.
+const EXPIRY_SWEEP: Duration = Duration::from_millis(200);
+
+/// Answers `expired` each queued request whose deadline passes, within [`EXPIRY_SWEEP`] of
+/// it, until the queue closes: its place is free for the next request at once.
+async fn answer_expired(intake: std::sync::Weak<Intake>) {
+    let mut tick = tokio::time::interval(EXPIRY_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(intake) = intake.upgrade() else {
+            return;
+        };
+        if intake.queue.is_closed() {
+            return;
+        }
+        let expired = intake.queue.take_expired(Instant::now());
+        if expired.is_empty() {
+            continue;
+        }
+        let err = RequestError::new(ErrorCode::Expired, EXPIRED_WHILE_WAITING);
+        for job in expired {
+            intake.stats.count("local", err.code.as_str());
+            intake
+                .send(Outgoing::journaled_error(&job.key, &job.target, &err))
+                .await;
+        }
+    }
+}
+
+/// The reply address a journaled key names.
+fn key_target(key: &RequestKey) -> ReplyTarget {
+    ReplyTarget {
+        topic: key.reply_to.clone(),
+        correlation: (!key.correlation.is_empty()).then(|| Bytes::from(key.correlation.clone())),
+    }
+}
+
+/// `payload` (a JSON object) with `"<flag>": true` added; unchanged if it is not one.
+fn with_flag(payload: &[u8], flag: &str) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(mut o)) => {
+            o.insert(flag.into(), serde_json::Value::Bool(true));
+            serde_json::to_vec(&o).unwrap_or_else(|_| payload.to_vec())
+        }
+        _ => payload.to_vec(),
+    }
+}
+
+/// Records every journaled final before passing it on to the front end, and logs one line
+/// per finished request. Ends when every reply sender is gone.
+async fn record_finals(
+    mut replies: mpsc::Receiver<Outgoing>,
+    front: mpsc::Sender<Outgoing>,
+    journal: Arc<Journal>,
+    in_flight: InFlightMap,
+) {
+    while let Some(mut msg) = replies.recv().await {
+        if let Delivery::Journaled {
+            key,
+            keep_for_replay,
+        } = &msg.delivery
+        {
+            let (key, keep) = (key.clone(), *keep_for_replay);
+            let entry = in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+            if entry.as_ref().is_some_and(|e| e.resumed) {
+                msg.payload = with_flag(&msg.payload, "resumed");
+            }
+            log_finished(&key, &msg.payload, entry.as_ref());
+            let payload = msg.payload.clone();
+            let record_key = key.clone();
+            if let Err(e) =
+                blocking(&journal, move |j| j.answered(&record_key, &payload, keep)).await
+            {
+                tracing::error!(id = %key.id, "request journal: cannot record the final: {e}");
+            }
+            msg.delivery = Delivery::Recorded { key };
+        }
+        if front.send(msg).await.is_err() {
+            tracing::warn!("the front end is gone: replies dropped (the journal keeps them)");
+            return;
+        }
+    }
+}
+
+/// The one line a finished request leaves in the log.
+fn log_finished(key: &RequestKey, payload: &[u8], entry: Option<&InFlight>) {
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    let outcome = v["error"]["code"]
+        .as_str()
+        .or_else(|| v["finish_reason"].as_str())
+        .unwrap_or("?");
+    let route = v["route"].as_str().unwrap_or("none");
+    let tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    let ms = entry.map_or(0, |e| e.received.elapsed().as_millis());
+    tracing::info!(
+        id = %key.id,
+        route,
+        outcome,
+        tokens,
+        ms = u64::try_from(ms).unwrap_or(u64::MAX),
+        resumed = entry.is_some_and(|e| e.resumed),
+        "finished"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_added_to_objects_only() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&with_flag(br#"{"id":"a","done":true}"#, "replayed")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "a", "done": true, "replayed": true})
+        );
+        assert_eq!(with_flag(b"[1]", "replayed"), b"[1]".to_vec());
+        assert_eq!(with_flag(b"junk", "replayed"), b"junk".to_vec());
+    }
+
+    #[test]
+    fn a_key_names_its_reply_address() {
+        let key = RequestKey {
+            id: "a".into(),
+            reply_to: "r/1".into(),
+            correlation: b"c".to_vec(),
+        };
+        let t = key_target(&key);
+        assert_eq!(
+            (t.topic.as_str(), t.correlation.as_deref()),
+            ("r/1", Some(&b"c"[..]))
+        );
+        let key = RequestKey {
+            correlation: Vec::new(),
+            ..key
+        };
+        assert_eq!(key_target(&key).correlation, None);
+    }
+}

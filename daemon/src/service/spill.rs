@@ -1,0 +1,317 @@
+//! The two cloud routes a request can spill to: HTTPS (an OpenAI-compatible router, the
+//! Hugging Face router by default) and MQTT (a cloud broker where `role = "worker"` daemons
+//! serve a fleet's overflow). Each spilled request runs in its own task, holding one of
+//! `service.max_cloud_inflight` permits, streams what the cloud sends to the requester and
+//! ends with exactly one final, journaled like a local one.
+//!
+//! A cloud route that fails before anything was forwarded falls back to the local queue
+//! (unless the client asked for the cloud only). At the shutdown deadline every spill still
+//! running is cancelled and answered `shutting_down`, so shutdown is bounded whatever the
+//! cloud does (a trickling stream, a stall).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+
+use super::journal::RequestKey;
+use super::queue::{Job, LocalQueue, Refused};
+use super::route;
+use super::schema::{self, ErrorCode, Request, RequestError, Served, cloud_final_json};
+use super::sink::{Delivery, Outgoing, ReplyTarget};
+use super::stats::Stats;
+use super::upstream::Upstream;
+use crate::cloud::CloudClient;
+
+/// Where a spill goes.
+#[derive(Debug)]
+pub enum CloudTarget {
+    Https(Arc<CloudClient>),
+    /// The cloud broker, with the request as it is published there.
+    Mqtt(Arc<Upstream>, Vec<u8>),
+}
+
+/// A request on its way to a cloud route, with what it needs to answer (or fall back to
+/// the local engine).
+#[derive(Debug)]
+pub struct Spill {
+    pub req: Request,
+    pub key: RequestKey,
+    pub target: ReplyTarget,
+    pub client: String,
+    pub received: Instant,
+    pub deadline: Option<Instant>,
+    pub served: Served,
+    pub out: mpsc::Sender<Outgoing>,
+    pub stats: Arc<Stats>,
+    pub queue: Arc<LocalQueue>,
+    /// Turns true at the shutdown deadline.
+    pub cancel: watch::Receiver<bool>,
+    /// One of `service.max_cloud_inflight`, released when the spill ends.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// How a cloud attempt ended.
+enum Ending {
+    /// With this final (a cloud answer or an error).
+    Final(Outgoing),
+    /// The cloud could not take it; serve it here, with this reason.
+    Fallback(String),
+}
+
+/// Runs a spill to its one final.
+pub async fn run(spill: Spill, to: CloudTarget) {
+    let mut cancel = spill.cancel.clone();
+    let attempt = async {
+        match &to {
+            CloudTarget::Https(client) => forward_https(client, &spill).await,
+            CloudTarget::Mqtt(up, payload) => forward_mqtt(up, payload.clone(), &spill).await,
+        }
+    };
+    let ending = tokio::select! {
+        e = attempt => e,
+        _ = cancel.wait_for(|c| *c) => {
+            spill.stats.count(spill.served.route, ErrorCode::ShuttingDown.as_str());
+            Ending::Final(spill.error(
+                ErrorCode::ShuttingDown,
+                "the device is shutting down and the cloud had not finished answering; \
+                 send the request again later"
+                    .into(),
+            ))
+        }
+    };
+    let reply = match ending {
+        Ending::Final(reply) => Some(reply),
+        Ending::Fallback(reason) => fallback_local(&spill, reason),
+    };
+    if let Some(reply) = reply {
+        let _ = spill.out.send(reply).await;
+    }
+}
+
+impl Spill {
+    /// A final error reply of this request.
+    fn error(&self, code: ErrorCode, message: String) -> Outgoing {
+        Outgoing::journaled_error(&self.key, &self.target, &RequestError::new(code, message))
+    }
+}
+
+/// Puts a request the cloud could not take into the local queue; returns the final reply
+/// when the queue refuses it.
+fn fallback_local(s: &Spill, reason: String) -> Option<Outgoing> {
+    let job = Job {
+        request: s.req.clone(),
+        key: s.key.clone(),
+        target: s.target.clone(),
+        client: s.client.clone(),
+        received: s.received,
+        deadline: s.deadline,
+        served: Served {
+            route: "local",
+            reason: reason.clone(),
+        },
+        tokens: 0,
+    };
+    let (code, message) = match s.queue.admit(job) {
+        Ok(()) => return None,
+        Err(Refused::Full(_)) => (
+            ErrorCode::Busy,
+            format!("{}, but the local queue is full", reason),
+        ),
+        Err(Refused::Closed(_)) => (
+            ErrorCode::ShuttingDown,
+            format!("{}, but the device is shutting down", reason),
+        ),
+    };
+    s.stats.count("none", code.as_str());
+    Some(s.error(code, message))
+}
+
+/// Serves a request through the MQTT cloud route: publishes it to the cloud broker and
+/// relays the worker's chunks and final (marked `route: "cloud-mqtt"`) to the requester.
+async fn forward_mqtt(up: &Upstream, payload: Vec<u8>, s: &Spill) -> Ending {
+    let expiry = s
+        .deadline
+        .map(|d| d.saturating_duration_since(Instant::now()));
+    let wait = expiry.map_or(up.timeout, |e| e.min(up.timeout));
+    let mut forward = match up.forward(payload, expiry).await {
+        Ok(f) => f,
+        Err(e) if s.req.route != schema::RouteHint::Cloud => {
+            return Ending::Fallback(format!("{}; {e}, served here", s.served.reason));
+        }
+        Err(e) => {
+            s.stats
+                .count(s.served.route, ErrorCode::CloudUnavailable.as_str());
+            return Ending::Final(s.error(ErrorCode::CloudUnavailable, e));
+        }
+    };
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        let msg = match tokio::time::timeout_at(until, forward.replies.recv()).await {
+            Err(_) => {
+                s.stats.count(s.served.route, ErrorCode::Timeout.as_str());
+                return Ending::Final(s.error(
+                    ErrorCode::Timeout,
+                    format!("no final reply from the cloud worker within {wait:?}"),
+                ));
+            }
+            Ok(None) => {
+                s.stats.count(s.served.route, ErrorCode::Internal.as_str());
+                return Ending::Final(
+                    s.error(ErrorCode::Internal, "the cloud connection went away".into()),
+                );
+            }
+            Ok(Some(msg)) => msg,
+        };
+        // The worker speaks our schema; anything else is dropped (its size is bounded by
+        // the broker's and our maximum packet size).
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&msg) else {
+            tracing::warn!(id = %s.req.id, "unreadable reply from the cloud worker: dropped");
+            continue;
+        };
+        if v["done"] != true {
+            if s.req.stream && v.get("delta").is_some() {
+                let _ = s
+                    .out
+                    .send(Outgoing {
+                        target: s.target.clone(),
+                        payload: msg.to_vec(),
+                        delivery: Delivery::Chunk,
+                    })
+                    .await;
+            }
+            continue;
+        }
+        // The worker's final names the worker's request id; ours is the client's.
+        v["id"] = serde_json::json!(s.req.id);
+        let ok = v.get("error").is_none();
+        if ok {
+            let worker_route = v["route"].as_str().unwrap_or("?").to_string();
+            v["route"] = serde_json::json!(s.served.route);
+            v["reason"] = serde_json::json!(format!(
+                "{}; the cloud worker served it ({worker_route})",
+                s.served.reason
+            ));
+        }
+        s.stats.count(
+            s.served.route,
+            if ok {
+                "ok"
+            } else {
+                ErrorCode::CloudError.as_str()
+            },
+        );
+        return Ending::Final(Outgoing {
+            target: s.target.clone(),
+            payload: serde_json::to_vec(&v).unwrap_or_default(),
+            delivery: Delivery::Journaled {
+                key: s.key.clone(),
+                keep_for_replay: ok,
+            },
+        });
+    }
+}
+
+/// Serves a request through the HTTPS cloud route, streaming its chunks to the original
+/// requester as they arrive. A failure before any text was forwarded falls back to the
+/// local engine, unless the client asked for the cloud only.
+async fn forward_https(client: &CloudClient, s: &Spill) -> Ending {
+    let cloud_req = route::cloud_request(&s.req);
+    let (delta_tx, mut delta_rx) = mpsc::unbounded_channel::<String>();
+    let started = Instant::now();
+    let queue_ms = started.duration_since(s.received).as_secs_f64() * 1e3;
+    let mut first_token_ms = None;
+    let mut seq = 0u64;
+    let chunk = |seq: &mut u64, delta: String| {
+        let payload = schema::chunk_json(&s.req.id, *seq, &delta);
+        *seq += 1;
+        Outgoing {
+            target: s.target.clone(),
+            payload,
+            delivery: Delivery::Chunk,
+        }
+    };
+    let result = {
+        let call = client.complete(&cloud_req, move |d| {
+            let _ = delta_tx.send(d.to_owned());
+        });
+        let call = async {
+            match s.deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), call).await.ok(),
+                None => Some(call.await),
+            }
+        };
+        let mut call = std::pin::pin!(call);
+        loop {
+            tokio::select! {
+                r = &mut call => break r,
+                Some(delta) = delta_rx.recv() => {
+                    first_token_ms.get_or_insert_with(|| s.received.elapsed().as_secs_f64() * 1e3);
+                    if s.req.stream {
+                        let _ = s.out.send(chunk(&mut seq, delta)).await;
+                    }
+                }
+            }
+        }
+    };
+    while let Ok(delta) = delta_rx.try_recv() {
+        first_token_ms.get_or_insert_with(|| s.received.elapsed().as_secs_f64() * 1e3);
+        if s.req.stream {
+            let _ = s.out.send(chunk(&mut seq, delta)).await;
+        }
+    }
+    let total_ms = s.received.elapsed().as_secs_f64() * 1e3;
+    match result {
+        Some(Ok(outcome)) => {
+            s.stats.count(s.served.route, "ok");
+            tracing::debug!(
+                id = %s.req.id,
+                provider = outcome.provider.as_deref().unwrap_or("?"),
+                attempts = outcome.attempts,
+                "answered by the cloud"
+            );
+            Ending::Final(Outgoing {
+                target: s.target.clone(),
+                payload: cloud_final_json(
+                    &s.req.id,
+                    &outcome,
+                    &s.served,
+                    queue_ms,
+                    total_ms,
+                    first_token_ms,
+                ),
+                delivery: Delivery::Journaled {
+                    key: s.key.clone(),
+                    keep_for_replay: true,
+                },
+            })
+        }
+        None => {
+            s.stats.count(s.served.route, ErrorCode::Expired.as_str());
+            Ending::Final(s.error(
+                ErrorCode::Expired,
+                format!(
+                    "the request's message expiry passed while the cloud was answering ({})",
+                    s.served.reason
+                ),
+            ))
+        }
+        Some(Err(e)) if !e.partial && s.req.route != schema::RouteHint::Cloud => {
+            tracing::warn!(id = %s.req.id, "cloud route failed before answering ({e}); serving here");
+            Ending::Fallback(format!(
+                "{}; cloud failed ({e}), served here",
+                s.served.reason
+            ))
+        }
+        Some(Err(e)) => {
+            let code = match e.code() {
+                "timeout" => ErrorCode::Timeout,
+                "cloud_unavailable" => ErrorCode::CloudUnavailable,
+                "invalid_request" => ErrorCode::InvalidRequest,
+                _ => ErrorCode::CloudError,
+            };
+            s.stats.count(s.served.route, code.as_str());
+            Ending::Final(s.error(code, e.to_string()))
+        }
+    }
+}
