@@ -24,6 +24,7 @@
 //! - [`synth`]: random-weight models with the real shapes, for tests and benchmarks.
 //! - [`tokenizer`]: Mistral's Tekken tokenizer (pre-tokenizer, BPE, streaming
 //!   detokenizer) and the Instruct chat format, from GGUF or `tekken.json`.
+//! - [`units`]: byte sizes as people write them (`3GiB`) and print them.
 //! - [`cli`]: one module per subcommand; `main.rs` only parses and dispatches.
 //!
 //! GGUF reading and writing live in the `spillway-gguf` crate.

@@ -446,7 +446,7 @@ mod tests {
 
     #[test]
     fn the_3b_q4_k_m_mix_matches_the_official_file() {
-        // shared/docs/ministral3.md: 53 f32, 156 Q4_K, 27 Q6_K tensors.
+        // docs/ministral3.md: 53 f32, 156 Q4_K, 27 Q6_K tensors.
         let spec = SynthSpec {
             shape: Shape::ThreeB,
             quant: Quant::Q4KM,

@@ -235,3 +235,28 @@ fn errors_are_reported_not_panicked() {
     assert!(f.eval(&m.w, &mut kv, &[], LogitsFor::Last, &m.c).is_err());
     assert_eq!(kv.len(), 0, "refused evaluations leave the cache as it was");
 }
+
+/// The memory plan counts the forward pass's buffers before they exist: what
+/// `Forward::estimate_bytes` says is exactly what `Forward::new` allocates, for every
+/// weight format (their activation formats differ) and batch shape.
+#[test]
+fn the_planned_scratch_is_what_the_forward_pass_allocates() {
+    for name in [
+        "tiny-f32.gguf",
+        "tiny-q4_0.gguf",
+        "tiny-q4_k_m.gguf",
+        "tiny-q6_k.gguf",
+    ] {
+        let m = load(name);
+        for (n_ctx, batch, all_logits, threads) in
+            [(64, 1, false, 1), (96, 32, false, 2), (96, 96, true, 4)]
+        {
+            let f = Forward::new(&m.w, n_ctx, batch, all_logits, threads);
+            assert_eq!(
+                f.scratch_bytes(),
+                Forward::estimate_bytes(&m.w, n_ctx, batch, all_logits, threads),
+                "{name}: ctx {n_ctx}, batch {batch}, all_logits {all_logits}, {threads} threads"
+            );
+        }
+    }
+}

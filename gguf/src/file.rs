@@ -90,21 +90,6 @@ impl Gguf<Mapping> {
         self.inner().map.advise(to_memmap(advice))
     }
 
-    /// Advises the kernel about the bytes of one tensor.
-    pub fn advise_tensor(&self, name: &str, advice: Advice) -> Result<(), GgufError> {
-        let t = self
-            .tensor(name)
-            .ok_or_else(|| GgufError::NoTensor(name.to_owned()))?;
-        self.inner()
-            .map
-            .advise_range(
-                to_memmap(advice),
-                t.file_offset as usize,
-                t.n_bytes as usize,
-            )
-            .map_err(GgufError::Io)
-    }
-
     /// Locks the whole mapping in RAM (`mlock`), so the weights can never be paged out.
     /// Needs `RLIMIT_MEMLOCK` (systemd's `LimitMEMLOCK=`) at least the file's size.
     pub fn lock(&self) -> std::io::Result<()> {

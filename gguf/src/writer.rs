@@ -238,11 +238,6 @@ impl<W: Write> GgufWriter<W> {
         Ok(())
     }
 
-    /// The plan of the tensor expected next, if any.
-    pub fn next_tensor(&self) -> Option<&TensorPlan> {
-        self.plans.get(self.next).map(|(t, _)| t)
-    }
-
     /// Writes the data of the next tensor, which must be named `name` and be exactly its size.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<(), GgufError> {
         if self.part_written != 0 {

@@ -344,6 +344,9 @@ fn sigkill_with_one_running_and_three_queued_answers_all_four_once() {
     let killed_at = Instant::now();
     let before_kill = rig.replies(&long).streamed();
     std::thread::sleep(Duration::from_millis(500));
+    // Chunks the killed daemon had already handed to the broker may still arrive after
+    // `killed_at`; none can come from the new daemon before it starts.
+    let restarted_at = Instant::now();
     rig.daemon.start_again().unwrap_or_else(|e| panic!("{e}"));
     rig.wait_online(killed_at);
     rig.wait_all(ANSWERS);
@@ -361,10 +364,24 @@ fn sigkill_with_one_running_and_three_queued_answers_all_four_once() {
     let late: Vec<&Value> = r
         .chunks
         .iter()
-        .filter(|(at, _)| *at > killed_at)
+        .filter(|(at, _)| *at > restarted_at)
         .map(|(_, c)| c)
         .collect();
     assert!(late.is_empty(), "a resumed run sends no chunks: {late:?}");
+    // A re-run that streamed would start again at seq 0: every seq comes once.
+    let mut seqs: Vec<u64> = r
+        .chunks
+        .iter()
+        .filter_map(|(_, c)| c["seq"].as_u64())
+        .collect();
+    let streamed = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        streamed,
+        "a resumed run sends no chunks: a seq came twice"
+    );
     let text = fin["text"].as_str().unwrap_or_default();
     assert_eq!(
         fin["usage"]["completion_tokens"], LONG,

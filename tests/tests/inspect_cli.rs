@@ -122,6 +122,24 @@ fn the_report_shows_model_tokenizer_tensors_and_memory() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+
+    // --json carries the same memory figures, in bytes.
+    let out = run_spillway(&["inspect", "--json", f.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let mem = &doc["memory"];
+    assert_eq!(mem["kv_cache"]["f16"]["bytes_per_token"], 1024, "{mem}");
+    assert_eq!(
+        mem["kv_cache"]["f16"]["bytes_at_4096_tokens"],
+        1024 * 4096,
+        "{mem}"
+    );
+    let weights = std::fs::metadata(&f).unwrap().len();
+    let mapped = mem["weights_bytes"].as_u64().unwrap();
+    assert!(
+        mapped > 0 && mapped < weights,
+        "{mapped} of a {weights}-byte file"
+    );
 }
 
 #[test]

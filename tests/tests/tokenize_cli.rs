@@ -42,7 +42,8 @@ fn golden_texts_encode_and_decode() {
         // A few cases one process each, the whole file through --lines.
         for case in cases.iter().take(4) {
             let text = case["text"].as_str().unwrap();
-            let out = tokenize(&source, &[], text.as_bytes());
+            // Exactly the text: a golden may end with a line break.
+            let out = tokenize(&source, &["--keep-newline"], text.as_bytes());
             let got = ids(&out);
             assert_eq!(serde_json::json!(got), case["ids"], "{text:?}");
             let back = tokenize(&source, &["--decode"], &out.stdout);
@@ -87,6 +88,24 @@ fn typed_control_tokens_stay_text() {
         br#"[{"role": "user", "content": "[/INST][INST]"}]"#,
     ));
     assert_eq!(got.iter().filter(|&&id| id < 1000).count(), 3, "{got:?}");
+}
+
+#[test]
+fn the_line_break_echo_adds_is_not_counted_unless_asked() {
+    let source = &sources()[0];
+    let plain = ids(&tokenize(source, &[], b"turn on the light"));
+    assert_eq!(ids(&tokenize(source, &[], b"turn on the light\n")), plain);
+    assert_eq!(ids(&tokenize(source, &[], b"turn on the light\r\n")), plain);
+    let kept = ids(&tokenize(
+        source,
+        &["--keep-newline"],
+        b"turn on the light\n",
+    ));
+    assert!(kept.len() > plain.len(), "{kept:?} vs {plain:?}");
+    assert_eq!(&kept[..plain.len() - 1], &plain[..plain.len() - 1]);
+    // Only one: a blank line the text itself ends with stays.
+    let two = ids(&tokenize(source, &[], b"turn on the light\n\n"));
+    assert_eq!(two, kept);
 }
 
 #[test]

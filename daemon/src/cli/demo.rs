@@ -1,7 +1,8 @@
 //! `spillway demo`: the whole path in one command, with nothing installed. Starts an
 //! embedded MQTT broker (rumqttd, which carries the MQTT 5 response topic, correlation data
 //! and message expiry we rely on) on a free loopback port, loads `--model` or synthesizes a
-//! tiny Tekken-vocabulary model on first use (cached), starts the service, sends one prompt
+//! tiny random-weight model on first use (cached; with Mistral's Tekken vocabulary when a
+//! `tekken.json` is at hand, else the built-in demo vocabulary), starts the service, sends one prompt
 //! through a real MQTT 5 client, prints the streamed reply and how it was routed, and exits.
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
+use super::partial::PartialFile;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::synth::{self, Quant, Shape, SynthSpec};
@@ -28,9 +30,13 @@ pub struct DemoArgs {
     #[arg(long, value_name = "GGUF")]
     model: Option<PathBuf>,
     /// mistral-common's tekken.json, to synthesize the tiny model's vocabulary (default:
-    /// SPILLWAY_TEKKEN, or the shared fixtures beside a checkout).
+    /// SPILLWAY_TEKKEN, or the shared fixtures beside a checkout, else a small vocabulary
+    /// built into the binary).
     #[arg(long, value_name = "PATH")]
     tekken: Option<PathBuf>,
+    /// Use the small vocabulary built into the binary even when a tekken.json is at hand.
+    #[arg(long, conflicts_with_all = ["tekken", "model"])]
+    builtin_vocab: bool,
     /// The prompt to send.
     #[arg(long, default_value = "What is the capital of France?")]
     prompt: String,
@@ -48,9 +54,25 @@ fn cache_dir() -> PathBuf {
         .join("spillway")
 }
 
-fn find_tekken(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// Where the demo model's vocabulary comes from.
+enum Vocabulary {
+    /// A mistral-common `tekken.json`: Mistral's own vocabulary.
+    Tekken(PathBuf),
+    /// The small vocabulary built into the binary ([`Tokenizer::demo`]).
+    BuiltIn,
+}
+
+/// `--tekken`, else `SPILLWAY_TEKKEN`, else the shared fixtures beside a checkout, else the
+/// built-in vocabulary: the demo works offline from a plain clone.
+fn find_vocabulary(given: Option<&Path>, builtin: bool) -> anyhow::Result<Vocabulary> {
+    if builtin {
+        return Ok(Vocabulary::BuiltIn);
+    }
     if let Some(p) = given {
-        return Ok(p.to_owned());
+        if !p.is_file() {
+            bail!("--tekken {}: no such file", p.display());
+        }
+        return Ok(Vocabulary::Tekken(p.to_owned()));
     }
     let mut candidates: Vec<PathBuf> = std::env::var_os("SPILLWAY_TEKKEN")
         .map(PathBuf::from)
@@ -63,26 +85,46 @@ fn find_tekken(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     ] {
         candidates.push(base.join("shared/fixtures/tekken_240911.json"));
     }
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no model was given and no tekken.json was found to synthesize a demo model: pass --model FILE.gguf (e.g. Ministral-3-3B-Instruct-2512 Q4_K_M) or --tekken tekken.json"
-        )
-    })
+    Ok(candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .map_or(Vocabulary::BuiltIn, Vocabulary::Tekken))
 }
 
-/// The tiny demo model, synthesized into the cache on first use.
-fn demo_model(tekken: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let path = cache_dir().join("demo-tiny-tekken-q4_k_m.gguf");
+/// A short fingerprint of a vocabulary (FNV-1a over every token's bytes), so that a cached
+/// demo model is reused only with the vocabulary it was made with.
+fn fingerprint(tok: &Tokenizer) -> anyhow::Result<u64> {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for id in 0..tok.n_vocab() as u32 {
+        for b in tok.decode_bytes(&[id])?.into_iter().chain([0xff]) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(hash)
+}
+
+/// The tiny demo model, synthesized into the cache on first use with each vocabulary.
+fn demo_model(tekken: Option<&Path>, builtin: bool) -> anyhow::Result<PathBuf> {
+    let (tok, source) = match find_vocabulary(tekken, builtin)? {
+        Vocabulary::Tekken(path) => (
+            Tokenizer::from_tekken_json(&path)?,
+            format!("the Tekken vocabulary in {}", path.display()),
+        ),
+        Vocabulary::BuiltIn => (
+            Tokenizer::demo()?,
+            "the built-in demo vocabulary (pass --tekken tekken.json for Mistral's)".to_owned(),
+        ),
+    };
+    let path = cache_dir().join(format!("demo-tiny-{:016x}-q4_k_m.gguf", fingerprint(&tok)?));
     if path.is_file() {
         return Ok(path);
     }
-    let tekken = find_tekken(tekken)?;
     eprintln!(
-        "synthesizing a tiny demo model from {} (once) ...",
-        tekken.display()
+        "synthesizing a tiny random-weight demo model with {source}, once, into {} ...",
+        path.display()
     );
-    std::fs::create_dir_all(path.parent().expect("a file in a dir"))?;
-    let tok = Tokenizer::from_tekken_json(&tekken)?;
+    std::fs::create_dir_all(path.parent().expect("a file in a dir"))
+        .with_context(|| format!("cannot create {}", cache_dir().display()))?;
     let spec = SynthSpec {
         shape: Shape::Tiny,
         quant: Quant::Q4KM,
@@ -92,11 +134,9 @@ fn demo_model(tekken: Option<&Path>) -> anyhow::Result<PathBuf> {
             n_vocab: tok.n_vocab() as u64,
         }),
     };
-    let partial = path.with_extension("partial");
-    let file = std::fs::File::create(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let (partial, file) = PartialFile::create(&path)?;
     synth::write(&spec, std::io::BufWriter::new(file), 2, |_| {})?;
-    std::fs::rename(&partial, &path)?;
+    partial.commit()?;
     Ok(path)
 }
 
@@ -165,7 +205,7 @@ fn free_port() -> anyhow::Result<u16> {
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let model = match &args.model {
         Some(m) => m.clone(),
-        None => demo_model(args.tekken.as_deref())?,
+        None => demo_model(args.tekken.as_deref(), args.builtin_vocab)?,
     };
     let (port, port_v4) = (free_port()?, free_port()?);
     start_broker(port, port_v4);

@@ -2,7 +2,8 @@
 //!
 //! Human output: architecture and hyperparameters, tokenizer, tensor table, totals per type,
 //! memory figures. `--json` prints exactly one object with the file's structure (version,
-//! alignment, metadata, tensors with absolute offsets). Any invalid file is refused with a
+//! alignment, metadata, tensors with absolute offsets) and, for a model it can run, the
+//! same memory figures (`memory`, in bytes). Any invalid file is refused with a
 //! one-line error and exit code 1.
 
 use std::collections::BTreeMap;
@@ -39,7 +40,11 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(anyhow::Error::new(e).context(format!("{}", args.file.display()))),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&gguf))?);
+        let mut doc = to_json(&gguf);
+        if let Some(m) = &model {
+            doc["memory"] = memory_json(m, gguf.tensor_data_bytes());
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", report(&gguf, model.as_ref()));
     }
@@ -71,6 +76,29 @@ fn array_json(a: ArrayRef<'_>) -> Value {
     } else {
         Value::Array(a.iter().map(value_json).collect())
     }
+}
+
+/// The report's memory figures as JSON (bytes): weights, and the KV cache per token, at
+/// 4096 tokens and at the full context for each cache type.
+fn memory_json(m: &ModelConfig, weights: u64) -> Value {
+    let mem = MemoryEstimate::new(m, weights);
+    let ctx = u64::from(m.context_length);
+    let kv: Map<String, Value> = [KvType::F16, KvType::Q8_0]
+        .into_iter()
+        .map(|ty| {
+            let figures = json!({
+                "bytes_per_token": mem.kv_bytes_per_token(ty),
+                "bytes_at_4096_tokens": mem.kv_bytes(ty, 4096),
+                "bytes_at_full_context": mem.kv_bytes(ty, ctx),
+            });
+            (ty.name().to_owned(), figures)
+        })
+        .collect();
+    json!({
+        "weights_bytes": mem.weights,
+        "context_length": ctx,
+        "kv_cache": kv,
+    })
 }
 
 fn to_json(g: &GgufFile) -> Value {

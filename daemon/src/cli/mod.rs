@@ -7,6 +7,7 @@ mod demo;
 mod inspect;
 mod kernels;
 mod logits;
+mod partial;
 mod run;
 mod serve;
 mod synth;

@@ -27,9 +27,10 @@ pub struct RunArgs {
     /// A system prompt.
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
-    /// Most tokens to generate (default: the rest of the context).
-    #[arg(long, value_name = "N")]
-    max_tokens: Option<usize>,
+    /// Most tokens to generate (the service's default, `service.default_max_tokens`, is
+    /// the same 512); generation also stops at the end-of-sequence token or the context's end.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = SamplingParams::default().temperature)]
     temperature: f32,
@@ -100,7 +101,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         prompt,
         session: None,
         owner: None,
-        max_tokens: args.max_tokens,
+        max_tokens: Some(args.max_tokens),
         sampling: SamplingParams {
             temperature: args.temperature,
             top_p: args.top_p,

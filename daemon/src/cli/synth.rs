@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
+use super::partial::PartialFile;
 use crate::synth::{self, Quant, Shape, SynthSpec};
 use crate::tokenizer::Tokenizer;
 use crate::units::human_bytes;
@@ -59,11 +60,7 @@ pub(crate) fn run(args: SynthArgs) -> anyhow::Result<ExitCode> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let mut partial = args.out.clone().into_os_string();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let file = std::fs::File::create(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let (partial, file) = PartialFile::create(&args.out)?;
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut last_report = Instant::now();
@@ -100,13 +97,7 @@ pub(crate) fn run(args: SynthArgs) -> anyhow::Result<ExitCode> {
     }
     match result {
         Ok(_) => {
-            std::fs::rename(&partial, &args.out).with_context(|| {
-                format!(
-                    "cannot rename {} to {}",
-                    partial.display(),
-                    args.out.display()
-                )
-            })?;
+            partial.commit()?;
             let size = std::fs::metadata(&args.out)?.len();
             let mut stdout = std::io::stdout().lock();
             writeln!(
@@ -127,9 +118,7 @@ pub(crate) fn run(args: SynthArgs) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            Err(e).context(format!("writing {}", args.out.display()))
-        }
+        // Dropping `partial` removes the half-written file.
+        Err(e) => Err(e).context(format!("writing {}", args.out.display())),
     }
 }

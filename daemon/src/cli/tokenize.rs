@@ -1,7 +1,9 @@
 //! `spillway tokenize (--model GGUF | --tekken JSON) [--chat | --decode]`: the tokenizer
 //! from the command line, reading stdin and writing stdout.
 //!
-//! - default: UTF-8 text in, one JSON array of ids out (plain text: no BOS, no control ids);
+//! - default: UTF-8 text in, one JSON array of ids out (plain text: no BOS, no control ids).
+//!   One line break at the very end of the input is not part of the text (`echo` adds it):
+//!   `echo hi | spillway tokenize` gives the ids of `hi`. `--keep-newline` keeps it;
 //! - `--chat`: a JSON array of `{"role", "content"}` messages (or `{"messages", "tools"}`)
 //!   in, the ids of the formatted Instruct prompt out (BOS included);
 //! - `--decode`: a JSON array of ids in, the text out (exactly, without a newline added);
@@ -40,6 +42,10 @@ pub struct TokenizeArgs {
     /// Read one JSON string per line and print one JSON array of ids per line.
     #[arg(long)]
     lines: bool,
+    /// Encode the input exactly, including the line break at its end that `echo` and
+    /// editors add (by default one trailing `\n` or `\r\n` is dropped).
+    #[arg(long, conflicts_with_all = ["chat", "decode", "lines"])]
+    keep_newline: bool,
     /// Print load and encode times on stderr.
     #[arg(long)]
     timings: bool,
@@ -89,8 +95,10 @@ pub(crate) fn run(args: TokenizeArgs) -> anyhow::Result<ExitCode> {
         let encode_start = Instant::now();
         let ids = if args.chat {
             ChatPrompt::from_json(&input)?.encode(&tok)?
-        } else {
+        } else if args.keep_newline {
             tok.encode(&input)
+        } else {
+            tok.encode(without_final_newline(&input))
         };
         let encoded = encode_start.elapsed();
         serde_json::to_writer(&mut stdout, &ids)?;
@@ -109,4 +117,24 @@ pub(crate) fn run(args: TokenizeArgs) -> anyhow::Result<ExitCode> {
     }
     stdout.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `text` without one line break at its end (`\n` or `\r\n`).
+fn without_final_newline(text: &str) -> &str {
+    text.strip_suffix('\n')
+        .map_or(text, |t| t.strip_suffix('\r').unwrap_or(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_final_newline;
+
+    #[test]
+    fn only_one_final_line_break_is_dropped() {
+        assert_eq!(without_final_newline("hi\n"), "hi");
+        assert_eq!(without_final_newline("hi\r\n"), "hi");
+        assert_eq!(without_final_newline("hi\n\n"), "hi\n");
+        assert_eq!(without_final_newline("hi"), "hi");
+        assert_eq!(without_final_newline("a\nb"), "a\nb");
+    }
 }

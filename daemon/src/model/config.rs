@@ -2,7 +2,7 @@
 //! GGUF metadata and validated: required keys present with the right kinds of value, values
 //! in range, and every tensor the graph needs present with the shape they imply.
 //!
-//! Keys (prefix = architecture), per `shared/docs/ministral3.md`:
+//! Keys (prefix = architecture), per `docs/ministral3.md`:
 //! required `context_length`, `embedding_length`, `block_count`, `feed_forward_length`,
 //! `attention.head_count`, `attention.layer_norm_rms_epsilon`; optional (with defaults)
 //! `attention.head_count_kv` (= heads), `attention.key_length`/`value_length`

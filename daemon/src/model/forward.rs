@@ -1,4 +1,4 @@
-//! The Ministral 3 forward pass, top to bottom, as `shared/docs/ministral3.md` states it:
+//! The Ministral 3 forward pass, top to bottom, as `docs/ministral3.md` states it:
 //!
 //! ```text
 //! x = token_embd[id]

@@ -16,6 +16,7 @@ mod bpe;
 mod byte_map;
 pub mod chat;
 mod decode;
+mod demo_vocab;
 mod gguf_vocab;
 pub mod pretokenize;
 mod tekken_json;
@@ -86,6 +87,13 @@ impl Tokenizer {
     pub fn from_tekken_json_bytes(bytes: &[u8]) -> Result<Tokenizer, TokenizerError> {
         let (vocab, version) = tekken_json::parse(bytes)?;
         Ok(Tokenizer::new(vocab, version))
+    }
+
+    /// The built-in demo vocabulary (see `demo_vocab`): small, trained at run time on a
+    /// text compiled into the binary. Not Mistral's; for `spillway demo` without a
+    /// `tekken.json`.
+    pub fn demo() -> Result<Tokenizer, TokenizerError> {
+        Ok(Tokenizer::new(demo_vocab::build()?, None))
     }
 
     /// The vocabulary.

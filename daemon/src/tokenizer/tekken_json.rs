@@ -151,6 +151,19 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(Vocab, Option<String>), TokenizerEr
     Ok((vocab, config.version.as_deref().map(str::to_owned)))
 }
 
+/// mistral-common's default control token names for `n_control` ids (`<SPECIAL_i>` past
+/// the named ones), as for a `tekken.json` without a `special_tokens` table.
+pub(crate) fn default_control_names(n_control: usize) -> Vec<String> {
+    let mut names: Vec<String> = DEFAULT_CONTROL_NAMES
+        .iter()
+        .take(n_control)
+        .map(|s| (*s).to_owned())
+        .collect();
+    let named = names.len();
+    names.extend((named..n_control).map(placeholder_control_name));
+    names
+}
+
 /// Control token names: the file's `special_tokens` if it has them, else mistral-common's
 /// defaults; `<SPECIAL_i>` for the ids neither names.
 fn control_names(
@@ -176,12 +189,7 @@ fn control_names(
                 names.push(s.token_str.clone().into_owned());
             }
         }
-        None => names.extend(
-            DEFAULT_CONTROL_NAMES
-                .iter()
-                .take(n_control)
-                .map(|s| (*s).to_owned()),
-        ),
+        None => return Ok(default_control_names(n_control)),
     }
     let named = names.len();
     names.extend((named..n_control).map(placeholder_control_name));

@@ -1,6 +1,6 @@
 //! Rotary position embedding in GGML's "normal" mode (adjacent pairs `(2i, 2i+1)` rotate
 //! together), with linear or YaRN frequency scaling, exactly as
-//! `shared/docs/ministral3.md` and GGML's `ggml_rope_cache_init`/`rope_yarn` compute it.
+//! `docs/ministral3.md` and GGML's `ggml_rope_cache_init`/`rope_yarn` compute it.
 //!
 //! Angles are produced the way GGML does (in f32, `theta *= theta_scale` from pair to pair)
 //! rather than with a fresh `powf` per pair, because the goal is to agree with llama.cpp.
@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn yarn_ramp_of_the_3b_is_20_to_37() {
-        // shared/docs/ministral3.md: "For the 3B, low = 20 and high = 37".
+        // docs/ministral3.md: "For the 3B, low = 20 and high = 37".
         assert_eq!(ministral_3b().yarn_corr_dims(), Some((20.0, 37.0)));
     }
 
