@@ -21,6 +21,8 @@
 //! - [`cloud`]: the HTTPS forwarder (OpenAI-compatible, streaming), its health and the
 //!   cloud token.
 //! - [`monitor`]: readings of temperature and memory under a root directory.
+//! - [`sysfs`]: the bounded readers of `/sys` and `/proc` files (and `/proc/meminfo`, the
+//!   cgroup's memory files) that the monitor and board detection share.
 //! - [`synth`]: random-weight models with the real shapes, for tests and benchmarks.
 //! - [`tokenizer`]: Mistral's Tekken tokenizer (pre-tokenizer, BPE, streaming
 //!   detokenizer) and the Instruct chat format, from GGUF or `tekken.json`.
@@ -38,5 +40,6 @@ pub mod monitor;
 pub mod router;
 pub mod service;
 pub mod synth;
+pub mod sysfs;
 pub mod tokenizer;
 pub mod units;

@@ -24,8 +24,8 @@ use serde::Deserialize;
 pub use host::{CpuInfo, DeviceTree, HostInfo};
 
 use crate::model::KvType;
-use crate::monitor::fsread;
 use crate::router::ThermalLimits;
+use crate::sysfs;
 use crate::units::{human_bytes, parse_bytes};
 
 /// The built-in profile files, in detection order. The `generic-*` families match nothing
@@ -576,7 +576,7 @@ impl Catalog {
         let mut overrides: Vec<Family> = Vec::new();
         for path in files {
             let shown = path.display().to_string();
-            let text = fsread::read_text(&path)
+            let text = sysfs::read_text(&path)
                 .ok_or_else(|| fail(format!("{shown}: unreadable, not UTF-8 or over 64 KiB")))?;
             let family = Family::from_toml(&text, &shown)?;
             if overrides.iter().any(|f| f.name == family.name) {

@@ -141,7 +141,7 @@ fn print_board(v: &Validated) {
     } else {
         p.thermal.zones.join(", ")
     };
-    let snapshot = crate::monitor::Sampler::new(&v.config.router.fs_root, p.clone()).sample();
+    let snapshot = crate::monitor::Sampler::new(&v.config.router.fs_root, p.thermal.zones.clone()).sample();
     let now = match (snapshot.temperature_c, &snapshot.thermal_zone) {
         (Some(t), Some(zone)) => format!("{t:.1} °C now ({zone})"),
         (Some(t), None) => format!("{t:.1} °C now"),
