@@ -10,7 +10,9 @@
 //!   figures.
 //! - [`board`]: board profiles (thermal limits, cores, engine defaults per RAM size) and
 //!   detection from the device tree, `/proc/cpuinfo` and `MemTotal`.
-//! - [`config`]: the TOML configuration, environment and flag overrides, validation.
+//! - [`config`]: the TOML configuration as typed sections, environment and flag overrides,
+//!   validation (reading nothing), then resolution against the machine, the board files
+//!   and the password files.
 //! - [`engine`]: memory plan, session slots with prompt caching, sampling, the
 //!   generation loop with streaming and cancellation.
 //! - [`service`]: `spillway serve`: the transport-neutral intake (validation,
