@@ -10,7 +10,9 @@
 //!   figures.
 //! - [`board`]: board profiles (thermal limits, cores, engine defaults per RAM size) and
 //!   detection from the device tree, `/proc/cpuinfo` and `MemTotal`.
-//! - [`config`]: the TOML configuration, environment and flag overrides, validation.
+//! - [`config`]: the TOML configuration as typed sections, environment and flag overrides,
+//!   validation (reading nothing), then resolution against the machine, the board files
+//!   and the password files.
 //! - [`engine`]: memory plan, session slots with prompt caching, sampling, the
 //!   generation loop with streaming and cancellation.
 //! - [`service`]: `spillway serve`: the transport-neutral intake (validation,
@@ -21,6 +23,8 @@
 //! - [`cloud`]: the HTTPS forwarder (OpenAI-compatible, streaming), its health and the
 //!   cloud token.
 //! - [`monitor`]: readings of temperature and memory under a root directory.
+//! - [`sysfs`]: the bounded readers of `/sys` and `/proc` files (and `/proc/meminfo`, the
+//!   cgroup's memory files) that the monitor and board detection share.
 //! - [`synth`]: random-weight models with the real shapes, for tests and benchmarks.
 //! - [`tokenizer`]: Mistral's Tekken tokenizer (pre-tokenizer, BPE, streaming
 //!   detokenizer) and the Instruct chat format, from GGUF or `tekken.json`.
@@ -39,5 +43,6 @@ pub mod monitor;
 pub mod router;
 pub mod service;
 pub mod synth;
+pub mod sysfs;
 pub mod tokenizer;
 pub mod units;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use spillway::board::BoardProfile;
-use spillway::monitor::{self, Limit, Monitor, Sampler, Snapshot};
+use spillway::monitor::{Limit, Monitor, Sampler, Snapshot};
 
 /// A fake root directory, removed on drop.
 struct Tree {
@@ -89,7 +89,7 @@ impl Tree {
     }
 
     fn sample(&self) -> Snapshot {
-        Sampler::new(self.path(), BoardProfile::detect(self.path())).sample()
+        Sampler::new(self.path(), BoardProfile::detect(self.path()).thermal.zones).sample()
     }
 }
 
@@ -129,7 +129,7 @@ fn raspberry_pi_5() {
     let t = pi5();
     let profile = BoardProfile::detect(t.path());
     assert_eq!(profile.family, "raspberry-pi-5");
-    let s = Sampler::new(t.path(), profile).sample();
+    let s = Sampler::new(t.path(), profile.thermal.zones.clone()).sample();
     // The named zone wins over the hotter unrelated one.
     assert_eq!(s.temperature_c, Some(61.25));
     assert_eq!(s.thermal_zone.as_deref(), Some("cpu-thermal"));
@@ -161,9 +161,10 @@ fn raspberry_pi_5() {
     assert!(fw.under_voltage() && fw.throttled() && fw.throttled_occurred());
     assert_eq!(s.throttled(), Some(true));
 
-    // Through the telemetry's entry point too.
-    let s = monitor::read(t.path());
-    assert_eq!(s.temperature_c, Some(61.25));
+    // Without the profile's zones the sampler takes the hottest zone of all: the RP1's.
+    let s = Sampler::new(t.path(), Vec::new()).sample();
+    assert_eq!(s.temperature_c, Some(88.0));
+    assert_eq!(s.thermal_zone.as_deref(), Some("rp1_adc"));
     assert_eq!(s.mem_available, Some(6_000_000 * 1024));
 }
 
@@ -209,7 +210,7 @@ fn rk3588() {
     let profile = BoardProfile::detect(t.path());
     assert_eq!(profile.family, "rk3588");
     assert_eq!(profile.cpu.big_cores, [4, 5, 6, 7]);
-    let s = Sampler::new(t.path(), profile).sample();
+    let s = Sampler::new(t.path(), profile.thermal.zones.clone()).sample();
     // The hottest zone the profile names (a big-core pair), not the GPU or NPU.
     assert_eq!(s.temperature_c, Some(64.0));
     assert_eq!(s.thermal_zone.as_deref(), Some("bigcore0-thermal"));
@@ -240,7 +241,7 @@ fn unknown_board_uses_the_hottest_zone() {
     t.zone(4, "disconnected", 2_147_483_647);
     let profile = BoardProfile::detect(t.path());
     assert!(profile.family.starts_with("generic-"));
-    let s = Sampler::new(t.path(), profile).sample();
+    let s = Sampler::new(t.path(), profile.thermal.zones.clone()).sample();
     assert_eq!(s.temperature_c, Some(67.0));
     assert_eq!(s.thermal_zone.as_deref(), Some("x86_pkg_temp"));
     assert_eq!(s.throttled(), None);
@@ -297,7 +298,7 @@ fn garbage_huge_and_missing_files_give_none() {
     let empty = Tree::new("empty");
     let s = empty.sample();
     assert_eq!(Snapshot { taken: None, ..s }, Snapshot::default());
-    let s = monitor::read(&empty.path().join("does-not-exist"));
+    let s = Sampler::new(empty.path().join("does-not-exist"), Vec::new()).sample();
     assert_eq!(Snapshot { taken: None, ..s }, Snapshot::default());
 }
 
@@ -374,12 +375,13 @@ async fn observe(
 async fn monitor_follows_a_board_that_heats_up_and_cools_down() {
     let t = pi5();
     let profile = BoardProfile::detect(t.path());
+    assert_eq!(profile.family, "raspberry-pi-5");
     let limits = profile.thermal.clone();
-    let monitor =
-        Monitor::start(Sampler::new(t.path(), profile), Duration::from_millis(10)).unwrap();
+    let sampler = Sampler::new(t.path(), profile.thermal.zones);
+    assert_eq!(sampler.zones(), ["cpu-thermal"]);
+    let monitor = Monitor::start(sampler, Duration::from_millis(10)).unwrap();
     // The first sample is taken before start returns.
     assert_eq!(monitor.latest().temperature_c, Some(61.25));
-    assert_eq!(monitor.profile().family, "raspberry-pi-5");
     let mut rx = monitor.subscribe();
 
     // Heat up through the soft and hard limits, then cool down through their exits; each
@@ -429,7 +431,7 @@ async fn refresh_samples_without_waiting_for_the_interval() {
     let t = pi5();
     // An interval the test would never outlast: only refresh can bring new readings.
     let monitor = Monitor::start(
-        Sampler::new(t.path(), BoardProfile::detect(t.path())),
+        Sampler::new(t.path(), BoardProfile::detect(t.path()).thermal.zones),
         Duration::from_secs(3600),
     )
     .unwrap();

@@ -1,13 +1,13 @@
 //! What the machine says about itself: the device tree's model and compatible strings,
 //! `/proc/cpuinfo` (cores, features, the Raspberry Pi's `Model` line), `MemTotal`, the
 //! service cgroup's memory limit and the cores' relative capacity. Everything is read under
-//! a root directory (`/` on a board; a captured tree in tests), through the monitor's
-//! bounded readers: these files are outside input like any other.
+//! a root directory (`/` on a board; a captured tree in tests), through the bounded readers
+//! of [`crate::sysfs`]: these files are outside input like any other.
 
 use std::path::Path;
 
-use crate::monitor::fsread;
-use crate::monitor::memory;
+use crate::sysfs;
+use crate::sysfs::memory;
 
 /// The most processors and list entries taken from any of these files.
 const MAX_LIST: usize = 1024;
@@ -32,7 +32,7 @@ impl DeviceTree {
         let read = |name: &str| {
             ["proc/device-tree", "sys/firmware/devicetree/base"]
                 .iter()
-                .find_map(|dir| fsread::read_bytes(&root.join(dir).join(name)))
+                .find_map(|dir| sysfs::read_bytes(&root.join(dir).join(name)))
         };
         let strings = |bytes: Vec<u8>| -> Vec<String> {
             bytes
@@ -192,7 +192,7 @@ pub struct HostInfo {
 impl HostInfo {
     /// Reads the machine under `root`.
     pub fn read(root: &Path) -> HostInfo {
-        let cpuinfo = fsread::read_bytes_max(&root.join("proc/cpuinfo"), MAX_CPUINFO_BYTES)
+        let cpuinfo = sysfs::read_bytes_max(&root.join("proc/cpuinfo"), MAX_CPUINFO_BYTES)
             .map(|b| CpuInfo::parse(&String::from_utf8_lossy(&b)))
             .unwrap_or_default();
         let cgroup_limit = memory::cgroup_memory(root).and_then(|c| {
@@ -203,11 +203,11 @@ impl HostInfo {
                 .min()
         });
         let cpu_capacity =
-            fsread::numbered_entries(&root.join("sys/devices/system/cpu"), "cpu", MAX_LIST)
+            sysfs::numbered_entries(&root.join("sys/devices/system/cpu"), "cpu", MAX_LIST)
                 .into_iter()
                 .filter_map(|(n, dir)| {
                     let cap =
-                        fsread::read_value(&dir.join("cpu_capacity"), |t| t.parse::<u32>().ok())?;
+                        sysfs::read_value(&dir.join("cpu_capacity"), |t| t.parse::<u32>().ok())?;
                     Some((n as usize, cap))
                 })
                 .collect();

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::board::Catalog;
-use crate::config::{Config, Overrides, Validated};
+use crate::config::{BoardChoice, Config, KvTypeSetting, Overrides, RamBudgetSetting, Validated};
 use crate::units::human_bytes;
 
 #[derive(Debug, Args)]
@@ -25,10 +25,10 @@ pub struct BoardArgs {
     /// (raspberry-pi-5: the variant for this machine's RAM) or a variant
     /// (raspberry-pi-5-8gb) (router.board).
     #[arg(long, value_name = "NAME")]
-    board: Option<String>,
+    board: Option<BoardChoice>,
     /// Largest memory plan allowed, e.g. 3GiB, auto or none (engine.ram_budget).
     #[arg(long, value_name = "BYTES")]
-    ram_budget: Option<String>,
+    ram_budget: Option<RamBudgetSetting>,
     /// Read /sys and /proc under this directory instead of / (router.fs_root).
     #[arg(long, value_name = "DIR")]
     fs_root: Option<PathBuf>,
@@ -42,7 +42,7 @@ pub(crate) fn run(args: BoardArgs) -> anyhow::Result<ExitCode> {
     config.apply(&Overrides {
         model: args.model.clone(),
         board: args.board.clone(),
-        ram_budget: args.ram_budget.clone(),
+        ram_budget: args.ram_budget,
         fs_root: args.fs_root.clone(),
         ..Overrides::default()
     });
@@ -51,7 +51,7 @@ pub(crate) fn run(args: BoardArgs) -> anyhow::Result<ExitCode> {
         print_list(&catalog);
         return Ok(ExitCode::SUCCESS);
     }
-    let v = config.validate()?;
+    let v = config.resolve()?;
     print_board(&v);
     println!();
     println!("model      {}", v.engine.model.display());
@@ -141,7 +141,8 @@ fn print_board(v: &Validated) {
     } else {
         p.thermal.zones.join(", ")
     };
-    let snapshot = crate::monitor::Sampler::new(&v.config.router.fs_root, p.clone()).sample();
+    let snapshot =
+        crate::monitor::Sampler::new(&v.config.router.fs_root, p.thermal.zones.clone()).sample();
     let now = match (snapshot.temperature_c, &snapshot.thermal_zone) {
         (Some(t), Some(zone)) => format!("{t:.1} °C now ({zone})"),
         (Some(t), None) => format!("{t:.1} °C now"),
@@ -172,7 +173,7 @@ fn print_board(v: &Validated) {
         e.context,
         from(c.context == 0),
         e.kv_type.name(),
-        from(matches!(c.kv_type.as_str(), "" | "auto")),
+        from(c.kv_type == KvTypeSetting::Auto),
         e.sessions,
         from(c.sessions == 0),
     );

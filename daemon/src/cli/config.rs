@@ -1,5 +1,6 @@
 //! `spillway config`: print the commented default configuration, or check a file and print
-//! the settings it resolves to (environment included).
+//! the settings it resolves to (environment included), with warnings about what would stop
+//! `spillway serve` although the settings are valid (a missing model file).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,15 +25,29 @@ pub(crate) fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config = Config::load(args.check.as_deref(), std::env::vars())?;
-    let v = config.validate()?;
+    let v = config.resolve()?;
     let mut shown = v.config.clone();
     if !shown.mqtt.password.is_empty() {
         shown.mqtt.password = "(set)".into();
     }
     print!("{}", toml::to_string(&shown)?);
     println!(
-        "\n# resolved: device = {:?}, client id = {:?}, request topic = {:?}",
-        v.device, v.client_id, v.topics.request
+        "\n# resolved: device = {:?}, client id = {:?}, request topic = {:?}, board = {}",
+        v.device, v.client_id, v.topics.request, v.board.profile.name
     );
+    let warnings = v.warnings();
+    for w in &warnings {
+        println!("# warning: {w}");
+        eprintln!("warning: {w}");
+    }
+    if warnings.is_empty() {
+        println!("# OK");
+    } else {
+        println!(
+            "# valid, with {} warning{}",
+            warnings.len(),
+            if warnings.len() == 1 { "" } else { "s" }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

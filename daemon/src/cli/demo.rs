@@ -228,7 +228,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let state = std::env::temp_dir().join(format!("spillway-demo-{}", std::process::id()));
     config.service.state_dir = state.clone();
     let _remove_state = RemoveOnDrop(state);
-    let v = config.validate()?;
+    let v = config.resolve()?;
     let request_topic = v.topics.request.clone();
     let engine = Engine::load(&v.engine).with_context(|| format!("loading {}", model.display()))?;
     println!(

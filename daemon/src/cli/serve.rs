@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::{Config, Overrides};
+use crate::config::{BoardChoice, Config, Overrides, RamBudgetSetting};
 use crate::engine::Engine;
 use crate::service::notify::Notifier;
 
@@ -30,7 +30,7 @@ pub struct ServeArgs {
     threads: Option<usize>,
     /// Largest memory plan allowed, e.g. 3GiB (engine.ram_budget).
     #[arg(long, value_name = "BYTES")]
-    ram_budget: Option<String>,
+    ram_budget: Option<RamBudgetSetting>,
     /// Requests that may wait for the engine (service.queue).
     #[arg(long, value_name = "N")]
     queue: Option<usize>,
@@ -46,7 +46,7 @@ pub struct ServeArgs {
     /// generic) or a RAM variant such as raspberry-pi-5-8gb (router.board; see `spillway
     /// board --list`).
     #[arg(long, value_name = "NAME")]
-    board: Option<String>,
+    board: Option<BoardChoice>,
     /// Spill over HTTPS to this OpenAI-compatible router (default
     /// `https://router.huggingface.co/v1`; giving any --cloud-* flag turns HTTPS spill-over on).
     #[arg(long, value_name = "URL")]
@@ -67,7 +67,7 @@ impl ServeArgs {
             broker: self.broker.clone(),
             device: self.device.clone(),
             threads: self.threads,
-            ram_budget: self.ram_budget.clone(),
+            ram_budget: self.ram_budget,
             queue: self.queue,
             state_dir: self.state_dir.clone(),
             fs_root: self.fs_root.clone(),
@@ -99,7 +99,7 @@ async fn stop_signal() {
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     config.apply(&args.overrides());
-    let v = config.validate()?;
+    let v = config.resolve()?;
     tracing::info!(
         "device {} on {}://{}:{}, requests on {}",
         v.device,

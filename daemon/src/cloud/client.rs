@@ -20,94 +20,20 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::config::{CloudConfig, CloudConfigError, EndpointConfig};
 use super::error::{CloudError, CloudErrorKind, MAX_SUMMARY_CHARS};
 use super::health::{Health, HealthPolicy};
-use super::https::{Target, Then, Transport};
+use super::https::{Then, Transport};
 use super::openai;
 use super::redact::{Excerpt, Redactor};
 use super::secrets::ApiToken;
+use super::target::Target;
+use super::types::{CloudRequest, Usage};
 
-/// Most stop sequences sent (OpenAI allows 4; some providers more).
-const MAX_STOP: usize = 16;
-/// Longest role name.
-const MAX_ROLE_LEN: usize = 32;
 /// Longest availability reason handed out (it lists every endpoint's).
 const MAX_REASON_CHARS: usize = 4000;
-
-/// One chat message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CloudMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    pub content: String,
-}
-
-impl CloudMessage {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> CloudMessage {
-        CloudMessage {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-}
-
-/// A chat completion to run in the cloud. Unset options are left to the server's defaults.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct CloudRequest {
-    pub messages: Vec<CloudMessage>,
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub seed: Option<u64>,
-    pub stop: Vec<String>,
-}
-
-impl CloudRequest {
-    fn validate(&self) -> Result<(), String> {
-        if self.messages.is_empty() {
-            return Err("no messages".into());
-        }
-        for m in &self.messages {
-            if m.role.is_empty()
-                || m.role.len() > MAX_ROLE_LEN
-                || !m
-                    .role
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(format!("bad message role {:?}", m.role));
-            }
-        }
-        if self.max_tokens == Some(0) {
-            return Err("max_tokens must be at least 1".into());
-        }
-        if let Some(t) = self.temperature
-            && !(t.is_finite() && t >= 0.0)
-        {
-            return Err("temperature must be a finite number >= 0".into());
-        }
-        if let Some(p) = self.top_p
-            && !(p > 0.0 && p <= 1.0)
-        {
-            return Err("top_p must be in (0, 1]".into());
-        }
-        if self.stop.len() > MAX_STOP || self.stop.iter().any(String::is_empty) {
-            return Err(format!("stop: at most {MAX_STOP} non-empty strings"));
-        }
-        Ok(())
-    }
-}
-
-/// Token counts reported by the server (its usage chunk).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-}
 
 /// A completed cloud request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -428,41 +354,6 @@ mod tests {
         let samples: std::collections::HashSet<u128> =
             (0..20).map(|_| c.backoff(3).as_micros()).collect();
         assert!(samples.len() > 5, "{samples:?}");
-    }
-
-    #[test]
-    fn requests_are_validated() {
-        let ok = CloudRequest {
-            messages: vec![CloudMessage::new("user", "hi")],
-            ..CloudRequest::default()
-        };
-        ok.validate().unwrap();
-        let bad = [
-            CloudRequest::default(),
-            CloudRequest {
-                max_tokens: Some(0),
-                ..ok.clone()
-            },
-            CloudRequest {
-                temperature: Some(f32::NAN),
-                ..ok.clone()
-            },
-            CloudRequest {
-                top_p: Some(0.0),
-                ..ok.clone()
-            },
-            CloudRequest {
-                stop: vec![String::new()],
-                ..ok.clone()
-            },
-            CloudRequest {
-                messages: vec![CloudMessage::new("us er", "hi")],
-                ..ok.clone()
-            },
-        ];
-        for r in bad {
-            assert!(r.validate().is_err(), "{r:?}");
-        }
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::https::Target;
 use super::secrets::TokenSources;
+use super::target::Target;
 
 /// The Hugging Face router's OpenAI-compatible base URL.
 pub const DEFAULT_BASE_URL: &str = "https://router.huggingface.co/v1";

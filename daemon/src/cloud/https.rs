@@ -17,18 +17,14 @@
 //! [`Redactor`], and the answer's text goes through a [`super::redact::StreamRedactor`], so
 //! the token cannot come back out, however the server encodes or splits it.
 
-use std::io::{BufReader, Read};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, Uri};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use secrecy::ExposeSecret;
 use secrecy::zeroize::Zeroizing;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,13 +32,15 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
 
-use super::client::Usage;
 use super::config::{CloudConfig, CloudConfigError};
 use super::error::{CloudErrorKind, TimeoutPhase};
 use super::openai::{self, MAX_MESSAGE_CHARS, StreamEvent};
 use super::redact::{Excerpt, Redactor};
 use super::secrets::ApiToken;
 use super::sse::{SseLimits, SseParser};
+use super::target::Target;
+use super::tls::tls_connector;
+use super::types::Usage;
 
 const USER_AGENT: &str = concat!("spillway/", env!("CARGO_PKG_VERSION"));
 /// Largest response head (status line and headers).
@@ -51,96 +49,8 @@ const MAX_HEAD_BYTES: usize = 64 << 10;
 const MAX_ERROR_BODY_BYTES: usize = 16 << 10;
 /// Longest `x-inference-provider` value kept.
 const MAX_PROVIDER_CHARS: usize = 64;
-/// Largest CA file read.
-const MAX_CA_FILE_BYTES: u64 = 4 << 20;
 /// Longest `Retry-After` believed (a day); anything longer is a broken server.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
-
-/// A parsed endpoint: where to connect and what to send.
-#[derive(Clone, Debug)]
-pub(crate) struct Target {
-    /// As configured, without a trailing slash.
-    pub(crate) base_url: String,
-    pub(crate) model: String,
-    /// `base_url (model)`, for messages.
-    pub(crate) label: String,
-    tls: bool,
-    /// Host name or IP address to connect to (IPv6 without brackets).
-    host: String,
-    port: u16,
-    host_header: HeaderValue,
-    /// `/v1/chat/completions`.
-    path: String,
-    server_name: Option<ServerName<'static>>,
-}
-
-impl Target {
-    /// Parses `scheme://host[:port][/path]`; the message says what is wrong.
-    pub(crate) fn parse(base_url: &str, model: &str) -> Result<Target, String> {
-        if base_url
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err("contains whitespace or a control character".into());
-        }
-        let trimmed = base_url.trim_end_matches('/');
-        if trimmed.contains(['?', '#']) {
-            return Err("must not have a query or fragment".into());
-        }
-        let uri: Uri = trimmed
-            .parse()
-            .map_err(|e| format!("{trimmed:?} is not a URL ({e})"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(format!(
-                    "{trimmed:?} must start with https:// (or http:// for a router on the LAN)"
-                ));
-            }
-        };
-        let auth = uri
-            .authority()
-            .ok_or_else(|| format!("{trimmed:?} has no host"))?;
-        if auth.as_str().contains('@') {
-            return Err(
-                "must not hold credentials (user:password@); the token has its own settings".into(),
-            );
-        }
-        let host = auth.host();
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if bare.is_empty() {
-            return Err(format!("{trimmed:?} has no host"));
-        }
-        let port = auth.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let server_name = if tls {
-            Some(
-                ServerName::try_from(bare.to_string())
-                    .map_err(|_| format!("{bare:?} is not a valid host name or IP address"))?,
-            )
-        } else {
-            None
-        };
-        let host_header = HeaderValue::from_str(auth.as_str())
-            .map_err(|_| format!("{:?} is not a valid host", auth.as_str()))?;
-        let path = format!("{}/chat/completions", uri.path().trim_end_matches('/'));
-        Ok(Target {
-            base_url: trimmed.to_string(),
-            model: model.to_string(),
-            label: format!("{trimmed} ({model})"),
-            tls,
-            host: bare.to_string(),
-            port,
-            host_header,
-            path,
-            server_name,
-        })
-    }
-
-    pub(crate) fn is_tls(&self) -> bool {
-        self.tls
-    }
-}
 
 /// A completed stream.
 #[derive(Debug)]
@@ -687,94 +597,9 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
     Some(d.min(MAX_RETRY_AFTER))
 }
 
-/// The TLS connector: the configured CA file, or the system's roots; ring as the crypto
-/// provider (no aws-lc, so it cross-compiles without cmake); ALPN offering HTTP/1.1 only.
-fn tls_connector(ca_file: &Path) -> Result<TlsConnector, CloudConfigError> {
-    let mut roots = rustls::RootCertStore::empty();
-    if ca_file.as_os_str().is_empty() {
-        for cert in rustls_native_certs::load_native_certs().certs {
-            // A malformed system certificate is skipped, as every TLS client does.
-            let _ = roots.add(cert);
-        }
-        if roots.is_empty() {
-            return Err(CloudConfigError::Tls(
-                "no system CA certificates found; install ca-certificates or set cloud.ca_file"
-                    .into(),
-            ));
-        }
-    } else {
-        let ca_err = |message: String| CloudConfigError::CaFile {
-            path: ca_file.to_path_buf(),
-            message,
-        };
-        let file = std::fs::File::open(ca_file).map_err(|e| ca_err(e.to_string()))?;
-        let mut pem = Vec::new();
-        file.take(MAX_CA_FILE_BYTES + 1)
-            .read_to_end(&mut pem)
-            .map_err(|e| ca_err(e.to_string()))?;
-        if pem.len() as u64 > MAX_CA_FILE_BYTES {
-            return Err(ca_err(format!("larger than {MAX_CA_FILE_BYTES} bytes")));
-        }
-        for cert in rustls_pemfile::certs(&mut BufReader::new(&pem[..])) {
-            let cert = cert.map_err(|e| ca_err(e.to_string()))?;
-            roots
-                .add(cert)
-                .map_err(|e| ca_err(format!("unusable certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(ca_err("holds no PEM certificate".into()));
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| CloudConfigError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets() {
-        let t = Target::parse("https://router.huggingface.co/v1/", "m:fastest").unwrap();
-        assert!(t.tls);
-        assert_eq!(t.base_url, "https://router.huggingface.co/v1");
-        assert_eq!((t.host.as_str(), t.port), ("router.huggingface.co", 443));
-        assert_eq!(t.host_header, "router.huggingface.co");
-        assert_eq!(t.path, "/v1/chat/completions");
-        assert_eq!(t.label, "https://router.huggingface.co/v1 (m:fastest)");
-
-        let t = Target::parse("http://[::1]:8080", "m").unwrap();
-        assert!(!t.tls && t.server_name.is_none());
-        assert_eq!((t.host.as_str(), t.port), ("::1", 8080));
-        assert_eq!(t.host_header, "[::1]:8080");
-        assert_eq!(t.path, "/chat/completions");
-
-        let t = Target::parse("https://127.0.0.1:4443/api/v1", "m").unwrap();
-        assert_eq!(
-            t.server_name,
-            Some(ServerName::try_from("127.0.0.1").unwrap())
-        );
-        assert_eq!(t.path, "/api/v1/chat/completions");
-
-        for bad in [
-            "router.huggingface.co/v1",
-            "ftp://x/v1",
-            "https://user:pw@x/v1",
-            "https://x/v1?key=1",
-            "https://x/v1#f",
-            "https://x /v1",
-            "https:///v1",
-            "",
-        ] {
-            assert!(Target::parse(bad, "m").is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn retry_after_seconds_and_dates() {

@@ -15,6 +15,10 @@
 //!   removed, cleaned, bounded), and the stream redactor that keeps the token out of the
 //!   answer even when it is split across chunks.
 //! - [`CloudConfig`]: the `[cloud]` settings with their defaults.
+//! - `types`: [`CloudRequest`], [`CloudMessage`] and [`Usage`], which the client, the wire
+//!   format (`openai`) and the transport (`https`) all speak.
+//! - `target`: one endpoint's base URL parsed into what a connection needs; `tls`: the
+//!   rustls client configuration (CA file or system roots).
 //!
 //! Wiring it up:
 //!
@@ -54,11 +58,15 @@ mod openai;
 mod redact;
 pub mod secrets;
 pub mod sse;
+mod target;
+mod tls;
+mod types;
 
-pub use client::{CloudClient, CloudMessage, CloudOutcome, CloudRequest, EndpointStatus, Usage};
+pub use client::{CloudClient, CloudOutcome, EndpointStatus};
 pub use config::{CloudConfig, CloudConfigError, DEFAULT_BASE_URL, DEFAULT_MODEL, EndpointConfig};
 pub use error::{CloudError, CloudErrorKind, TimeoutPhase};
 pub use redact::Excerpt;
 pub use secrets::{
     ApiToken, LoadedToken, SecretError, TokenSource, TokenSources, load_token, load_token_with,
 };
+pub use types::{CloudMessage, CloudRequest, Usage};

@@ -11,9 +11,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::client::{CloudMessage, CloudRequest, Usage};
 use super::redact::{Excerpt, Redactor};
 use super::sse::SseEvent;
+use super::types::{CloudMessage, CloudRequest, Usage};
 
 /// Longest error message kept from the server.
 pub(crate) const MAX_MESSAGE_CHARS: usize = 300;

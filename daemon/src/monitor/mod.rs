@@ -1,8 +1,9 @@
 //! The resource monitor: what the overflow router knows about the board's state. It owns
 //! sampling the SoC temperature, throttling, memory, pressure stall information and the
 //! service's cgroup memory limits from `/sys` and `/proc`, publishing the latest
-//! [`Snapshot`] through a `tokio::sync::watch` channel. Which thermal zone to trust comes
-//! from the [board profile](crate::board).
+//! [`Snapshot`] through a `tokio::sync::watch` channel. Which thermal zones speak for the SoC
+//! is handed to the [`Sampler`] (the board profile names them); the monitor knows nothing
+//! else of boards. The bounded file readers it uses are [`crate::sysfs`]'s.
 //!
 //! Every path is read relative to a root directory (`/` on a real system), so tests drive
 //! the monitor with a fake `/sys` and `/proc` tree. What those files contain is outside
@@ -21,8 +22,6 @@
 //! I2C or a firmware mailbox can take milliseconds), and the thread keeps them off the
 //! runtime's workers.
 
-pub(crate) mod fsread;
-pub(crate) mod memory;
 mod psi;
 mod thermal;
 
@@ -34,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::board::BoardProfile;
-pub use memory::{CgroupMemory, Limit};
+use crate::sysfs::memory;
+pub use crate::sysfs::memory::{CgroupMemory, Limit};
 pub use psi::{Pressure, PsiLine};
 pub use thermal::{FreqCap, PiThrottled};
 
@@ -108,17 +107,13 @@ impl Snapshot {
     }
 }
 
-/// Reads one snapshot under `root` (`/` on a real system), with the board profile detected
-/// from the device tree there.
-pub fn read(root: &Path) -> Snapshot {
-    Sampler::new(root, BoardProfile::detect(root)).sample()
-}
-
-/// Takes snapshots under one root for one board profile.
+/// Takes snapshots under one root, reading the SoC temperature from the named thermal zones.
 #[derive(Debug)]
 pub struct Sampler {
     root: PathBuf,
-    profile: BoardProfile,
+    /// The `type`s of the thermal zones that speak for the SoC (a board profile's
+    /// `thermal.zones`); empty: the hottest zone of all.
+    zones: Vec<String>,
     /// Where the Pi firmware's `get_throttled` lives, found on the first sample: the driver
     /// registers it at boot, long before the daemon starts, so a search every sample would
     /// only cost. `None` inside: looked, not there.
@@ -126,18 +121,20 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// A sampler reading under `root` for a board described by `profile`.
-    pub fn new(root: impl Into<PathBuf>, profile: BoardProfile) -> Sampler {
+    /// A sampler reading under `root` (`/` on a real system), taking the SoC temperature
+    /// from the hottest of `zones` (thermal zone `type`s; empty, or none of them present:
+    /// the hottest zone of all).
+    pub fn new(root: impl Into<PathBuf>, zones: Vec<String>) -> Sampler {
         Sampler {
             root: root.into(),
-            profile,
+            zones,
             pi_throttled: Mutex::new(None),
         }
     }
 
-    /// The board profile in use.
-    pub fn profile(&self) -> &BoardProfile {
-        &self.profile
+    /// The thermal zones the temperature is taken from.
+    pub fn zones(&self) -> &[String] {
+        &self.zones
     }
 
     /// The root directory read under.
@@ -148,7 +145,7 @@ impl Sampler {
     /// Reads everything now.
     pub fn sample(&self) -> Snapshot {
         let root = self.root.as_path();
-        let zone = thermal::soc_temperature(root, &self.profile.thermal.zones);
+        let zone = thermal::soc_temperature(root, &self.zones);
         let mem = memory::meminfo(root);
         Snapshot {
             taken: Some(Instant::now()),
@@ -205,7 +202,6 @@ pub struct Monitor {
     rx: watch::Receiver<Snapshot>,
     control: Option<mpsc::Sender<Control>>,
     thread: Option<JoinHandle<()>>,
-    profile: BoardProfile,
 }
 
 impl Monitor {
@@ -215,7 +211,6 @@ impl Monitor {
         if interval.is_zero() {
             return Err(MonitorError::ZeroInterval);
         }
-        let profile = sampler.profile().clone();
         let (tx, rx) = watch::channel(sampler.sample());
         let (control, commands) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -226,7 +221,6 @@ impl Monitor {
             rx,
             control: Some(control),
             thread: Some(thread),
-            profile,
         })
     }
 
@@ -246,11 +240,6 @@ impl Monitor {
             // A send fails only when the thread has gone, and then there is nobody to ask.
             let _ = control.send(Control::Refresh);
         }
-    }
-
-    /// The board profile the monitor samples for.
-    pub fn profile(&self) -> &BoardProfile {
-        &self.profile
     }
 }
 
@@ -303,7 +292,7 @@ mod tests {
             "MemTotal: 8000 kB\nMemAvailable:    2048 kB\n",
         )
         .unwrap();
-        let snap = read(&root);
+        let snap = Sampler::new(&root, Vec::new()).sample();
         assert_eq!(snap.temperature_c, Some(71.5));
         assert_eq!(snap.thermal_zone.as_deref(), Some("thermal_zone1"));
         assert_eq!(snap.mem_available, Some(2048 * 1024));
@@ -311,7 +300,7 @@ mod tests {
         assert_eq!(snap.memory_headroom_bytes(), Some(2048 * 1024));
         assert!(snap.taken.is_some());
 
-        let nothing = read(&root.join("nowhere"));
+        let nothing = Sampler::new(root.join("nowhere"), Vec::new()).sample();
         assert_eq!(
             Snapshot {
                 taken: None,
@@ -373,7 +362,7 @@ mod tests {
 
     #[test]
     fn a_zero_interval_is_refused() {
-        let sampler = Sampler::new("/nonexistent-spillway-root", BoardProfile::generic());
+        let sampler = Sampler::new("/nonexistent-spillway-root", Vec::new());
         assert!(matches!(
             Monitor::start(sampler, Duration::ZERO),
             Err(MonitorError::ZeroInterval)

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::fsread;
+use crate::sysfs;
 
 /// One line of a pressure file.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -81,12 +81,12 @@ fn parse_line<'a>(words: impl Iterator<Item = &'a str>) -> Option<PsiLine> {
 /// Reads `proc/pressure/<resource>` under `root`.
 pub(crate) fn pressure(root: &Path, resource: &str) -> Option<Pressure> {
     let path = root.join("proc/pressure").join(resource);
-    let text = fsread::read_text(&path)?;
+    let text = sysfs::read_text(&path)?;
     let parsed = parse_pressure(&text);
     if parsed.is_none() {
         tracing::debug!(
             "monitor: unexpected contents {:?} in {}; ignored",
-            fsread::shorten(text.trim()),
+            sysfs::shorten(text.trim()),
             path.display()
         );
     }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::fsread::{self, read_value};
+use crate::sysfs::{self, read_value};
 
 /// The most thermal zones considered (real boards have 1–30).
 const MAX_ZONES: usize = 256;
@@ -33,11 +33,10 @@ pub(crate) struct ZoneReading {
 /// name should not blind the monitor. A preferred zone that exists but reads garbage gives
 /// `None` rather than a reading from some unrelated sensor.
 pub(crate) fn soc_temperature(root: &Path, preferred: &[String]) -> Option<ZoneReading> {
-    let zones =
-        fsread::numbered_entries(&root.join("sys/class/thermal"), "thermal_zone", MAX_ZONES);
+    let zones = sysfs::numbered_entries(&root.join("sys/class/thermal"), "thermal_zone", MAX_ZONES);
     let mut named: Vec<(String, PathBuf)> = Vec::with_capacity(zones.len());
     for (_, dir) in zones {
-        let zone_type = fsread::read_text(&dir.join("type"))
+        let zone_type = sysfs::read_text(&dir.join("type"))
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| {
@@ -148,11 +147,11 @@ pub(crate) fn find_pi_throttled(root: &Path) -> Option<PathBuf> {
     }
     let platform = root.join("sys/devices/platform");
     let buses = std::fs::read_dir(&platform).ok()?;
-    for bus in buses.take(fsread::MAX_DIR_ENTRIES).filter_map(Result::ok) {
+    for bus in buses.take(sysfs::MAX_DIR_ENTRIES).filter_map(Result::ok) {
         let Ok(devices) = std::fs::read_dir(bus.path()) else {
             continue;
         };
-        for dev in devices.take(fsread::MAX_DIR_ENTRIES).filter_map(Result::ok) {
+        for dev in devices.take(sysfs::MAX_DIR_ENTRIES).filter_map(Result::ok) {
             if dev.file_name().to_string_lossy().ends_with(":firmware") {
                 let candidate = dev.path().join("get_throttled");
                 if candidate.is_file() {
@@ -197,7 +196,7 @@ impl FreqCap {
 /// Reads `sys/devices/system/cpu/cpufreq/policy*/{scaling,cpuinfo}_max_freq` under `root`.
 /// `None` when no policy could be read (no cpufreq driver, as on many VMs).
 pub(crate) fn freq_cap(root: &Path) -> Option<FreqCap> {
-    let policies = fsread::numbered_entries(
+    let policies = sysfs::numbered_entries(
         &root.join("sys/devices/system/cpu/cpufreq"),
         "policy",
         MAX_POLICIES,

@@ -56,6 +56,8 @@ pub struct Router {
     /// to generate ([`Policy::expected_completion`] when it was admitted).
     local_tokens: AtomicU64,
     budget_baseline: u64,
+    /// The board profile's name, for telemetry.
+    board: String,
 }
 
 impl std::fmt::Debug for Router {
@@ -71,7 +73,7 @@ impl Router {
     /// model's memory plan.
     pub fn new(v: &Validated, engine: &Engine) -> Result<Router, RouterSetupError> {
         let r = &v.config.router;
-        let sampler = Sampler::new(r.fs_root.clone(), v.board.profile.clone());
+        let sampler = Sampler::new(r.fs_root.clone(), v.board.profile.thermal.zones.clone());
         let monitor = Monitor::start(sampler, Duration::from_millis(r.sample_ms))?;
         let plan = engine.plan();
         // Everything but the KV cache is committed whatever runs; the KV slots are
@@ -146,6 +148,7 @@ impl Router {
             upstream,
             local_tokens: AtomicU64::new(0),
             budget_baseline,
+            board: v.board.profile.name.clone(),
         })
     }
 
@@ -314,7 +317,7 @@ impl Router {
         };
         let cloud = self.cloud_health();
         serde_json::json!({
-            "board": self.monitor.profile().name,
+            "board": self.board,
             "thermal_state": policy.thermal().state().as_str(),
             "throttled": snap.throttled(),
             "memory_headroom_bytes": snap.memory_headroom_bytes(),

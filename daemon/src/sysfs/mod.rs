@@ -1,17 +1,21 @@
 //! Bounded, non-blocking reads of small text files under `/sys` and `/proc`, and bounded
-//! directory listings. Everything the monitor reads goes through here, so no file's contents
-//! or size can make it allocate without limit or hang.
+//! directory listings, plus the memory readings ([`memory`]) that both the resource monitor
+//! and board detection need. Everything either of them reads from the machine goes through
+//! here, so no file's contents or size can make it allocate without limit or hang. This
+//! module knows nothing of boards or sampling: it only reads.
 //!
 //! Kernel attribute files are tiny (a number, a line or two; `/proc/meminfo` is ~1.5 KiB),
 //! so anything past [`MAX_FILE_BYTES`] is not what we think it is and is refused rather than
 //! truncated: a truncated number would parse as a different, wrong number.
+
+pub mod memory;
 
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// The largest file the monitor reads.
+/// The largest file read.
 pub(crate) const MAX_FILE_BYTES: u64 = 64 * 1024;
 
 /// The most directory entries looked at in one listing (a real `/sys/class/thermal` has
@@ -27,7 +31,7 @@ pub(crate) fn read_text(path: &Path) -> Option<String> {
     match String::from_utf8(bytes) {
         Ok(text) => Some(text),
         Err(_) => {
-            tracing::debug!("monitor: {} is not UTF-8; ignored", path.display());
+            tracing::debug!("sysfs: {} is not UTF-8; ignored", path.display());
             None
         }
     }
@@ -51,7 +55,7 @@ pub(crate) fn read_bytes_max(path: &Path, max_bytes: u64) -> Option<Vec<u8>> {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return None,
         Err(e) => {
-            tracing::debug!("monitor: cannot open {}: {e}", path.display());
+            tracing::debug!("sysfs: cannot open {}: {e}", path.display());
             return None;
         }
     };
@@ -60,11 +64,11 @@ pub(crate) fn read_bytes_max(path: &Path, max_bytes: u64) -> Option<Vec<u8>> {
     match file.metadata() {
         Ok(m) if m.is_file() => {}
         Ok(_) => {
-            tracing::debug!("monitor: {} is not a regular file; ignored", path.display());
+            tracing::debug!("sysfs: {} is not a regular file; ignored", path.display());
             return None;
         }
         Err(e) => {
-            tracing::debug!("monitor: cannot stat {}: {e}", path.display());
+            tracing::debug!("sysfs: cannot stat {}: {e}", path.display());
             return None;
         }
     }
@@ -75,12 +79,12 @@ pub(crate) fn read_bytes_max(path: &Path, max_bytes: u64) -> Option<Vec<u8>> {
     if let Err(e) = file.take(max_bytes + 1).read_to_end(&mut buf) {
         // sysfs attributes report driver errors here (EIO, EINVAL, ENODATA from a sensor
         // that is powered down or not ready).
-        tracing::debug!("monitor: cannot read {}: {e}", path.display());
+        tracing::debug!("sysfs: cannot read {}: {e}", path.display());
         return None;
     }
     if buf.len() as u64 > max_bytes {
         tracing::debug!(
-            "monitor: {} is larger than {max_bytes} bytes; ignored",
+            "sysfs: {} is larger than {max_bytes} bytes; ignored",
             path.display()
         );
         return None;
@@ -95,7 +99,7 @@ pub(crate) fn read_value<T>(path: &Path, parse: impl FnOnce(&str) -> Option<T>) 
     let value = parse(text.trim());
     if value.is_none() {
         tracing::debug!(
-            "monitor: unexpected contents {:?} in {}; ignored",
+            "sysfs: unexpected contents {:?} in {}; ignored",
             shorten(text.trim()),
             path.display()
         );
@@ -111,7 +115,7 @@ pub(crate) fn numbered_entries(dir: &Path, prefix: &str, limit: usize) -> Vec<(u
         Ok(d) => d,
         Err(e) if e.kind() == ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            tracing::debug!("monitor: cannot list {}: {e}", dir.display());
+            tracing::debug!("sysfs: cannot list {}: {e}", dir.display());
             return Vec::new();
         }
     };

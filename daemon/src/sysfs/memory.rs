@@ -3,7 +3,7 @@
 
 use std::path::{Component, Path};
 
-use super::fsread::{self, read_value};
+use super::read_value;
 
 /// `MemTotal` and `MemAvailable` from `/proc/meminfo`, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,8 +25,8 @@ pub(crate) fn parse_meminfo(text: &str) -> MemInfo {
         };
         if value.is_none() {
             tracing::debug!(
-                "monitor: unexpected /proc/meminfo {key} line {:?}; ignored",
-                fsread::shorten(line.trim())
+                "sysfs: unexpected /proc/meminfo {key} line {:?}; ignored",
+                super::shorten(line.trim())
             );
         }
         value
@@ -36,7 +36,7 @@ pub(crate) fn parse_meminfo(text: &str) -> MemInfo {
         // More available than installed is a corrupt file, not a reading.
         let sane = total.is_none_or(|t| a <= t);
         if !sane {
-            tracing::debug!("monitor: MemAvailable {a} exceeds MemTotal; ignored");
+            tracing::debug!("sysfs: MemAvailable {a} exceeds MemTotal; ignored");
         }
         sane
     });
@@ -45,7 +45,7 @@ pub(crate) fn parse_meminfo(text: &str) -> MemInfo {
 
 /// Reads `proc/meminfo` under `root`.
 pub(crate) fn meminfo(root: &Path) -> MemInfo {
-    fsread::read_text(&root.join("proc/meminfo"))
+    super::read_text(&root.join("proc/meminfo"))
         .map(|t| parse_meminfo(&t))
         .unwrap_or_default()
 }
@@ -133,8 +133,8 @@ pub(crate) fn parse_self_cgroup(text: &str) -> Option<String> {
         && !path.split('/').any(|part| part == "." || part == "..");
     if !valid {
         tracing::debug!(
-            "monitor: unusable cgroup path {:?} in /proc/self/cgroup; ignored",
-            fsread::shorten(path)
+            "sysfs: unusable cgroup path {:?} in /proc/self/cgroup; ignored",
+            super::shorten(path)
         );
         return None;
     }
@@ -144,7 +144,7 @@ pub(crate) fn parse_self_cgroup(text: &str) -> Option<String> {
 /// Reads the memory accounting of this process's cgroup under `root`. `None` outside cgroup
 /// v2, or when the cgroup has no memory controller files (the root cgroup has none).
 pub(crate) fn cgroup_memory(root: &Path) -> Option<CgroupMemory> {
-    let text = fsread::read_text(&root.join("proc/self/cgroup"))?;
+    let text = super::read_text(&root.join("proc/self/cgroup"))?;
     let path = parse_self_cgroup(&text)?;
     let dir = root
         .join("sys/fs/cgroup")
@@ -156,13 +156,13 @@ pub(crate) fn cgroup_memory(root: &Path) -> Option<CgroupMemory> {
     if current.is_none() && max.is_none() && high.is_none() {
         return None;
     }
-    let inactive_file = fsread::read_text(&dir.join("memory.stat")).and_then(|stat| {
+    let inactive_file = super::read_text(&dir.join("memory.stat")).and_then(|stat| {
         let line = stat
             .lines()
             .find_map(|l| l.strip_prefix("inactive_file "))?;
         let value = line.trim().parse::<u64>().ok();
         if value.is_none() {
-            tracing::debug!("monitor: unexpected inactive_file in memory.stat; ignored");
+            tracing::debug!("sysfs: unexpected inactive_file in memory.stat; ignored");
         }
         value
     });
