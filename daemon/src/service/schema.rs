@@ -6,10 +6,12 @@
 //! be worse). Replies: `{"id","seq","delta"}` chunks, then exactly one final
 //! `{"id","done":true,...}` with either the answer or `{"error":{"code","message"}}`.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::engine::{Completion, SamplingParams};
+/// The request's `route` and `privacy` fields are the routing policy's inputs.
+pub use crate::router::{Privacy, RouteHint};
 use crate::tokenizer::ChatPrompt;
 
 /// Longest request id.
@@ -85,23 +87,6 @@ impl RequestError {
             message: message.into(),
         }
     }
-}
-
-/// Where a request may be served.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RouteHint {
-    #[default]
-    Auto,
-    Local,
-    Cloud,
-}
-
-/// `privacy`: `local-only` requests must never leave the device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Privacy {
-    #[serde(rename = "local-only")]
-    LocalOnly,
 }
 
 #[derive(Clone, Debug, Deserialize)]
