@@ -77,8 +77,6 @@ pub struct Conditions {
     /// Bytes the system can still give (the smaller of `MemAvailable` and the cgroup's
     /// `memory.max − memory.current`); `None` when unknown, and then not checked.
     pub mem_headroom: Option<u64>,
-    /// Bytes of the RAM budget committed now (the baseline plus KV of admitted work).
-    pub budget_committed: u64,
     /// Requests in the local queue, not counting this one.
     pub queued_requests: usize,
     /// Tokens the work ahead of this request, running or queued, is expected to generate

@@ -36,7 +36,7 @@
 //! Prompt tokens are not counted: prompt processing runs batched, an order of magnitude
 //! faster than generation, and at the generation rate they would dominate the estimate.
 //!
-//! **Only a measured rate may refuse or spill on the deadline** (rule 9 and its spill
+//! **Only a measured rate may refuse or spill on the deadline** (rule 8 and its spill
 //! cause): the prior is a guess for an unknown board, and a guess must not turn requests
 //! away from an idle daemon. With the prior only, the deadline is not checked (in `Hard`
 //! the cool-down estimate alone still is). Both averages can be restored across restarts
@@ -65,11 +65,6 @@ pub struct PolicyConfig {
     pub kv_bytes_per_token: u64,
     /// Kept free of the measured memory headroom, which is noisy.
     pub memory_margin: u64,
-    /// The RAM budget, if one is set.
-    pub ram_budget: Option<u64>,
-    /// Bytes of the budget in use on an idle engine (weights, scratch, runtime): a KV
-    /// cache that does not fit beside them never will.
-    pub budget_baseline: u64,
     /// Requests the local queue holds; at this many it is full. At least 1.
     pub queue_capacity: usize,
     /// Deadline of requests whose message carries no expiry.
@@ -279,27 +274,7 @@ impl Policy {
         });
 
         let kv = tokens64.saturating_mul(c.kv_bytes_per_token);
-        let never_fits = c.ram_budget.and_then(|budget| {
-            (c.budget_baseline.saturating_add(kv) > budget).then(|| {
-                format!(
-                    "KV cache {} for {tokens} tokens never fits RAM budget {} ({} in use when idle)",
-                    human_bytes(kv),
-                    human_bytes(budget),
-                    human_bytes(c.budget_baseline)
-                )
-            })
-        });
-        let over_budget = c.ram_budget.and_then(|budget| {
-            (now.budget_committed.saturating_add(kv) > budget).then(|| {
-                format!(
-                    "KV cache {} exceeds RAM budget left {} of {}",
-                    human_bytes(kv),
-                    human_bytes(budget.saturating_sub(now.budget_committed)),
-                    human_bytes(budget)
-                )
-            })
-        });
-        let over_headroom = now.mem_headroom.and_then(|headroom| {
+        let memory_short = now.mem_headroom.and_then(|headroom| {
             (kv.saturating_add(c.memory_margin) > headroom).then(|| {
                 format!(
                     "KV cache {} + margin {} exceeds memory headroom {}",
@@ -365,8 +340,7 @@ impl Policy {
             thermal_reason,
             deadline,
             context_too_long,
-            never_fits,
-            memory_short: over_budget.or(over_headroom),
+            memory_short,
             queue_full,
             wait_s,
             rate_measured,

@@ -13,36 +13,36 @@
 //! | 4  | `CloudForcedUnavailable` | `route: cloud` and no configured cloud route is up                               | reject                                | `cloud_unavailable`   |
 //! | 5  | `Spill`                  | `route: auto`, not local-only, a *spill cause* holds, a cloud route is up        | first up route, in preference order   | —                     |
 //! | 6  | `ContextTooLong`         | prompt + `max_tokens` exceeds the local context                                  | reject                                | `context_length`      |
-//! | 7  | `NeverFits`              | the request's KV cache cannot fit the RAM budget even on an idle engine          | reject                                | `insufficient_memory` |
-//! | 8  | `QueueFull`              | the local queue is full                                                          | reject                                | `busy`                |
-//! | 9  | `DeadlineUnmet`          | the *measured* local wait (+ the cool-down estimate when `Hard`) exceeds the deadline | reject                           | `deadline_exceeded`   |
-//! | 10 | `HardWait`               | thermal state `Hard`                                                             | queue                                 | —                     |
-//! | 11 | `MemoryWait`             | the KV cache does not fit now (memory headroom − margin, or budget left)         | queue                                 | —                     |
-//! | 12 | `LocalHot`               | thermal state `Soft`                                                             | local on `hot_threads`                | —                     |
-//! | 13 | `Local`                  | otherwise                                                                        | local on `threads`                    | —                     |
+//! | 7  | `QueueFull`              | the local queue is full                                                          | reject                                | `busy`                |
+//! | 8  | `DeadlineUnmet`          | the *measured* local wait (+ the cool-down estimate when `Hard`) exceeds the deadline | reject                           | `deadline_exceeded`   |
+//! | 9  | `HardWait`               | thermal state `Hard`                                                             | queue                                 | —                     |
+//! | 10 | `MemoryWait`             | the KV cache does not fit the memory headroom − margin now                       | queue                                 | —                     |
+//! | 11 | `LocalHot`               | thermal state `Soft`                                                             | local on `hot_threads`                | —                     |
+//! | 12 | `Local`                  | otherwise                                                                        | local on `threads`                    | —                     |
 //!
-//! The *spill causes* of rule 5 are the conditions of rules 6 to 12, and the first that
-//! holds, in this order, becomes the reason: context too long, never fits the budget,
+//! The *spill causes* of rule 5 are the conditions of rules 6 to 11, and the first that
+//! holds, in this order, becomes the reason: context too long,
 //! thermal `Hard`, thermal `Soft`, memory short now, queue full, wait beyond the deadline.
 //! So by route hint:
 //!
 //! - `auto`: rule 1; then the cloud whenever the board is not `Normal` or the request does
 //!   not fit locally (rule 5); when every cloud route is down or none is configured, rules
-//!   6–13 apply as for `local` and the reason says why the cloud was not used (for example
+//!   6–12 apply as for `local` and the reason says why the cloud was not used (for example
 //!   `Soft` then runs locally on fewer threads, `Hard` waits).
-//! - `local`: rules 1, 6–13. It forces the board: it waits or is refused, never forwarded.
+//! - `local`: rules 1, 6–12. It forces the board: it waits or is refused, never forwarded.
 //! - `cloud`: rules 1, 3, 4. An explicit `cloud` never runs locally: the client asked for
 //!   the cloud (a bigger model, a latency budget the board cannot meet), so with no cloud
 //!   route up it is refused `cloud_unavailable` rather than silently answered by the
 //!   board, and not queued either since local capacity cannot serve it.
 //! - `privacy: local-only` is **never forwarded**: with `auto` or `local` it follows rules
-//!   1, 6–13 (it waits for local capacity, or is refused when it can never fit or cannot
-//!   meet its deadline); with `route: cloud` it is contradictory and refused (rule 2).
+//!   1, 6–12 (it waits for local capacity, or is refused when it can never fit the context
+//!   or cannot meet its deadline); with `route: cloud` it is contradictory and refused (rule 2).
 //!
 //! Memory: the request's KV cache needs `(prompt + max_tokens) × kv_bytes_per_token`; it
 //! must fit within the system's memory headroom less a safety margin (the headroom is
-//! measured, so noisy) and within what is left of the RAM budget (our own exact
-//! accounting, so no margin).
+//! measured, so noisy). There is no rule about the RAM budget: the engine allocates every
+//! KV slot at load, and loading refuses a memory plan over the budget, so a request that
+//! fits the context (rule 6) always fits the budget.
 
 use std::time::Duration;
 
@@ -60,8 +60,6 @@ pub enum RejectCode {
     CloudUnavailable,
     /// Prompt + `max_tokens` exceed the local context and the cloud cannot take it.
     ContextLength,
-    /// The KV cache can never fit the RAM budget and the cloud cannot take it.
-    InsufficientMemory,
     /// The local queue is full and the cloud cannot take it.
     Busy,
     /// Waiting locally cannot finish before the deadline and the cloud cannot take it.
@@ -75,7 +73,6 @@ impl RejectCode {
             RejectCode::InvalidRequest => "invalid_request",
             RejectCode::CloudUnavailable => "cloud_unavailable",
             RejectCode::ContextLength => "context_length",
-            RejectCode::InsufficientMemory => "insufficient_memory",
             RejectCode::Busy => "busy",
             RejectCode::DeadlineExceeded => "deadline_exceeded",
         }
@@ -135,7 +132,6 @@ pub enum Rule {
     CloudForcedUnavailable,
     Spill,
     ContextTooLong,
-    NeverFits,
     QueueFull,
     DeadlineUnmet,
     HardWait,
@@ -189,7 +185,6 @@ pub(super) struct Findings {
     pub(super) thermal_reason: Option<String>,
     pub(super) deadline: Duration,
     pub(super) context_too_long: Option<String>,
-    pub(super) never_fits: Option<String>,
     pub(super) memory_short: Option<String>,
     pub(super) queue_full: Option<String>,
     pub(super) wait_s: f64,
@@ -204,7 +199,6 @@ impl Findings {
     fn spill_cause(&self) -> Option<&str> {
         [
             &self.context_too_long,
-            &self.never_fits,
             &self.thermal_reason,
             &self.memory_short,
             &self.queue_full,
@@ -278,22 +272,19 @@ pub(super) fn walk(
     };
     let waiting = |why: &str| say(&format!("waiting for local capacity ({why})"));
 
-    // 6, 7. Cannot ever run here.
+    // 6. Cannot ever run here.
     if let Some(why) = &f.context_too_long {
         return reject(C::ContextLength, Rule::ContextTooLong, say(why));
     }
-    if let Some(why) = &f.never_fits {
-        return reject(C::InsufficientMemory, Rule::NeverFits, say(why));
-    }
-    // 8. No room to wait.
+    // 7. No room to wait.
     if let Some(why) = &f.queue_full {
         return reject(C::Busy, Rule::QueueFull, say(why));
     }
-    // 9. Waiting would miss the deadline anyway.
+    // 8. Waiting would miss the deadline anyway.
     if let Some(why) = &f.too_slow {
         return reject(C::DeadlineExceeded, Rule::DeadlineUnmet, say(why));
     }
-    // 10. Too hot to start anything: wait for the SoC to cool below the hard exit.
+    // 9. Too hot to start anything: wait for the SoC to cool below the hard exit.
     if let Some(why) = f
         .thermal_reason
         .as_deref()
@@ -301,11 +292,11 @@ pub(super) fn walk(
     {
         return (Route::Queue, Rule::HardWait, waiting(why));
     }
-    // 11. Memory frees as the work ahead finishes.
+    // 10. Memory frees as the work ahead finishes.
     if let Some(why) = &f.memory_short {
         return (Route::Queue, Rule::MemoryWait, waiting(why));
     }
-    // 12. Warm: run, on fewer threads.
+    // 11. Warm: run, on fewer threads.
     if let Some(why) = f
         .thermal_reason
         .as_deref()
@@ -319,7 +310,7 @@ pub(super) fn walk(
             )),
         );
     }
-    // 13. Everything fits.
+    // 12. Everything fits.
     (
         Route::Local,
         Rule::Local,

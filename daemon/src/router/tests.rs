@@ -17,16 +17,14 @@ const LIMITS: ThermalLimits = ThermalLimits {
     hard_exit_c: 78.0,
 };
 
-/// A Pi 5-like board: 4 threads (2 when hot), 2 GiB budget of which 1.5 GiB is the
-/// idle engine, 64 KiB of KV per token, 5 tokens/s until measured.
+/// A Pi 5-like board: 4 threads (2 when hot), 64 KiB of KV per token, 5 tokens/s until
+/// measured.
 fn config() -> PolicyConfig {
     PolicyConfig {
         thermal: LIMITS,
         local_context: 4096,
         kv_bytes_per_token: 64 << 10,
         memory_margin: 64 * MIB,
-        ram_budget: Some(2048 * MIB),
-        budget_baseline: 1536 * MIB,
         queue_capacity: 4,
         default_deadline: Duration::from_secs(300),
         hard_cooldown: Duration::from_secs(60),
@@ -70,8 +68,6 @@ struct Row {
     max_tokens: usize,
     deadline_s: Option<u64>,
     headroom_mib: Option<u64>,
-    committed_mib: u64,
-    baseline_mib: u64,
     queued: usize,
     queued_tokens: u64,
     https: H,
@@ -95,8 +91,6 @@ const BASE: Row = Row {
     max_tokens: 200,
     deadline_s: None,
     headroom_mib: Some(1024),
-    committed_mib: 1536,
-    baseline_mib: 1536,
     queued: 0,
     queued_tokens: 0,
     https: H::Up,
@@ -146,8 +140,6 @@ const ROWS: &[Row] = &[
     Row { name: "auto context spills", prompt: 8000, max_tokens: 1000, want: Route::CloudHttps, rule: Rule::Spill, reason: "prompt+max_tokens 9000 exceeds local context 4096", ..BASE },
     Row { name: "auto context is the first cause even when hot", temps: HOT, prompt: 8000, max_tokens: 1000, want: Route::CloudHttps, rule: Rule::Spill, reason: "prompt+max_tokens 9000 exceeds local context 4096", ..BASE },
     Row { name: "auto headroom short spills", headroom_mib: Some(50), want: Route::CloudHttps, rule: Rule::Spill, reason: "KV cache 18.75 MiB + margin 64.00 MiB exceeds memory headroom 50.00 MiB", ..BASE },
-    Row { name: "auto budget short spills", committed_mib: 1900, prompt: 2800, deadline_s: Some(1000), want: Route::CloudHttps, rule: Rule::Spill, reason: "KV cache 187.50 MiB exceeds RAM budget left 148.00 MiB of 2.00 GiB", ..BASE },
-    Row { name: "auto never fits spills", baseline_mib: 1900, committed_mib: 1900, prompt: 3800, deadline_s: Some(1000), want: Route::CloudHttps, rule: Rule::Spill, reason: "never fits RAM budget 2.00 GiB", ..BASE },
     Row { name: "auto queue full spills", queued: 4, want: Route::CloudHttps, rule: Rule::Spill, reason: "local queue full (4 of 4)", ..BASE },
     Row { name: "auto slow spills", rate: Some(5.0), deadline_s: Some(30), want: Route::CloudHttps, rule: Rule::Spill, reason: "estimated wait 40 s (0 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 30 s", ..BASE },
     Row { name: "auto wait a little past the deadline spills", rate: Some(5.0), queued_tokens: 1305, want: Route::CloudHttps, rule: Rule::Spill, reason: "estimated wait 301 s (1,305 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 300 s", ..BASE },
@@ -164,8 +156,6 @@ const ROWS: &[Row] = &[
     Row { name: "auto hard and memory short waits for heat first", temps: HOT, headroom_mib: Some(50), https: DOWN, mqtt: MQTT_DOWN, want: Route::Queue, rule: Rule::HardWait, reason: "(soc 83.1", ..BASE },
     Row { name: "auto context cloud down", prompt: 8000, max_tokens: 1000, https: H::Down("credits exhausted"), mqtt: H::Off, want: Route::Reject(C::ContextLength), rule: Rule::ContextTooLong, reason: "prompt+max_tokens 9000 exceeds local context 4096; cloud unavailable (https: credits exhausted)", ..BASE },
     Row { name: "auto headroom short cloud down waits", headroom_mib: Some(50), https: DOWN, mqtt: MQTT_DOWN, want: Route::Queue, rule: Rule::MemoryWait, reason: "waiting for local capacity (KV cache 18.75 MiB + margin", ..BASE },
-    Row { name: "auto budget short cloud down waits", committed_mib: 1900, prompt: 2800, deadline_s: Some(1000), https: DOWN, mqtt: MQTT_DOWN, want: Route::Queue, rule: Rule::MemoryWait, reason: "exceeds RAM budget left", ..BASE },
-    Row { name: "auto never fits cloud down", baseline_mib: 1900, committed_mib: 1900, prompt: 3800, https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::InsufficientMemory), rule: Rule::NeverFits, reason: "KV cache 250.00 MiB for 4000 tokens never fits RAM budget 2.00 GiB (1.86 GiB in use when idle)", ..BASE },
     Row { name: "auto queue full cloud down", queued: 4, https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::Busy), rule: Rule::QueueFull, reason: "local queue full (4 of 4); cloud unavailable", ..BASE },
     Row { name: "auto soft queue full cloud down is busy", temps: WARM, queued: 4, https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::Busy), rule: Rule::QueueFull, reason: "local queue full (4 of 4)", ..BASE },
     Row { name: "auto slow cloud down", rate: Some(5.0), deadline_s: Some(30), https: DOWN, mqtt: MQTT_DOWN, want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "estimated wait 40 s (0 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 30 s; cloud unavailable", ..BASE },
@@ -192,7 +182,6 @@ const ROWS: &[Row] = &[
     Row { name: "private hard waits", local_only: true, temps: HOT, want: Route::Queue, rule: Rule::HardWait, reason: "privacy local-only: waiting for local capacity (soc 83.1 °C above hard limit 82 °C)", ..BASE },
     Row { name: "private hard misses deadline", local_only: true, temps: HOT, rate: Some(5.0), deadline_s: Some(90), want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "privacy local-only: soc 83.1 °C above hard limit 82 °C: cool-down ~60 s + estimated wait 40 s (0 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 90 s", ..BASE },
     Row { name: "private context", local_only: true, prompt: 8000, max_tokens: 1000, want: Route::Reject(C::ContextLength), rule: Rule::ContextTooLong, reason: "privacy local-only: prompt+max_tokens 9000 exceeds local context 4096", ..BASE },
-    Row { name: "private never fits", local_only: true, baseline_mib: 1900, committed_mib: 1900, prompt: 3800, want: Route::Reject(C::InsufficientMemory), rule: Rule::NeverFits, reason: "privacy local-only: KV cache 250.00 MiB", ..BASE },
     Row { name: "private memory short waits", local_only: true, headroom_mib: Some(50), want: Route::Queue, rule: Rule::MemoryWait, reason: "privacy local-only: waiting for local capacity (KV cache", ..BASE },
     Row { name: "private queue full", local_only: true, queued: 4, want: Route::Reject(C::Busy), rule: Rule::QueueFull, reason: "privacy local-only: local queue full (4 of 4)", ..BASE },
     Row { name: "private slow", local_only: true, rate: Some(5.0), deadline_s: Some(30), want: Route::Reject(C::DeadlineExceeded), rule: Rule::DeadlineUnmet, reason: "privacy local-only: estimated wait 40 s (0 tokens queued ahead + ~200 expected for this one at 5.0 t/s measured) exceeds the deadline of 30 s", ..BASE },
@@ -204,7 +193,6 @@ const ROWS: &[Row] = &[
 
 fn run(row: &Row) -> Decision {
     let mut cfg = config();
-    cfg.budget_baseline = row.baseline_mib * MIB;
     let mut order = [(CloudRoute::Https, row.https), (CloudRoute::Mqtt, row.mqtt)];
     if row.mqtt_first {
         order.reverse();
@@ -235,7 +223,6 @@ fn run(row: &Row) -> Decision {
     let now = Conditions {
         temperature_c: last,
         mem_headroom: row.headroom_mib.map(|m| m * MIB),
-        budget_committed: row.committed_mib * MIB,
         queued_requests: row.queued,
         queued_tokens: row.queued_tokens,
         cloud: CloudHealth {
@@ -291,7 +278,6 @@ fn decision_table() {
         Rule::CloudForcedUnavailable,
         Rule::Spill,
         Rule::ContextTooLong,
-        Rule::NeverFits,
         Rule::QueueFull,
         Rule::DeadlineUnmet,
         Rule::HardWait,
@@ -307,8 +293,8 @@ fn decision_table() {
 fn rule_numbers_match_the_table() {
     assert_eq!(Rule::Expired.number(), 1);
     assert_eq!(Rule::Spill.number(), 5);
-    assert_eq!(Rule::HardWait.number(), 10);
-    assert_eq!(Rule::Local.number(), 13);
+    assert_eq!(Rule::HardWait.number(), 9);
+    assert_eq!(Rule::Local.number(), 12);
 }
 
 #[test]
@@ -586,7 +572,6 @@ fn huge_inputs_saturate_instead_of_overflowing() {
     let mut policy = Policy::new(cfg).unwrap();
     let now = Conditions {
         mem_headroom: Some(u64::MAX),
-        budget_committed: u64::MAX,
         queued_requests: usize::MAX,
         queued_tokens: u64::MAX,
         ..Conditions::default()
@@ -632,17 +617,15 @@ fn conditions() -> impl Strategy<Value = Conditions> {
     (
         temperature(),
         prop::option::of(prop_oneof![0..4096 * MIB, any::<u64>()]),
-        prop_oneof![0..4096 * MIB, any::<u64>()],
         0usize..12,
         prop_oneof![0u64..20_000, any::<u64>()],
         health(),
         health(),
     )
         .prop_map(
-            |(t, headroom, committed, queued, queued_tokens, https, mqtt)| Conditions {
+            |(t, headroom, queued, queued_tokens, https, mqtt)| Conditions {
                 temperature_c: t,
                 mem_headroom: headroom,
-                budget_committed: committed,
                 queued_requests: queued,
                 queued_tokens,
                 cloud: CloudHealth { https, mqtt },
@@ -674,8 +657,6 @@ fn configs() -> impl Strategy<Value = PolicyConfig> {
         1usize..16,
         1usize..16,
         1usize..8,
-        prop::option::of(1024 * MIB..8192 * MIB),
-        0..2048 * MIB,
         1u64..(1 << 20),
         1usize..40_000,
         prop_oneof![
@@ -686,19 +667,15 @@ fn configs() -> impl Strategy<Value = PolicyConfig> {
             Just(vec![CloudRoute::Mqtt, CloudRoute::Https]),
         ],
     )
-        .prop_map(
-            |(threads, hot, cap, budget, baseline, kv, context, routes)| PolicyConfig {
-                threads,
-                hot_threads: hot.min(threads),
-                queue_capacity: cap,
-                ram_budget: budget,
-                budget_baseline: baseline,
-                kv_bytes_per_token: kv,
-                local_context: context,
-                cloud_routes: routes,
-                ..config()
-            },
-        )
+        .prop_map(|(threads, hot, cap, kv, context, routes)| PolicyConfig {
+            threads,
+            hot_threads: hot.min(threads),
+            queue_capacity: cap,
+            kv_bytes_per_token: kv,
+            local_context: context,
+            cloud_routes: routes,
+            ..config()
+        })
 }
 
 proptest! {

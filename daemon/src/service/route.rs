@@ -55,7 +55,6 @@ pub struct Router {
     /// Tokens every request admitted to the local engine and not yet finished is expected
     /// to generate ([`Policy::expected_completion`] when it was admitted).
     local_tokens: AtomicU64,
-    budget_baseline: u64,
 }
 
 impl std::fmt::Debug for Router {
@@ -74,17 +73,12 @@ impl Router {
         let sampler = Sampler::new(r.fs_root.clone(), v.board.profile.clone());
         let monitor = Monitor::start(sampler, Duration::from_millis(r.sample_ms))?;
         let plan = engine.plan();
-        // Everything but the KV cache is committed whatever runs; the KV slots are
-        // allocated up front too, so the budget check is about pages not yet touched.
-        let budget_baseline = plan.total().saturating_sub(plan.kv_total());
         let threads = engine.compute().pool.capacity();
         let policy = Policy::new(PolicyConfig {
             thermal: v.thermal,
             local_context: engine.context(),
             kv_bytes_per_token: plan.kv_per_token.max(1),
             memory_margin: v.memory_margin,
-            ram_budget: plan.budget,
-            budget_baseline,
             queue_capacity: v.config.service.queue,
             default_deadline: Duration::from_secs(r.default_deadline_secs),
             hard_cooldown: Duration::from_secs(r.hard_cooldown_secs),
@@ -145,7 +139,6 @@ impl Router {
             cloud,
             upstream,
             local_tokens: AtomicU64::new(0),
-            budget_baseline,
         })
     }
 
@@ -165,7 +158,6 @@ impl Router {
         let now = Conditions {
             temperature_c: snap.temperature_c,
             mem_headroom: snap.memory_headroom_bytes(),
-            budget_committed: self.budget_baseline,
             queued_requests: queued,
             queued_tokens: self.local_tokens.load(Ordering::Relaxed),
             cloud: self.cloud_health(),
@@ -385,7 +377,6 @@ pub fn reject_code(code: RejectCode) -> ErrorCode {
         RejectCode::InvalidRequest => ErrorCode::InvalidRequest,
         RejectCode::CloudUnavailable => ErrorCode::CloudUnavailable,
         RejectCode::ContextLength => ErrorCode::ContextLength,
-        RejectCode::InsufficientMemory => ErrorCode::InsufficientMemory,
         RejectCode::Busy => ErrorCode::Busy,
         RejectCode::DeadlineExceeded => ErrorCode::DeadlineExceeded,
     }

@@ -41,8 +41,6 @@ pub enum ErrorCode {
     CloudError,
     /// The cloud route did not answer in time.
     Timeout,
-    /// The request's KV cache can never fit the RAM budget.
-    InsufficientMemory,
     /// The daemon stopped (a crash, an OOM kill, a power cut) while the request was in
     /// hand, and its deadline passed before it could run again after the restart.
     Interrupted,
@@ -64,7 +62,6 @@ impl ErrorCode {
             ErrorCode::CloudUnavailable => "cloud_unavailable",
             ErrorCode::CloudError => "cloud_error",
             ErrorCode::Timeout => "timeout",
-            ErrorCode::InsufficientMemory => "insufficient_memory",
             ErrorCode::Interrupted => "interrupted",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Internal => "internal",
