@@ -11,7 +11,7 @@
 //!   only one the daemon keeps: routing and telemetry both read it.
 //! - [`inputs`]: what a decision is made from: the request's facts, with the message
 //!   schema's [`RouteHint`] and [`Privacy`], and the board's and cloud's [`Conditions`].
-//! - [`error`]: [`PolicyError`].
+//! - [`error`][]: [`PolicyError`].
 //!
 //! The monitor (readings) and the cloud forwarders (health) feed it; the service acts on
 //! its [`Decision`]s.

@@ -31,14 +31,14 @@ use tokio::task::JoinSet;
 
 use super::journal::{Accepted, Journal, JournalError, Lookup, RequestKey};
 use super::queue::{EXPIRED_WHILE_WAITING, Job, JobReceiver, LocalQueue, Refused};
-use super::route::{self, Router};
+use super::route::{self, Routing};
 use super::schema::{
-    ErrorCode, Limits, Request, RequestError, RouteHint, Served, error_json, parse_request,
-    salvage_id, salvage_reply_to,
+    ErrorCode, Limits, Request, RequestError, RouteHint, Served, ServedRoute, error_json,
+    parse_request, salvage_id, salvage_reply_to,
 };
-use super::sink::{Delivery, Outgoing, ReplyTarget};
+use super::sink::{Delivery, Finished, Outgoing, ReplyTarget};
 use super::spill::{self, CloudTarget, Spill};
-use super::stats::Stats;
+use super::stats::{Outcome, Stats};
 use super::upstream::upstream_payload;
 use crate::router::Route;
 
@@ -105,7 +105,7 @@ type InFlightMap = Arc<Mutex<HashMap<RequestKey, InFlight>>>;
 pub struct Intake {
     config: IntakeConfig,
     journal: Arc<Journal>,
-    router: Arc<Router>,
+    routing: Arc<Routing>,
     queue: Arc<LocalQueue>,
     stats: Arc<Stats>,
     /// Into the final recorder; taken at [`Intake::close`].
@@ -167,7 +167,7 @@ impl Intake {
     pub fn start(
         config: IntakeConfig,
         journal: Arc<Journal>,
-        router: Arc<Router>,
+        routing: Arc<Routing>,
         stats: Arc<Stats>,
         queue_depth: usize,
     ) -> (Arc<Intake>, JobReceiver, mpsc::Receiver<Outgoing>) {
@@ -176,7 +176,7 @@ impl Intake {
             queue_depth,
             recovered_room,
             Arc::clone(&stats),
-            Arc::clone(&router),
+            Arc::clone(&routing),
         );
         let (replies_tx, replies_rx) = mpsc::channel::<Outgoing>(1024);
         let (front_tx, front_rx) = mpsc::channel::<Outgoing>(1024);
@@ -190,7 +190,7 @@ impl Intake {
         let intake = Intake {
             config,
             journal,
-            router,
+            routing,
             queue: Arc::new(queue),
             stats,
             replies: Mutex::new(Some(replies_tx)),
@@ -225,7 +225,7 @@ impl Intake {
 
     /// Answers a request that was not accepted (nothing is journaled).
     async fn refuse(&self, target: Option<ReplyTarget>, id: Option<&str>, err: &RequestError) {
-        self.stats.count("none", err.code.as_str());
+        self.stats.count(None, Outcome::Failed(err.code));
         tracing::info!(id = id.unwrap_or("?"), "refused: {err}");
         let Some(target) = target else {
             tracing::warn!(
@@ -270,7 +270,7 @@ impl Intake {
         });
         let Some(target) = target else {
             tracing::warn!(id = %req.id, "request has no response topic and no reply_to: dropped");
-            self.stats.count("none", "no_reply_address");
+            self.stats.count(None, Outcome::NoReplyAddress);
             return Admission::Answered;
         };
         let correlation = target.correlation.clone().unwrap_or_default();
@@ -332,7 +332,14 @@ impl Intake {
             self.refuse(Some(target), Some(&req.id), &err).await;
             return Admission::Answered;
         }
-        let placement = self.place(&req, &s.payload, s.expiry, false);
+        let prompt = match self.encode(&req).await {
+            Ok(prompt) => prompt,
+            Err(err) => {
+                self.refuse(Some(target), Some(&req.id), &err).await;
+                return Admission::Answered;
+            }
+        };
+        let placement = self.place(&req, prompt.len(), &s.payload, s.expiry, false);
         let (served, cloud) = match placement {
             Placement::Refuse(err) => {
                 self.refuse(Some(target), Some(&req.id), &err).await;
@@ -384,6 +391,7 @@ impl Intake {
             );
         let job = Job {
             request: req,
+            prompt,
             key,
             client: target.topic.clone(),
             target,
@@ -396,18 +404,39 @@ impl Intake {
         Admission::Accepted
     }
 
-    /// Decides where a request goes and claims what it needs there (a cloud permit);
-    /// `recovered` requests were accepted before a restart, so the queue's depth does not
-    /// refuse them.
+    /// The prompt's ids as the engine will run them (the chat template, encoded), off the
+    /// async runtime; a prompt the tokenizer cannot encode is an invalid request.
+    async fn encode(&self, req: &Request) -> Result<Vec<u32>, RequestError> {
+        let routing = Arc::clone(&self.routing);
+        let chat = req.chat.clone();
+        match tokio::task::spawn_blocking(move || routing.encode(&chat)).await {
+            Ok(encoded) => {
+                encoded.map_err(|e| RequestError::new(ErrorCode::InvalidRequest, e.to_string()))
+            }
+            // A bug in the tokenizer: fail here as an inline call would have.
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => Err(RequestError::new(
+                    ErrorCode::Internal,
+                    format!("the prompt could not be encoded: {e}"),
+                )),
+            },
+        }
+    }
+
+    /// Decides where a request of `prompt_tokens` goes and claims what it needs there (a
+    /// cloud permit); `recovered` requests were accepted before a restart, so the queue's
+    /// depth does not refuse them.
     fn place(
         &self,
         req: &Request,
+        prompt_tokens: usize,
         payload: &[u8],
         expiry: Option<Duration>,
         recovered: bool,
     ) -> Placement {
         let queued = self.stats.queued.load(Ordering::SeqCst);
-        let decision = self.router.decide(req, expiry, queued);
+        let decision = self.routing.decide(req, prompt_tokens, expiry, queued);
         tracing::info!(
             id = %req.id,
             route = decision.route.as_str(),
@@ -426,21 +455,24 @@ impl Intake {
                 ));
             }
             Placement::Local(Served {
-                route: "local",
+                route: ServedRoute::Local,
                 reason,
             })
         };
-        match decision.route {
-            Route::Local | Route::Queue => local(decision.reason),
-            Route::CloudHttps | Route::CloudMqtt => {
+        match (decision.route, ServedRoute::of(decision.route)) {
+            (Route::Reject(code), _) => {
+                Placement::Refuse(RequestError::new(route::reject_code(code), decision.reason))
+            }
+            (_, None | Some(ServedRoute::Local)) => local(decision.reason),
+            (_, Some(route)) => {
                 let served = Served {
-                    route: decision.route.as_str(),
+                    route,
                     reason: decision.reason,
                 };
-                let to = if decision.route == Route::CloudHttps {
-                    self.router.cloud().cloned().map(CloudTarget::Https)
+                let to = if route == ServedRoute::CloudHttps {
+                    self.routing.cloud().cloned().map(CloudTarget::Https)
                 } else {
-                    self.router
+                    self.routing
                         .upstream()
                         .cloned()
                         .zip(upstream_payload(payload))
@@ -470,9 +502,6 @@ impl Intake {
                         served.reason, self.config.max_cloud_inflight
                     )),
                 }
-            }
-            Route::Reject(code) => {
-                Placement::Refuse(RequestError::new(route::reject_code(code), decision.reason))
             }
         }
     }
@@ -505,7 +534,7 @@ impl Intake {
                         job,
                     ),
                 };
-                self.stats.count("none", code.as_str());
+                self.stats.count(None, Outcome::Failed(code));
                 let err = RequestError::new(code, message);
                 let _ = out
                     .send(Outgoing::journaled_error(&job.key, &job.target, &err))
@@ -513,13 +542,7 @@ impl Intake {
             }
             Some((to, permit)) => {
                 let spill = Spill {
-                    req: job.request,
-                    key: job.key,
-                    target: job.target,
-                    client: job.client,
-                    received: job.received,
-                    deadline: job.deadline,
-                    served: job.served,
+                    job,
                     out,
                     stats: Arc::clone(&self.stats),
                     queue: Arc::clone(&self.queue),
@@ -580,7 +603,8 @@ impl Intake {
             };
             if left.is_some_and(|l| l.is_zero()) {
                 report.interrupted += 1;
-                self.stats.count("none", ErrorCode::Interrupted.as_str());
+                self.stats
+                    .count(None, Outcome::Failed(ErrorCode::Interrupted));
                 let away = Duration::from_millis(now_ms.saturating_sub(a.received_unix_ms));
                 self.send(answer(
                     ErrorCode::Interrupted,
@@ -606,8 +630,16 @@ impl Intake {
             // Chunks from the interrupted run may have gone out: the re-run answers with
             // its final only, whose text is whole.
             req.stream = false;
+            let prompt = match self.encode(&req).await {
+                Ok(prompt) => prompt,
+                Err(err) => {
+                    self.send(Outgoing::journaled_error(&a.key, &target, &err))
+                        .await;
+                    continue;
+                }
+            };
             report.resumed += 1;
-            let (served, cloud) = match self.place(&req, &a.payload, left, true) {
+            let (served, cloud) = match self.place(&req, prompt.len(), &a.payload, left, true) {
                 Placement::Refuse(err) => {
                     self.send(Outgoing::journaled_error(&a.key, &target, &err))
                         .await;
@@ -621,6 +653,7 @@ impl Intake {
             };
             let job = Job {
                 request: req,
+                prompt,
                 key: a.key,
                 target,
                 client: a.client,
@@ -713,7 +746,9 @@ async fn answer_expired(intake: std::sync::Weak<Intake>) {
         }
         let err = RequestError::new(ErrorCode::Expired, EXPIRED_WHILE_WAITING);
         for job in expired {
-            intake.stats.count("local", err.code.as_str());
+            intake
+                .stats
+                .count(Some(ServedRoute::Local), Outcome::Failed(err.code));
             intake
                 .send(Outgoing::journaled_error(&job.key, &job.target, &err))
                 .await;
@@ -749,12 +784,8 @@ async fn record_finals(
     in_flight: InFlightMap,
 ) {
     while let Some(mut msg) = replies.recv().await {
-        if let Delivery::Journaled {
-            key,
-            keep_for_replay,
-        } = &msg.delivery
-        {
-            let (key, keep) = (key.clone(), *keep_for_replay);
+        if let Delivery::Journaled { key, finished } = &msg.delivery {
+            let (key, keep) = (key.clone(), finished.keep_for_replay());
             let entry = in_flight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -762,7 +793,7 @@ async fn record_finals(
             if entry.as_ref().is_some_and(|e| e.resumed) {
                 msg.payload = with_flag(&msg.payload, "resumed");
             }
-            log_finished(&key, &msg.payload, entry.as_ref());
+            log_finished(&key, finished, entry.as_ref());
             let payload = msg.payload.clone();
             let record_key = key.clone();
             if let Err(e) =
@@ -779,15 +810,17 @@ async fn record_finals(
     }
 }
 
-/// The one line a finished request leaves in the log.
-fn log_finished(key: &RequestKey, payload: &[u8], entry: Option<&InFlight>) {
-    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-    let outcome = v["error"]["code"]
-        .as_str()
-        .or_else(|| v["finish_reason"].as_str())
-        .unwrap_or("?");
-    let route = v["route"].as_str().unwrap_or("none");
-    let tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+/// The one line a finished request leaves in the log: where it was served (`none` for an
+/// error), its finish reason or error code, and its completion tokens.
+fn log_finished(key: &RequestKey, finished: &Finished, entry: Option<&InFlight>) {
+    let (route, outcome, tokens) = match finished {
+        Finished::Answer {
+            route,
+            finish_reason,
+            completion_tokens,
+        } => (route.as_str(), finish_reason.as_str(), *completion_tokens),
+        Finished::Error(code) => ("none", code.as_str(), 0),
+    };
     let ms = entry.map_or(0, |e| e.received.elapsed().as_millis());
     tracing::info!(
         id = %key.id,
