@@ -316,7 +316,7 @@ async fn retries_are_bounded_and_the_error_says_how_many_were_made() {
     assert!(deltas.is_empty());
     assert_eq!(err.attempts, 3, "{err}");
     assert!(!err.partial);
-    assert_eq!(err.code(), "cloud_unavailable");
+    assert_eq!(err.code().as_str(), "cloud_unavailable");
     assert!(
         matches!(err.kind, CloudErrorKind::Http { status: 502, .. }),
         "{err:?}"
@@ -339,7 +339,7 @@ async fn a_402_opens_the_circuit_without_retrying() {
     let client = s.client();
     let (r, _) = run(&client).await;
     let err = r.unwrap_err();
-    assert_eq!(err.code(), "cloud_unavailable");
+    assert_eq!(err.code().as_str(), "cloud_unavailable");
     assert!(
         matches!(err.kind, CloudErrorKind::Credits { .. }),
         "{err:?}"
@@ -365,7 +365,10 @@ async fn a_402_opens_the_circuit_without_retrying() {
         matches!(err2.kind, CloudErrorKind::Unavailable { .. }),
         "{err2:?}"
     );
-    assert_eq!((err2.code(), err2.attempts), ("cloud_unavailable", 0));
+    assert_eq!(
+        (err2.code().as_str(), err2.attempts),
+        ("cloud_unavailable", 0)
+    );
     assert_eq!(router.requests().len(), 1);
     logs.assert_no_token(&[&err, &err2]);
 }
@@ -433,7 +436,7 @@ async fn a_401_opens_the_circuit_for_that_router_only_and_the_token_stays_secret
         matches!(err.kind, CloudErrorKind::Auth { status: 403, .. }),
         "{err:?}"
     );
-    assert_eq!(err.code(), "cloud_unavailable");
+    assert_eq!(err.code().as_str(), "cloud_unavailable");
     assert!(err.to_string().contains("[redacted]"), "{err}");
     let why = client2.availability().unwrap_err();
     assert!(!why.contains(TOKEN), "{why}");
@@ -471,7 +474,7 @@ async fn a_stall_after_text_times_out_and_is_not_retried() {
         ),
         "{err:?}"
     );
-    assert_eq!(err.code(), "timeout");
+    assert_eq!(err.code().as_str(), "timeout");
     assert!(err.partial);
     assert_eq!(err.attempts, 1);
     assert_eq!(router.requests().len(), 1);
@@ -520,7 +523,7 @@ async fn an_error_event_mid_stream_fails_without_retry() {
     let err = r.unwrap_err();
     assert_eq!(deltas, ["par"]);
     assert!(err.partial);
-    assert_eq!(err.code(), "cloud_error");
+    assert_eq!(err.code().as_str(), "cloud_error");
     assert!(matches!(err.kind, CloudErrorKind::Stream { .. }), "{err:?}");
     assert!(
         err.to_string()
@@ -682,7 +685,7 @@ async fn an_oversize_line_is_refused() {
         matches!(err.kind, CloudErrorKind::Protocol { .. }),
         "{err:?}"
     );
-    assert_eq!(err.code(), "cloud_error");
+    assert_eq!(err.code().as_str(), "cloud_error");
     assert!(
         err.to_string().contains("line longer than 4096 bytes"),
         "{err}"
@@ -752,7 +755,7 @@ async fn a_server_certificate_from_another_ca_is_refused() {
     let (r, _) = run(&s.client()).await;
     let err = r.unwrap_err();
     assert!(matches!(err.kind, CloudErrorKind::Tls { .. }), "{err:?}");
-    assert_eq!(err.code(), "cloud_unavailable");
+    assert_eq!(err.code().as_str(), "cloud_unavailable");
     assert!(err.to_string().contains("certificate"), "{err}");
     // Nothing reached the server, the token least of all.
     assert!(router.requests().is_empty());
@@ -852,7 +855,7 @@ async fn whatever_the_router_echoes_the_token_shows_nowhere() {
                 out.text
             }
             Err(e) => {
-                assert_eq!(e.code(), want, "{how:?}: {e}");
+                assert_eq!(e.code().as_str(), want, "{how:?}: {e}");
                 hidden("the error", &format!("{e} {e:?} {e:#?}"));
                 e.to_string()
             }

@@ -369,7 +369,7 @@ mod tests {
             .complete(&CloudRequest::default(), |_| {})
             .await
             .unwrap_err();
-        assert_eq!(err.code(), "invalid_request");
+        assert_eq!(err.code(), crate::cloud::CloudErrorCode::InvalidRequest);
         assert_eq!(err.attempts, 0);
     }
 }

@@ -84,22 +84,22 @@ pub enum CloudErrorKind {
 
 impl CloudErrorKind {
     /// The reply error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> CloudErrorCode {
         match self {
             CloudErrorKind::Unavailable { .. }
             | CloudErrorKind::Connect { .. }
             | CloudErrorKind::Tls { .. }
             | CloudErrorKind::Auth { .. }
-            | CloudErrorKind::Credits { .. } => "cloud_unavailable",
+            | CloudErrorKind::Credits { .. } => CloudErrorCode::Unavailable,
             CloudErrorKind::Http { status, .. } if *status == 429 || *status >= 500 => {
-                "cloud_unavailable"
+                CloudErrorCode::Unavailable
             }
-            CloudErrorKind::InvalidRequest(_) => "invalid_request",
-            CloudErrorKind::Timeout { .. } => "timeout",
+            CloudErrorKind::InvalidRequest(_) => CloudErrorCode::InvalidRequest,
+            CloudErrorKind::Timeout { .. } => CloudErrorCode::Timeout,
             CloudErrorKind::Http { .. }
             | CloudErrorKind::Rejected { .. }
             | CloudErrorKind::Stream { .. }
-            | CloudErrorKind::Protocol { .. } => "cloud_error",
+            | CloudErrorKind::Protocol { .. } => CloudErrorCode::Error,
         }
     }
 
@@ -131,6 +131,32 @@ impl CloudErrorKind {
     }
 }
 
+/// What a failed cloud request tells the client, as the reply's `error.code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloudErrorCode {
+    /// `cloud_unavailable`: the route cannot take requests now (down, refused the token,
+    /// out of credits, overloaded).
+    Unavailable,
+    /// `cloud_error`: the route failed while answering or broke the protocol.
+    Error,
+    /// `timeout`: no answer in time.
+    Timeout,
+    /// `invalid_request`: the request cannot be sent as it is.
+    InvalidRequest,
+}
+
+impl CloudErrorCode {
+    /// The reply's `error.code`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloudErrorCode::Unavailable => "cloud_unavailable",
+            CloudErrorCode::Error => "cloud_error",
+            CloudErrorCode::Timeout => "timeout",
+            CloudErrorCode::InvalidRequest => "invalid_request",
+        }
+    }
+}
+
 /// A failed cloud request: the last failure, how many HTTP attempts were made, and whether
 /// text had already been forwarded (then the caller must not fall back to another route,
 /// or the answer would be duplicated).
@@ -150,9 +176,8 @@ fn attempts_note(attempts: u32) -> String {
 }
 
 impl CloudError {
-    /// The reply error code: `cloud_unavailable`, `cloud_error`, `timeout` or
-    /// `invalid_request`.
-    pub fn code(&self) -> &'static str {
+    /// The reply error code.
+    pub fn code(&self) -> CloudErrorCode {
         self.kind.code()
     }
 
@@ -171,7 +196,7 @@ mod tests {
 
     #[test]
     fn codes() {
-        let e = |kind| CloudError::new(kind, 1, false).code();
+        let e = |kind| CloudError::new(kind, 1, false).code().as_str();
         let r = Redactor::new(None);
         let ep = || "x".to_string();
         let m = || r.excerpt("x", 10);

@@ -245,7 +245,7 @@ pub struct TokenEvent<'a> {
 #[derive(Debug)]
 pub struct Engine {
     weights: ModelWeights,
-    tokenizer: Option<Tokenizer>,
+    tokenizer: Option<Arc<Tokenizer>>,
     compute: Compute,
     forward: Forward,
     slots: Vec<Slot>,
@@ -282,7 +282,7 @@ impl Engine {
         })
         .map_err(EngineError::Threads)?;
         let tokenizer = if names_tokenizer(&file) {
-            Some(Tokenizer::from_gguf(&file)?)
+            Some(Arc::new(Tokenizer::from_gguf(&file)?))
         } else {
             None
         };
@@ -337,7 +337,13 @@ impl Engine {
     }
 
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
-        self.tokenizer.as_ref()
+        self.tokenizer.as_deref()
+    }
+
+    /// The tokenizer, to share with the threads that count prompt tokens before a request
+    /// reaches the engine.
+    pub fn shared_tokenizer(&self) -> Option<Arc<Tokenizer>> {
+        self.tokenizer.clone()
     }
 
     pub fn weights(&self) -> &ModelWeights {

@@ -1,19 +1,36 @@
 //! Overflow routing: deciding, for each request, whether it runs on the board, waits for
 //! local capacity, goes to a cloud route (HTTPS router or cloud MQTT broker) or is refused,
-//! and saying why.
+//! and saying why. Pure: nothing here reads a file, a socket or a clock.
 //!
-//! - [`policy`]: the pure decision state machine (thermal hysteresis, memory, queue wait,
-//!   context, route hint, privacy, cloud health), and the [`Ewma`]s of the generation rate
-//!   and of the completion length that make its wait estimate. This policy's rate is the
-//!   one that routes; the service's statistics keep their own for telemetry only.
+//! - [`policy`]: the [`Policy`] state machine and its configuration; it owns the thermal
+//!   state, the generation-rate and completion-length estimates, and decides.
+//! - [`rules`]: the decision table (findings, then ordered rules) and its outcomes
+//!   ([`Route`], [`Rule`], [`RejectCode`], [`Decision`]).
+//! - [`thermal`]: the thermal state with hysteresis.
+//! - [`rate`]: the [`Ewma`] behind the wait estimate. The policy's generation rate is the
+//!   only one the daemon keeps: routing and telemetry both read it.
+//! - [`inputs`]: what a decision is made from: the request's facts, with the message
+//!   schema's [`RouteHint`] and [`Privacy`], and the board's and cloud's [`Conditions`].
+//! - [`error`][]: [`PolicyError`].
 //!
 //! The monitor (readings) and the cloud forwarders (health) feed it; the service acts on
 //! its [`Decision`]s.
 
+pub mod error;
+pub mod inputs;
 pub mod policy;
+pub mod rate;
+pub mod rules;
+pub mod thermal;
 
-pub use policy::{
-    COMPLETION_PRIOR_TOKENS, CloudHealth, CloudRoute, Conditions, Decision, Ewma, Policy,
-    PolicyConfig, PolicyError, RejectCode, RequestFacts, Route, RouteHealth, Rule, Thermal,
-    ThermalLimits, ThermalState,
+#[cfg(test)]
+mod tests;
+
+pub use error::PolicyError;
+pub use inputs::{
+    CloudHealth, CloudRoute, Conditions, Privacy, RequestFacts, RouteHealth, RouteHint,
 };
+pub use policy::{Policy, PolicyConfig};
+pub use rate::{COMPLETION_PRIOR_TOKENS, Ewma};
+pub use rules::{Decision, RejectCode, Route, Rule};
+pub use thermal::{Thermal, ThermalLimits, ThermalState};

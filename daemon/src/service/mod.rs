@@ -47,7 +47,7 @@ use intake::{Intake, IntakeConfig};
 use journal::{Journal, JournalLimits};
 use mqtt_front::{FrontContext, MqttFront};
 use notify::Notifier;
-use route::Router;
+use route::Routing;
 use schema::Limits;
 use stats::Stats;
 use worker::Control;
@@ -59,7 +59,7 @@ pub enum ServiceError {
     #[error("MQTT client: {0}")]
     Client(String),
     #[error(transparent)]
-    Router(#[from] route::RouterSetupError),
+    Routing(#[from] route::RoutingSetupError),
     #[error("{0} (set service.state_dir or --state-dir to a writable directory)")]
     Journal(#[from] journal::JournalError),
     #[error("state directory {dir}: {message} (set service.state_dir or --state-dir)")]
@@ -129,9 +129,9 @@ pub async fn run(
     tracing::info!("request journal {}", journal.path().display());
     let stats = Arc::new(Stats::default());
     let control = Arc::new(Control::default());
-    let router = Arc::new(Router::new(&v, &engine)?);
-    tokio::spawn(Router::follow_readings(Arc::downgrade(&router)));
-    restore_estimates(&journal, &router);
+    let routing = Arc::new(Routing::new(&v, &engine)?);
+    tokio::spawn(Routing::follow_readings(Arc::downgrade(&routing)));
+    restore_estimates(&journal, &routing);
     let s = &v.config.service;
     let intake_config = IntakeConfig {
         limits: Limits {
@@ -145,7 +145,7 @@ pub async fn run(
     let (intake, jobs, replies) = Intake::start(
         intake_config,
         Arc::clone(&journal),
-        Arc::clone(&router),
+        Arc::clone(&routing),
         Arc::clone(&stats),
         s.queue,
     );
@@ -157,17 +157,17 @@ pub async fn run(
         .unwrap_or_else(|| engine.weights().config.arch.name().to_string());
     let kernels = engine.compute().kernels.path().name();
     let worker = {
-        let (stats, control, router) = (
+        let (stats, control, routing) = (
             Arc::clone(&stats),
             Arc::clone(&control),
-            Arc::clone(&router),
+            Arc::clone(&routing),
         );
         let out = intake
             .reply_sender()
             .ok_or_else(|| ServiceError::Client("the intake closed at start".into()))?;
         std::thread::Builder::new()
             .name("spillway-engine".into())
-            .spawn(move || worker::run(engine, jobs, out, stats, control, router))
+            .spawn(move || worker::run(engine, jobs, out, stats, control, routing))
             .map_err(|e| ServiceError::Client(format!("cannot start the engine thread: {e}")))?
     };
     let recovery = intake.recover().await?;
@@ -189,7 +189,7 @@ pub async fn run(
         v,
         intake: Arc::clone(&intake),
         stats: Arc::clone(&stats),
-        router: Arc::clone(&router),
+        routing: Arc::clone(&routing),
         notify,
         model_name,
         kernels,
@@ -198,7 +198,7 @@ pub async fn run(
     let front = MqttFront::start(Arc::clone(&ctx), replies)?;
     let saver = tokio::spawn(save_estimates_every(
         Arc::clone(&journal),
-        Arc::clone(&router),
+        Arc::clone(&routing),
         Duration::from_secs(300),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -249,7 +249,7 @@ pub async fn run(
         .join_spills(grace.saturating_duration_since(Instant::now()))
         .await;
     saver.abort();
-    save_estimates(&journal, &router);
+    save_estimates(&journal, &routing);
     front
         .finish(grace.saturating_duration_since(Instant::now()))
         .await;
@@ -261,30 +261,30 @@ pub async fn run(
 }
 
 /// The measured estimates admission uses, as the journal's settings name them, with the
-/// router's getter and setter.
-type Estimate = (&'static str, fn(&Router) -> Option<f64>, fn(&Router, f64));
+/// routing's getter and setter.
+type Estimate = (&'static str, fn(&Routing) -> Option<f64>, fn(&Routing, f64));
 const ESTIMATES: [Estimate; 2] = [
     (
         "generation_tokens_per_s",
-        Router::generation_rate,
-        Router::restore_generation_rate,
+        Routing::generation_rate,
+        Routing::restore_generation_rate,
     ),
     (
         "completion_tokens",
-        Router::completion_tokens,
-        Router::restore_completion_tokens,
+        Routing::completion_tokens,
+        Routing::restore_completion_tokens,
     ),
 ];
 
-/// Starts the router's measured estimates (generation rate, answer length) from the last
+/// Starts the routing's measured estimates (generation rate, answer length) from the last
 /// run's, so admission does not start from a guess after every restart.
-fn restore_estimates(journal: &Journal, router: &Router) {
+fn restore_estimates(journal: &Journal, routing: &Routing) {
     for (name, _, restore) in ESTIMATES {
         match journal.meta(name) {
             Ok(Some(text)) => match text.parse::<f64>() {
                 Ok(x) if x.is_finite() && x > 0.0 => {
                     tracing::info!("{name} from the last run: {x:.2}");
-                    restore(router, x);
+                    restore(routing, x);
                 }
                 _ => tracing::warn!("ignoring an unreadable stored {name} {text:?}"),
             },
@@ -294,10 +294,10 @@ fn restore_estimates(journal: &Journal, router: &Router) {
     }
 }
 
-/// Saves the router's measured estimates for the next start.
-fn save_estimates(journal: &Journal, router: &Router) {
+/// Saves the routing's measured estimates for the next start.
+fn save_estimates(journal: &Journal, routing: &Routing) {
     for (name, get, _) in ESTIMATES {
-        if let Some(x) = get(router)
+        if let Some(x) = get(routing)
             && let Err(e) = journal.set_meta(name, &format!("{x:.3}"))
         {
             tracing::warn!("request journal: cannot save {name}: {e}");
@@ -307,12 +307,12 @@ fn save_estimates(journal: &Journal, router: &Router) {
 
 /// Saves the estimates now and then, so that a crash loses at most a few minutes of
 /// measurements.
-async fn save_estimates_every(journal: Arc<Journal>, router: Arc<Router>, period: Duration) {
+async fn save_estimates_every(journal: Arc<Journal>, routing: Arc<Routing>, period: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let (j, r) = (Arc::clone(&journal), Arc::clone(&router));
+        let (j, r) = (Arc::clone(&journal), Arc::clone(&routing));
         let _ = tokio::task::spawn_blocking(move || save_estimates(&j, &r)).await;
     }
 }

@@ -27,7 +27,7 @@ use super::intake::{Intake, Submission};
 use super::journal::RequestKey;
 use super::notify::Notifier;
 use super::outbox::{DeliveryTracking, Message, Outbox, Settled};
-use super::route::Router;
+use super::route::Routing;
 use super::schema::valid_reply_topic;
 use super::sink::{Delivery, Outgoing, ReplyTarget};
 use super::stats::Stats;
@@ -40,7 +40,7 @@ pub struct FrontContext {
     pub v: Validated,
     pub intake: Arc<Intake>,
     pub stats: Arc<Stats>,
-    pub router: Arc<Router>,
+    pub routing: Arc<Routing>,
     pub notify: Notifier,
     pub model_name: String,
     pub kernels: &'static str,
@@ -349,8 +349,8 @@ async fn telemetry(outbox: Arc<Replies>, ctx: Arc<FrontContext>, mut stop: watch
 
 /// The telemetry message.
 async fn telemetry_json(ctx: &FrontContext) -> serde_json::Value {
-    let snap = ctx.router.snapshot();
-    let mut msg = ctx.stats.json();
+    let snap = ctx.routing.snapshot();
+    let mut msg = ctx.stats.json(ctx.routing.generation_rate());
     msg["device"] = serde_json::json!(ctx.v.device);
     msg["time"] = serde_json::json!(
         SystemTime::now()
@@ -361,7 +361,7 @@ async fn telemetry_json(ctx: &FrontContext) -> serde_json::Value {
     msg["model"] = serde_json::json!(ctx.model_name);
     msg["kernels"] = serde_json::json!(ctx.kernels);
     msg["temperature_c"] = serde_json::json!(snap.temperature_c);
-    msg["routing"] = ctx.router.telemetry();
+    msg["routing"] = ctx.routing.telemetry();
     msg["memory"] = serde_json::json!({
         "available_bytes": snap.mem_available,
         "rss_bytes": crate::engine::resident_bytes(),

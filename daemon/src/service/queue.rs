@@ -1,6 +1,6 @@
 //! The local engine's queue: accepted requests waiting for the engine thread, bounded by
 //! `service.queue`. Every way into it goes through [`LocalQueue::admit`], which keeps the
-//! queue depth and the router's estimate of the work ahead in step with the jobs.
+//! queue depth and the routing estimate of the work ahead in step with the jobs.
 //!
 //! It has room for more than the configured depth: requests recovered from the journal
 //! after a crash must always find a place (they were accepted before), while new ones are
@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::journal::RequestKey;
-use super::route::Router;
+use super::route::Routing;
 use super::schema::{Request, Served};
 use super::sink::ReplyTarget;
 use super::stats::Stats;
@@ -26,6 +26,9 @@ use super::stats::Stats;
 #[derive(Debug)]
 pub struct Job {
     pub request: Request,
+    /// The prompt's ids as the engine runs them ([`Routing::encode`]): counted for routing,
+    /// encoded once.
+    pub prompt: Vec<u32>,
     /// Its idempotency key, under which the journal holds it.
     pub key: RequestKey,
     pub target: ReplyTarget,
@@ -37,7 +40,7 @@ pub struct Job {
     pub deadline: Option<Instant>,
     /// The routing decision, for the final reply.
     pub served: Served,
-    /// What [`Router::local_admitted`] counted for it.
+    /// What [`Routing::local_admitted`] counted for it.
     pub tokens: u64,
 }
 
@@ -122,7 +125,7 @@ pub struct LocalQueue {
     /// The configured depth plus the room kept for recovered jobs.
     room: usize,
     stats: Arc<Stats>,
-    router: Arc<Router>,
+    routing: Arc<Routing>,
 }
 
 impl LocalQueue {
@@ -132,7 +135,7 @@ impl LocalQueue {
         depth: usize,
         recovered: usize,
         stats: Arc<Stats>,
-        router: Arc<Router>,
+        routing: Arc<Routing>,
     ) -> (LocalQueue, JobReceiver) {
         let shared = Arc::new(Shared::default());
         let queue = LocalQueue {
@@ -140,7 +143,7 @@ impl LocalQueue {
             depth,
             room: depth + recovered,
             stats,
-            router,
+            routing,
         };
         (queue, JobReceiver { shared })
     }
@@ -151,7 +154,7 @@ impl LocalQueue {
     }
 
     /// Queues a new job (refused at the configured depth), counting it in the queue depth
-    /// and in the router's estimate of the work ahead.
+    /// and in the routing estimate of the work ahead.
     pub fn admit(&self, job: Job) -> Result<(), Refused> {
         if self.is_full() {
             return Err(Refused::Full(Box::new(job)));
@@ -174,7 +177,7 @@ impl LocalQueue {
             // Only when more requests were recovered than the room made for them.
             return Err(Refused::Full(Box::new(job)));
         }
-        job.tokens = self.router.local_admitted(&job.request);
+        job.tokens = self.routing.local_admitted(&job.request);
         self.stats.queued.fetch_add(1, Ordering::SeqCst);
         waiting.jobs.push_back(job);
         self.shared.changed.notify_one();
@@ -193,7 +196,7 @@ impl LocalQueue {
         waiting.jobs = kept;
         for job in &expired {
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
-            self.router.local_done(job.tokens);
+            self.routing.local_done(job.tokens);
         }
         expired.into()
     }

@@ -1,17 +1,21 @@
 //! Where each request goes: the glue between the service and the routing policy.
 //!
-//! [`Router`] owns the resource [`Monitor`] (sampling temperature and memory on its own
+//! [`Routing`] owns the resource [`Monitor`] (sampling temperature and memory on its own
 //! thread), the [`Policy`] state machine (behind a mutex: the dispatcher decides, the
 //! engine thread reports measured rates and asks whether it may start work) and the
 //! HTTPS [`CloudClient`] when a cloud route is configured. It also keeps the one number
 //! the policy needs that only the service knows: the tokens the work admitted to the local
 //! engine and not yet finished is expected to generate, for the queue-wait estimate.
 //!
-//! The policy's generation-rate and completion-length averages are the ones routing uses
-//! (the service's statistics keep a rate of their own, for telemetry only). The engine
-//! thread feeds both after every finished request ([`Router::observe_rate`],
-//! [`Router::observe_completion`]); [`Router::generation_rate`] and
-//! [`Router::completion_tokens`] read them for persisting, and the `restore_*` methods put
+//! It also holds the model's tokenizer, shared with the engine: a request is routed on its
+//! exact prompt token count, the chat template encoded as the engine will run it
+//! ([`Routing::encode`]), and the ids go with the job so the engine does not encode again.
+//!
+//! The policy's generation-rate and completion-length averages are the only ones the
+//! daemon keeps: routing uses them and telemetry reports them. The engine thread feeds
+//! both after every finished request ([`Routing::observe_rate`],
+//! [`Routing::observe_completion`]); [`Routing::generation_rate`] and
+//! [`Routing::completion_tokens`] read them for persisting, and the `restore_*` methods put
 //! them back after a restart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,15 +29,16 @@ use crate::engine::Engine;
 use crate::monitor::{Monitor, MonitorError, Sampler};
 use crate::router::{
     COMPLETION_PRIOR_TOKENS, CloudHealth, CloudRoute, Conditions, Decision, Policy, PolicyConfig,
-    PolicyError, RejectCode, RequestFacts, RouteHealth, ThermalState,
+    PolicyError, RejectCode, RequestFacts, RouteHealth, Thermal, ThermalState,
 };
-use crate::tokenizer::chat::Message;
+use crate::tokenizer::chat::{ChatError, Message};
+use crate::tokenizer::{ChatPrompt, Tokenizer};
 
 use super::schema::{ErrorCode, Request};
 use super::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RouterSetupError {
+pub enum RoutingSetupError {
     #[error("resource monitor: {0}")]
     Monitor(#[from] MonitorError),
     #[error("routing policy: {0}")]
@@ -44,10 +49,12 @@ pub enum RouterSetupError {
     Token(String),
     #[error("cloud broker: {0}")]
     Upstream(#[from] super::mqtt::MqttSetupError),
+    #[error("the model has no tokenizer: requests cannot be counted or run")]
+    NoTokenizer,
 }
 
 /// The service's routing state; see the module docs.
-pub struct Router {
+pub struct Routing {
     policy: Mutex<Policy>,
     monitor: Monitor,
     cloud: Option<Arc<CloudClient>>,
@@ -55,38 +62,37 @@ pub struct Router {
     /// Tokens every request admitted to the local engine and not yet finished is expected
     /// to generate ([`Policy::expected_completion`] when it was admitted).
     local_tokens: AtomicU64,
-    budget_baseline: u64,
     /// The board profile's name, for telemetry.
     board: String,
+    /// The engine's tokenizer, shared.
+    tokenizer: Arc<Tokenizer>,
 }
 
-impl std::fmt::Debug for Router {
+impl std::fmt::Debug for Routing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router")
+        f.debug_struct("Routing")
             .field("cloud", &self.cloud.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl Router {
+impl Routing {
     /// Starts the monitor and builds the policy from the configuration and the loaded
     /// model's memory plan.
-    pub fn new(v: &Validated, engine: &Engine) -> Result<Router, RouterSetupError> {
+    pub fn new(v: &Validated, engine: &Engine) -> Result<Routing, RoutingSetupError> {
         let r = &v.config.router;
         let sampler = Sampler::new(r.fs_root.clone(), v.board.profile.thermal.zones.clone());
         let monitor = Monitor::start(sampler, Duration::from_millis(r.sample_ms))?;
+        let tokenizer = engine
+            .shared_tokenizer()
+            .ok_or(RoutingSetupError::NoTokenizer)?;
         let plan = engine.plan();
-        // Everything but the KV cache is committed whatever runs; the KV slots are
-        // allocated up front too, so the budget check is about pages not yet touched.
-        let budget_baseline = plan.total().saturating_sub(plan.kv_total());
         let threads = engine.compute().pool.capacity();
         let policy = Policy::new(PolicyConfig {
             thermal: v.thermal,
             local_context: engine.context(),
             kv_bytes_per_token: plan.kv_per_token.max(1),
             memory_margin: v.memory_margin,
-            ram_budget: plan.budget,
-            budget_baseline,
             queue_capacity: v.config.service.queue,
             default_deadline: Duration::from_secs(r.default_deadline_secs),
             hard_cooldown: Duration::from_secs(r.hard_cooldown_secs),
@@ -113,7 +119,7 @@ impl Router {
                     tracing::warn!("{e}: cloud requests are sent without one");
                     None
                 }
-                Err(e) => return Err(RouterSetupError::Token(e.to_string())),
+                Err(e) => return Err(RoutingSetupError::Token(e.to_string())),
             };
             Some(Arc::new(CloudClient::new(v.config.cloud.clone(), token)?))
         } else {
@@ -141,14 +147,14 @@ impl Router {
             Some(addr) => Some(Arc::new(Upstream::start(v, addr)?)),
             None => None,
         };
-        Ok(Router {
+        Ok(Routing {
             policy: Mutex::new(policy),
             monitor,
             cloud,
             upstream,
             local_tokens: AtomicU64::new(0),
-            budget_baseline,
             board: v.board.profile.name.clone(),
+            tokenizer,
         })
     }
 
@@ -156,11 +162,19 @@ impl Router {
         self.policy.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Decides where `req` goes. `deadline_left` is the time to its MQTT message expiry;
-    /// `queued` the requests waiting for the engine.
+    /// The prompt's ids as the engine runs them: the chat template, encoded by the model's
+    /// tokenizer. CPU work in proportion to the prompt: call it off the async runtime.
+    pub fn encode(&self, chat: &ChatPrompt) -> Result<Vec<u32>, ChatError> {
+        chat.encode(&self.tokenizer)
+    }
+
+    /// Decides where `req`, of `prompt_tokens` tokens ([`Routing::encode`]), goes.
+    /// `deadline_left` is the time to its MQTT message expiry; `queued` the requests
+    /// waiting for the engine.
     pub fn decide(
         &self,
         req: &Request,
+        prompt_tokens: usize,
         deadline_left: Option<Duration>,
         queued: usize,
     ) -> Decision {
@@ -168,13 +182,12 @@ impl Router {
         let now = Conditions {
             temperature_c: snap.temperature_c,
             mem_headroom: snap.memory_headroom_bytes(),
-            budget_committed: self.budget_baseline,
             queued_requests: queued,
             queued_tokens: self.local_tokens.load(Ordering::Relaxed),
             cloud: self.cloud_health(),
         };
         let facts = RequestFacts {
-            prompt_tokens: estimate_prompt_tokens(req),
+            prompt_tokens,
             max_tokens: req.max_tokens,
             route: req.route,
             privacy: req.privacy,
@@ -208,14 +221,14 @@ impl Router {
 
     /// Records a request admitted to the local engine (for the queue-wait estimate: the
     /// tokens it is expected to generate); the returned number goes back to
-    /// [`Router::local_done`].
+    /// [`Routing::local_done`].
     pub fn local_admitted(&self, req: &Request) -> u64 {
         let tokens = self.policy().expected_completion(req.max_tokens);
         self.local_tokens.fetch_add(tokens, Ordering::Relaxed);
         tokens
     }
 
-    /// A request admitted with [`Router::local_admitted`] left the engine.
+    /// A request admitted with [`Routing::local_admitted`] left the engine.
     pub fn local_done(&self, tokens: u64) {
         let _ = self
             .local_tokens
@@ -264,34 +277,30 @@ impl Router {
         }
     }
 
-    /// Whether new local work must wait for the SoC to cool (the hard limit), with the
-    /// reason. The thermal state is kept current by [`Router::follow_readings`].
-    pub fn hold_local(&self) -> Option<String> {
+    /// The thermal state when it holds new local work back (`Hard`: wait for the SoC to
+    /// cool; its [`Thermal::reason`] says why), `None` when work may start. The state is
+    /// kept current by [`Routing::follow_readings`].
+    pub fn thermal_hold(&self) -> Option<Thermal> {
         let policy = self.policy();
-        (policy.thermal().state() == ThermalState::Hard).then(|| {
-            policy
-                .thermal()
-                .reason()
-                .unwrap_or_else(|| "above the hard temperature limit".into())
-        })
+        (policy.thermal().state() == ThermalState::Hard).then(|| policy.thermal().clone())
     }
 
     /// Feeds every temperature reading the monitor takes to the policy's thermal state
-    /// machine, until the router is gone. Without it the state machine would only see the
+    /// machine, until the routing is gone. Without it the state machine would only see the
     /// readings that happen to coincide with a request, and hysteresis is about the board's
     /// whole course: a spike past the hard limit between two requests must still leave the
     /// board `Hard` until it cools below the hard exit threshold (and telemetry's
     /// `thermal_state` must say so meanwhile).
-    pub async fn follow_readings(router: std::sync::Weak<Router>) {
-        let Some(mut readings) = router.upgrade().map(|r| r.monitor.subscribe()) else {
+    pub async fn follow_readings(routing: std::sync::Weak<Routing>) {
+        let Some(mut readings) = routing.upgrade().map(|r| r.monitor.subscribe()) else {
             return;
         };
         loop {
             let reading = readings.borrow_and_update().temperature_c;
-            let Some(r) = router.upgrade() else { return };
+            let Some(r) = routing.upgrade() else { return };
             r.policy().observe_temperature(reading);
             drop(r);
-            // Ends when the monitor (owned by the router) stops.
+            // Ends when the monitor (owned by the routing) stops.
             if readings.changed().await.is_err() {
                 return;
             }
@@ -299,7 +308,7 @@ impl Router {
     }
 
     /// Threads local generation should use now (fewer above the soft limit), by the
-    /// thermal state [`Router::follow_readings`] keeps current.
+    /// thermal state [`Routing::follow_readings`] keeps current.
     pub fn local_threads(&self) -> usize {
         self.policy().local_threads()
     }
@@ -333,23 +342,6 @@ impl Router {
     pub fn snapshot(&self) -> crate::monitor::Snapshot {
         self.monitor.latest()
     }
-}
-
-/// A quick lower estimate of a request's prompt tokens, for routing before the engine
-/// tokenizes it (which happens on the engine thread). Tekken averages 3.5–4.5 bytes per
-/// token on English and fewer on other scripts; dividing by 4 errs towards running
-/// locally, and the engine still enforces the exact context limit.
-pub fn estimate_prompt_tokens(req: &Request) -> usize {
-    let bytes: usize = req
-        .chat
-        .messages
-        .iter()
-        .map(|m| match m {
-            Message::System(t) | Message::User(t) | Message::Tool(t) => t.len(),
-            Message::Assistant { content, .. } => content.len(),
-        })
-        .sum();
-    bytes / 4 + 4 * req.chat.messages.len() + 2
 }
 
 /// The OpenAI-style request for the cloud router.
@@ -388,7 +380,6 @@ pub fn reject_code(code: RejectCode) -> ErrorCode {
         RejectCode::InvalidRequest => ErrorCode::InvalidRequest,
         RejectCode::CloudUnavailable => ErrorCode::CloudUnavailable,
         RejectCode::ContextLength => ErrorCode::ContextLength,
-        RejectCode::InsufficientMemory => ErrorCode::InsufficientMemory,
         RejectCode::Busy => ErrorCode::Busy,
         RejectCode::DeadlineExceeded => ErrorCode::DeadlineExceeded,
     }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::engine::{Completion, SamplingParams};
+/// The request's `route` and `privacy` fields are the routing policy's inputs.
+pub use crate::router::{Privacy, RouteHint};
 use crate::tokenizer::ChatPrompt;
 
 /// Longest request id.
@@ -18,7 +20,7 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_SESSION_LEN: usize = 128;
 
 /// Error codes of final error replies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// Not JSON, wrong types, unknown fields, bad values.
     InvalidRequest,
@@ -39,8 +41,6 @@ pub enum ErrorCode {
     CloudError,
     /// The cloud route did not answer in time.
     Timeout,
-    /// The request's KV cache can never fit the RAM budget.
-    InsufficientMemory,
     /// The daemon stopped (a crash, an OOM kill, a power cut) while the request was in
     /// hand, and its deadline passed before it could run again after the restart.
     Interrupted,
@@ -62,11 +62,31 @@ impl ErrorCode {
             ErrorCode::CloudUnavailable => "cloud_unavailable",
             ErrorCode::CloudError => "cloud_error",
             ErrorCode::Timeout => "timeout",
-            ErrorCode::InsufficientMemory => "insufficient_memory",
             ErrorCode::Interrupted => "interrupted",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Internal => "internal",
         }
+    }
+
+    /// Every code, for [`ErrorCode::parse`].
+    const ALL: [ErrorCode; 12] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::TooLarge,
+        ErrorCode::Busy,
+        ErrorCode::Expired,
+        ErrorCode::ContextLength,
+        ErrorCode::ShuttingDown,
+        ErrorCode::CloudUnavailable,
+        ErrorCode::CloudError,
+        ErrorCode::Timeout,
+        ErrorCode::Interrupted,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::Internal,
+    ];
+
+    /// The code a reply's `error.code` names (a cloud worker's reply), if it is one.
+    pub fn parse(code: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == code)
     }
 }
 
@@ -85,23 +105,6 @@ impl RequestError {
             message: message.into(),
         }
     }
-}
-
-/// Where a request may be served.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RouteHint {
-    #[default]
-    Auto,
-    Local,
-    Cloud,
-}
-
-/// `privacy`: `local-only` requests must never leave the device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Privacy {
-    #[serde(rename = "local-only")]
-    LocalOnly,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -319,10 +322,49 @@ pub fn chunk_json(id: &str, seq: u64, delta: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"id": id, "seq": seq, "delta": delta})).expect("plain JSON")
 }
 
+/// Where a request was served: the final reply's `route` and the telemetry's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServedRoute {
+    /// `local`: the engine on this board.
+    Local,
+    /// `cloud-https`: the HTTPS router.
+    CloudHttps,
+    /// `cloud-mqtt`: a worker behind the cloud broker.
+    CloudMqtt,
+}
+
+impl ServedRoute {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServedRoute::Local => "local",
+            ServedRoute::CloudHttps => "cloud-https",
+            ServedRoute::CloudMqtt => "cloud-mqtt",
+        }
+    }
+
+    /// Where a routing decision serves the request (`queue` waits for the engine here);
+    /// `None` for a refusal.
+    pub fn of(route: crate::router::Route) -> Option<ServedRoute> {
+        use crate::router::Route;
+        match route {
+            Route::Local | Route::Queue => Some(ServedRoute::Local),
+            Route::CloudHttps => Some(ServedRoute::CloudHttps),
+            Route::CloudMqtt => Some(ServedRoute::CloudMqtt),
+            Route::Reject(_) => None,
+        }
+    }
+}
+
+impl Serialize for ServedRoute {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// How a request was served, for the final reply and telemetry.
 #[derive(Clone, Debug)]
 pub struct Served {
-    pub route: &'static str,
+    pub route: ServedRoute,
     pub reason: String,
 }
 
@@ -470,6 +512,37 @@ mod tests {
                 .code,
             ErrorCode::InvalidRequest
         );
+    }
+
+    #[test]
+    fn error_codes_parse_back() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::parse("insufficient_memory"), None);
+        assert_eq!(ErrorCode::parse("ok"), None);
+    }
+
+    #[test]
+    fn served_routes_keep_their_wire_names() {
+        for (route, name) in [
+            (ServedRoute::Local, "local"),
+            (ServedRoute::CloudHttps, "cloud-https"),
+            (ServedRoute::CloudMqtt, "cloud-mqtt"),
+        ] {
+            assert_eq!(route.as_str(), name);
+            assert_eq!(serde_json::json!(route), serde_json::json!(name));
+        }
+        use crate::router::{RejectCode, Route};
+        for (decided, served) in [
+            (Route::Local, Some(ServedRoute::Local)),
+            (Route::Queue, Some(ServedRoute::Local)),
+            (Route::CloudHttps, Some(ServedRoute::CloudHttps)),
+            (Route::CloudMqtt, Some(ServedRoute::CloudMqtt)),
+            (Route::Reject(RejectCode::Busy), None),
+        ] {
+            assert_eq!(ServedRoute::of(decided), served, "{decided:?}");
+        }
     }
 
     #[test]

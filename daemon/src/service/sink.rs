@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::journal::RequestKey;
-use super::schema::{ErrorCode, RequestError, chunk_json, error_json};
+use super::schema::{ErrorCode, RequestError, ServedRoute, chunk_json, error_json};
 
 /// Where replies go: a topic and the request's correlation data (MQTT 5's response topic
 /// and correlation data, or an MQTT 3.1.1 client's `reply_to`).
@@ -30,14 +30,33 @@ pub enum Delivery {
     /// A final that is not journaled: a refusal before the request was accepted, or a
     /// replay of a final the journal already holds.
     Final,
-    /// The final of a journaled request, to be recorded before it is sent.
-    /// `keep_for_replay`: a successful answer, kept to answer a resend again.
-    Journaled {
-        key: RequestKey,
-        keep_for_replay: bool,
-    },
+    /// The final of a journaled request, to be recorded before it is sent; `finished`
+    /// says what it is (an answer is kept to answer a resend again).
+    Journaled { key: RequestKey, finished: Finished },
     /// The final of a journaled request, already recorded: mark it delivered once sent.
     Recorded { key: RequestKey },
+}
+
+/// What a journaled final says, for the line the finished request leaves in the log and
+/// for the journal (an answer is kept for replay, an error is not).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Finished {
+    /// An answer: where it was served, why generation stopped (`finish_reason`), and the
+    /// completion tokens (0 when the cloud did not say).
+    Answer {
+        route: ServedRoute,
+        finish_reason: String,
+        completion_tokens: u64,
+    },
+    /// An error reply, with its code.
+    Error(ErrorCode),
+}
+
+impl Finished {
+    /// Whether the final is an answer, kept to answer a resend of the request again.
+    pub fn keep_for_replay(&self) -> bool {
+        matches!(self, Finished::Answer { .. })
+    }
 }
 
 /// A message for the front end that accepted the request.
@@ -61,7 +80,7 @@ impl Outgoing {
             payload: error_json(Some(&key.id), err),
             delivery: Delivery::Journaled {
                 key: key.clone(),
-                keep_for_replay: false,
+                finished: Finished::Error(err.code),
             },
         }
     }
@@ -106,10 +125,10 @@ impl ReplySink {
         let _ = self.tx.blocking_send(msg);
     }
 
-    fn send_final(&self, payload: Vec<u8>, keep_for_replay: bool) {
+    fn send_final(&self, payload: Vec<u8>, finished: Finished) {
         let delivery = Delivery::Journaled {
             key: self.key.clone(),
-            keep_for_replay,
+            finished,
         };
         self.send(payload, delivery);
     }
@@ -129,16 +148,20 @@ impl ReplySink {
         self.seq
     }
 
-    /// Ends the request with its (successful) final reply, already serialized.
-    pub fn finish(mut self, payload: Vec<u8>) {
+    /// Ends the request with its (successful) final reply, already serialized, and what
+    /// it says (a [`Finished::Answer`]).
+    pub fn finish(mut self, payload: Vec<u8>, answer: Finished) {
         self.done = true;
-        self.send_final(payload, true);
+        self.send_final(payload, answer);
     }
 
     /// Ends the request with an error.
     pub fn fail(mut self, err: &RequestError) {
         self.done = true;
-        self.send_final(error_json(Some(&self.key.id), err), false);
+        self.send_final(
+            error_json(Some(&self.key.id), err),
+            Finished::Error(err.code),
+        );
     }
 }
 
@@ -146,7 +169,10 @@ impl Drop for ReplySink {
     fn drop(&mut self) {
         if !self.done {
             let err = RequestError::new(ErrorCode::Internal, "the request ended without an answer");
-            self.send_final(error_json(Some(&self.key.id), &err), false);
+            self.send_final(
+                error_json(Some(&self.key.id), &err),
+                Finished::Error(err.code),
+            );
         }
     }
 }
@@ -183,9 +209,9 @@ mod tests {
             msgs[2].delivery,
             Delivery::Journaled {
                 key: key(),
-                keep_for_replay: false
+                finished: Finished::Error(ErrorCode::Internal)
             },
-            "an unfinished request's final is journaled and not kept for replay"
+            "an unfinished request's final is journaled as an internal error"
         );
         let last: serde_json::Value = serde_json::from_slice(&msgs[2].payload).unwrap();
         assert_eq!(last["error"]["code"], "internal");
@@ -196,7 +222,13 @@ mod tests {
         );
 
         let s = ReplySink::new(key(), target, tx);
-        s.finish(b"{}".to_vec());
+        let answer = Finished::Answer {
+            route: ServedRoute::Local,
+            finish_reason: "stop".into(),
+            completion_tokens: 3,
+        };
+        assert!(answer.keep_for_replay());
+        s.finish(b"{}".to_vec(), answer.clone());
         let msgs: Vec<Outgoing> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert_eq!(
             msgs.len(),
@@ -207,8 +239,9 @@ mod tests {
             msgs[0].delivery,
             Delivery::Journaled {
                 key: key(),
-                keep_for_replay: true
+                finished: answer
             }
         );
+        assert!(!Finished::Error(ErrorCode::Internal).keep_for_replay());
     }
 }

@@ -14,14 +14,13 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
-use super::journal::RequestKey;
 use super::queue::{Job, LocalQueue, Refused};
 use super::route;
-use super::schema::{self, ErrorCode, Request, RequestError, Served, cloud_final_json};
-use super::sink::{Delivery, Outgoing, ReplyTarget};
-use super::stats::Stats;
+use super::schema::{self, ErrorCode, RequestError, Served, ServedRoute, cloud_final_json};
+use super::sink::{Delivery, Finished, Outgoing};
+use super::stats::{Outcome, Stats};
 use super::upstream::Upstream;
-use crate::cloud::CloudClient;
+use crate::cloud::{CloudClient, CloudErrorCode};
 
 /// Where a spill goes.
 #[derive(Debug)]
@@ -35,13 +34,9 @@ pub enum CloudTarget {
 /// the local engine).
 #[derive(Debug)]
 pub struct Spill {
-    pub req: Request,
-    pub key: RequestKey,
-    pub target: ReplyTarget,
-    pub client: String,
-    pub received: Instant,
-    pub deadline: Option<Instant>,
-    pub served: Served,
+    /// The request as the local queue would hold it: its fallback, and everything a reply
+    /// needs (key, reply address, times, the routing decision).
+    pub job: Job,
     pub out: mpsc::Sender<Outgoing>,
     pub stats: Arc<Stats>,
     pub queue: Arc<LocalQueue>,
@@ -71,7 +66,9 @@ pub async fn run(spill: Spill, to: CloudTarget) {
     let ending = tokio::select! {
         e = attempt => e,
         _ = cancel.wait_for(|c| *c) => {
-            spill.stats.count(spill.served.route, ErrorCode::ShuttingDown.as_str());
+            spill
+                .stats
+                .count(Some(spill.job.served.route), Outcome::Failed(ErrorCode::ShuttingDown));
             Ending::Final(spill.error(
                 ErrorCode::ShuttingDown,
                 "the device is shutting down and the cloud had not finished answering; \
@@ -80,68 +77,76 @@ pub async fn run(spill: Spill, to: CloudTarget) {
             ))
         }
     };
+    let out = spill.out.clone();
     let reply = match ending {
         Ending::Final(reply) => Some(reply),
-        Ending::Fallback(reason) => fallback_local(&spill, reason),
+        Ending::Fallback(reason) => fallback_local(spill, reason),
     };
     if let Some(reply) = reply {
-        let _ = spill.out.send(reply).await;
+        let _ = out.send(reply).await;
     }
 }
 
 impl Spill {
     /// A final error reply of this request.
     fn error(&self, code: ErrorCode, message: String) -> Outgoing {
-        Outgoing::journaled_error(&self.key, &self.target, &RequestError::new(code, message))
+        Outgoing::journaled_error(
+            &self.job.key,
+            &self.job.target,
+            &RequestError::new(code, message),
+        )
     }
 }
 
 /// Puts a request the cloud could not take into the local queue; returns the final reply
 /// when the queue refuses it.
-fn fallback_local(s: &Spill, reason: String) -> Option<Outgoing> {
-    let job = Job {
-        request: s.req.clone(),
-        key: s.key.clone(),
-        target: s.target.clone(),
-        client: s.client.clone(),
-        received: s.received,
-        deadline: s.deadline,
-        served: Served {
-            route: "local",
-            reason: reason.clone(),
-        },
-        tokens: 0,
+fn fallback_local(s: Spill, reason: String) -> Option<Outgoing> {
+    let Spill {
+        mut job,
+        stats,
+        queue,
+        ..
+    } = s;
+    job.served = Served {
+        route: ServedRoute::Local,
+        reason: reason.clone(),
     };
-    let (code, message) = match s.queue.admit(job) {
+    let (code, message, job) = match queue.admit(job) {
         Ok(()) => return None,
-        Err(Refused::Full(_)) => (
+        Err(Refused::Full(job)) => (
             ErrorCode::Busy,
-            format!("{}, but the local queue is full", reason),
+            format!("{reason}, but the local queue is full"),
+            job,
         ),
-        Err(Refused::Closed(_)) => (
+        Err(Refused::Closed(job)) => (
             ErrorCode::ShuttingDown,
-            format!("{}, but the device is shutting down", reason),
+            format!("{reason}, but the device is shutting down"),
+            job,
         ),
     };
-    s.stats.count("none", code.as_str());
-    Some(s.error(code, message))
+    stats.count(None, Outcome::Failed(code));
+    let err = RequestError::new(code, message);
+    Some(Outgoing::journaled_error(&job.key, &job.target, &err))
 }
 
 /// Serves a request through the MQTT cloud route: publishes it to the cloud broker and
 /// relays the worker's chunks and final (marked `route: "cloud-mqtt"`) to the requester.
 async fn forward_mqtt(up: &Upstream, payload: Vec<u8>, s: &Spill) -> Ending {
     let expiry = s
+        .job
         .deadline
         .map(|d| d.saturating_duration_since(Instant::now()));
     let wait = expiry.map_or(up.timeout, |e| e.min(up.timeout));
     let mut forward = match up.forward(payload, expiry).await {
         Ok(f) => f,
-        Err(e) if s.req.route != schema::RouteHint::Cloud => {
-            return Ending::Fallback(format!("{}; {e}, served here", s.served.reason));
+        Err(e) if s.job.request.route != schema::RouteHint::Cloud => {
+            return Ending::Fallback(format!("{}; {e}, served here", s.job.served.reason));
         }
         Err(e) => {
-            s.stats
-                .count(s.served.route, ErrorCode::CloudUnavailable.as_str());
+            s.stats.count(
+                Some(s.job.served.route),
+                Outcome::Failed(ErrorCode::CloudUnavailable),
+            );
             return Ending::Final(s.error(ErrorCode::CloudUnavailable, e));
         }
     };
@@ -149,14 +154,20 @@ async fn forward_mqtt(up: &Upstream, payload: Vec<u8>, s: &Spill) -> Ending {
     loop {
         let msg = match tokio::time::timeout_at(until, forward.replies.recv()).await {
             Err(_) => {
-                s.stats.count(s.served.route, ErrorCode::Timeout.as_str());
+                s.stats.count(
+                    Some(s.job.served.route),
+                    Outcome::Failed(ErrorCode::Timeout),
+                );
                 return Ending::Final(s.error(
                     ErrorCode::Timeout,
                     format!("no final reply from the cloud worker within {wait:?}"),
                 ));
             }
             Ok(None) => {
-                s.stats.count(s.served.route, ErrorCode::Internal.as_str());
+                s.stats.count(
+                    Some(s.job.served.route),
+                    Outcome::Failed(ErrorCode::Internal),
+                );
                 return Ending::Final(
                     s.error(ErrorCode::Internal, "the cloud connection went away".into()),
                 );
@@ -166,15 +177,15 @@ async fn forward_mqtt(up: &Upstream, payload: Vec<u8>, s: &Spill) -> Ending {
         // The worker speaks our schema; anything else is dropped (its size is bounded by
         // the broker's and our maximum packet size).
         let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&msg) else {
-            tracing::warn!(id = %s.req.id, "unreadable reply from the cloud worker: dropped");
+            tracing::warn!(id = %s.job.request.id, "unreadable reply from the cloud worker: dropped");
             continue;
         };
         if v["done"] != true {
-            if s.req.stream && v.get("delta").is_some() {
+            if s.job.request.stream && v.get("delta").is_some() {
                 let _ = s
                     .out
                     .send(Outgoing {
-                        target: s.target.clone(),
+                        target: s.job.target.clone(),
                         payload: msg.to_vec(),
                         delivery: Delivery::Chunk,
                     })
@@ -183,30 +194,35 @@ async fn forward_mqtt(up: &Upstream, payload: Vec<u8>, s: &Spill) -> Ending {
             continue;
         }
         // The worker's final names the worker's request id; ours is the client's.
-        v["id"] = serde_json::json!(s.req.id);
-        let ok = v.get("error").is_none();
-        if ok {
+        v["id"] = serde_json::json!(s.job.request.id);
+        let finished = if v.get("error").is_none() {
             let worker_route = v["route"].as_str().unwrap_or("?").to_string();
-            v["route"] = serde_json::json!(s.served.route);
+            v["route"] = serde_json::json!(s.job.served.route);
             v["reason"] = serde_json::json!(format!(
                 "{}; the cloud worker served it ({worker_route})",
-                s.served.reason
+                s.job.served.reason
             ));
-        }
-        s.stats.count(
-            s.served.route,
-            if ok {
-                "ok"
-            } else {
-                ErrorCode::CloudError.as_str()
-            },
-        );
+            s.stats.count(Some(s.job.served.route), Outcome::Ok);
+            Finished::Answer {
+                route: s.job.served.route,
+                finish_reason: v["finish_reason"].as_str().unwrap_or("?").to_string(),
+                completion_tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+            }
+        } else {
+            s.stats.count(
+                Some(s.job.served.route),
+                Outcome::Failed(ErrorCode::CloudError),
+            );
+            // The worker's own code, as it told the client.
+            let code = v["error"]["code"].as_str().and_then(ErrorCode::parse);
+            Finished::Error(code.unwrap_or(ErrorCode::CloudError))
+        };
         return Ending::Final(Outgoing {
-            target: s.target.clone(),
+            target: s.job.target.clone(),
             payload: serde_json::to_vec(&v).unwrap_or_default(),
             delivery: Delivery::Journaled {
-                key: s.key.clone(),
-                keep_for_replay: ok,
+                key: s.job.key.clone(),
+                finished,
             },
         });
     }
@@ -216,17 +232,17 @@ async fn forward_mqtt(up: &Upstream, payload: Vec<u8>, s: &Spill) -> Ending {
 /// requester as they arrive. A failure before any text was forwarded falls back to the
 /// local engine, unless the client asked for the cloud only.
 async fn forward_https(client: &CloudClient, s: &Spill) -> Ending {
-    let cloud_req = route::cloud_request(&s.req);
+    let cloud_req = route::cloud_request(&s.job.request);
     let (delta_tx, mut delta_rx) = mpsc::unbounded_channel::<String>();
     let started = Instant::now();
-    let queue_ms = started.duration_since(s.received).as_secs_f64() * 1e3;
+    let queue_ms = started.duration_since(s.job.received).as_secs_f64() * 1e3;
     let mut first_token_ms = None;
     let mut seq = 0u64;
     let chunk = |seq: &mut u64, delta: String| {
-        let payload = schema::chunk_json(&s.req.id, *seq, &delta);
+        let payload = schema::chunk_json(&s.job.request.id, *seq, &delta);
         *seq += 1;
         Outgoing {
-            target: s.target.clone(),
+            target: s.job.target.clone(),
             payload,
             delivery: Delivery::Chunk,
         }
@@ -236,7 +252,7 @@ async fn forward_https(client: &CloudClient, s: &Spill) -> Ending {
             let _ = delta_tx.send(d.to_owned());
         });
         let call = async {
-            match s.deadline {
+            match s.job.deadline {
                 Some(d) => tokio::time::timeout_at(d.into(), call).await.ok(),
                 None => Some(call.await),
             }
@@ -246,8 +262,8 @@ async fn forward_https(client: &CloudClient, s: &Spill) -> Ending {
             tokio::select! {
                 r = &mut call => break r,
                 Some(delta) = delta_rx.recv() => {
-                    first_token_ms.get_or_insert_with(|| s.received.elapsed().as_secs_f64() * 1e3);
-                    if s.req.stream {
+                    first_token_ms.get_or_insert_with(|| s.job.received.elapsed().as_secs_f64() * 1e3);
+                    if s.job.request.stream {
                         let _ = s.out.send(chunk(&mut seq, delta)).await;
                     }
                 }
@@ -255,62 +271,77 @@ async fn forward_https(client: &CloudClient, s: &Spill) -> Ending {
         }
     };
     while let Ok(delta) = delta_rx.try_recv() {
-        first_token_ms.get_or_insert_with(|| s.received.elapsed().as_secs_f64() * 1e3);
-        if s.req.stream {
+        first_token_ms.get_or_insert_with(|| s.job.received.elapsed().as_secs_f64() * 1e3);
+        if s.job.request.stream {
             let _ = s.out.send(chunk(&mut seq, delta)).await;
         }
     }
-    let total_ms = s.received.elapsed().as_secs_f64() * 1e3;
+    let total_ms = s.job.received.elapsed().as_secs_f64() * 1e3;
     match result {
         Some(Ok(outcome)) => {
-            s.stats.count(s.served.route, "ok");
+            s.stats.count(Some(s.job.served.route), Outcome::Ok);
             tracing::debug!(
-                id = %s.req.id,
+                id = %s.job.request.id,
                 provider = outcome.provider.as_deref().unwrap_or("?"),
                 attempts = outcome.attempts,
                 "answered by the cloud"
             );
             Ending::Final(Outgoing {
-                target: s.target.clone(),
+                target: s.job.target.clone(),
                 payload: cloud_final_json(
-                    &s.req.id,
+                    &s.job.request.id,
                     &outcome,
-                    &s.served,
+                    &s.job.served,
                     queue_ms,
                     total_ms,
                     first_token_ms,
                 ),
                 delivery: Delivery::Journaled {
-                    key: s.key.clone(),
-                    keep_for_replay: true,
+                    key: s.job.key.clone(),
+                    finished: Finished::Answer {
+                        route: s.job.served.route,
+                        // As the final says (cloud_final_json).
+                        finish_reason: outcome
+                            .finish_reason
+                            .clone()
+                            .unwrap_or_else(|| "stop".into()),
+                        completion_tokens: outcome
+                            .usage
+                            .as_ref()
+                            .map_or(0, |u| u.completion_tokens),
+                    },
                 },
             })
         }
         None => {
-            s.stats.count(s.served.route, ErrorCode::Expired.as_str());
+            s.stats.count(
+                Some(s.job.served.route),
+                Outcome::Failed(ErrorCode::Expired),
+            );
             Ending::Final(s.error(
                 ErrorCode::Expired,
                 format!(
                     "the request's message expiry passed while the cloud was answering ({})",
-                    s.served.reason
+                    s.job.served.reason
                 ),
             ))
         }
-        Some(Err(e)) if !e.partial && s.req.route != schema::RouteHint::Cloud => {
-            tracing::warn!(id = %s.req.id, "cloud route failed before answering ({e}); serving here");
+        Some(Err(e)) if !e.partial && s.job.request.route != schema::RouteHint::Cloud => {
+            tracing::warn!(id = %s.job.request.id, "cloud route failed before answering ({e}); serving here");
             Ending::Fallback(format!(
                 "{}; cloud failed ({e}), served here",
-                s.served.reason
+                s.job.served.reason
             ))
         }
         Some(Err(e)) => {
             let code = match e.code() {
-                "timeout" => ErrorCode::Timeout,
-                "cloud_unavailable" => ErrorCode::CloudUnavailable,
-                "invalid_request" => ErrorCode::InvalidRequest,
-                _ => ErrorCode::CloudError,
+                CloudErrorCode::Timeout => ErrorCode::Timeout,
+                CloudErrorCode::Unavailable => ErrorCode::CloudUnavailable,
+                CloudErrorCode::InvalidRequest => ErrorCode::InvalidRequest,
+                CloudErrorCode::Error => ErrorCode::CloudError,
             };
-            s.stats.count(s.served.route, code.as_str());
+            s.stats
+                .count(Some(s.job.served.route), Outcome::Failed(code));
             Ending::Final(s.error(code, e.to_string()))
         }
     }

@@ -1,9 +1,34 @@
-//! Counters the telemetry reports: requests by route and outcome, queue depth, generation
-//! speed (an exponentially weighted moving average over requests).
+//! Counters the telemetry reports: requests by route and outcome, queue depth, tokens
+//! generated. The generation rate is not kept here: telemetry reports the routing policy's
+//! (see [`super::route::Routing::generation_rate`]), the one average the daemon keeps.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::schema::{ErrorCode, ServedRoute};
+
+/// How a request ended, as the counters name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Answered (`ok`).
+    Ok,
+    /// Answered with this error (its code).
+    Failed(ErrorCode),
+    /// Dropped: it named nowhere to send a reply (`no_reply_address`).
+    NoReplyAddress,
+}
+
+impl Outcome {
+    /// The telemetry key: `ok`, an error code, or `no_reply_address`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed(code) => code.as_str(),
+            Outcome::NoReplyAddress => "no_reply_address",
+        }
+    }
+}
 
 /// Shared between the MQTT side, the engine thread and the telemetry task.
 #[derive(Debug, Default)]
@@ -17,24 +42,18 @@ pub struct Stats {
     /// Deliveries of a request already in flight, or redeliveries of an answered one:
     /// attached, not run again.
     duplicates: AtomicU64,
-    inner: Mutex<Inner>,
+    /// Completion tokens the engine generated.
+    tokens_generated: AtomicU64,
+    /// (route, outcome) -> count; the route is `None` for a request served nowhere
+    /// (refused before routing, or after the route it was given could not take it).
+    counts: Mutex<BTreeMap<(Option<ServedRoute>, &'static str), u64>>,
 }
-
-#[derive(Debug, Default)]
-struct Inner {
-    /// (route, outcome) -> count; outcome is "ok" or an error code.
-    counts: BTreeMap<(&'static str, &'static str), u64>,
-    tokens_per_s: Option<f64>,
-    tokens_generated: u64,
-}
-
-/// Weight of the newest request in the moving average.
-const EWMA_ALPHA: f64 = 0.3;
 
 impl Stats {
-    pub fn count(&self, route: &'static str, outcome: &'static str) {
-        let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        *i.counts.entry((route, outcome)).or_default() += 1;
+    /// Counts one finished request.
+    pub fn count(&self, route: Option<ServedRoute>, outcome: Outcome) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry((route, outcome.as_str())).or_default() += 1;
     }
 
     /// A resend answered with its recorded final.
@@ -47,44 +66,67 @@ impl Stats {
         self.duplicates.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records a generation speed (tokens/s over `tokens` tokens).
-    pub fn generation(&self, tokens: usize, tokens_per_s: f64) {
-        let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        i.tokens_generated += tokens as u64;
-        if tokens > 1 && tokens_per_s.is_finite() {
-            i.tokens_per_s = Some(match i.tokens_per_s {
-                None => tokens_per_s,
-                Some(old) => old + EWMA_ALPHA * (tokens_per_s - old),
-            });
-        }
+    /// Counts the completion tokens of a finished local request.
+    pub fn generated(&self, tokens: usize) {
+        self.tokens_generated
+            .fetch_add(u64::try_from(tokens).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    /// The moving average of generation speed, if any request has finished.
-    pub fn tokens_per_s(&self) -> Option<f64> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .tokens_per_s
-    }
-
-    /// A JSON view of the counters.
-    pub fn json(&self) -> serde_json::Value {
-        let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+    /// A JSON view of the counters, with `tokens_per_s` the measured generation rate
+    /// (`null` before the first measurement).
+    pub fn json(&self, tokens_per_s: Option<f64>) -> serde_json::Value {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let mut by_route = serde_json::Map::new();
-        for ((route, outcome), n) in &i.counts {
+        for ((route, outcome), n) in counts.iter() {
             let entry = by_route
-                .entry(route.to_string())
+                .entry(route.map_or("none", ServedRoute::as_str))
                 .or_insert_with(|| serde_json::json!({}));
             entry[*outcome] = serde_json::json!(n);
         }
         serde_json::json!({
             "queue_depth": self.queued.load(Ordering::Relaxed),
             "running": self.running.load(Ordering::Relaxed),
-            "tokens_per_s": i.tokens_per_s,
-            "tokens_generated": i.tokens_generated,
+            "tokens_per_s": tokens_per_s,
+            "tokens_generated": self.tokens_generated.load(Ordering::Relaxed),
             "requests": by_route,
             "replayed": self.replays.load(Ordering::Relaxed),
             "duplicates": self.duplicates.load(Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_keep_their_telemetry_names() {
+        let s = Stats::default();
+        s.count(Some(ServedRoute::Local), Outcome::Ok);
+        s.count(Some(ServedRoute::Local), Outcome::Ok);
+        s.count(
+            Some(ServedRoute::CloudHttps),
+            Outcome::Failed(ErrorCode::Timeout),
+        );
+        s.count(Some(ServedRoute::CloudMqtt), Outcome::Ok);
+        s.count(None, Outcome::Failed(ErrorCode::Busy));
+        s.count(None, Outcome::NoReplyAddress);
+        s.generated(7);
+        s.generated(5);
+        let j = s.json(Some(4.5));
+        assert_eq!(
+            j["requests"],
+            serde_json::json!({
+                "local": {"ok": 2},
+                "cloud-https": {"timeout": 1},
+                "cloud-mqtt": {"ok": 1},
+                "none": {"busy": 1, "no_reply_address": 1},
+            })
+        );
+        assert_eq!(
+            (j["tokens_generated"].as_u64(), j["tokens_per_s"].as_f64()),
+            (Some(12), Some(4.5))
+        );
+        assert!(s.json(None)["tokens_per_s"].is_null());
     }
 }

@@ -14,10 +14,10 @@ use tokio::sync::mpsc;
 
 use super::notify::Heartbeat;
 use super::queue::{EXPIRED_WHILE_WAITING, Job, JobReceiver};
-use super::route::Router;
-use super::schema::{ErrorCode, RequestError, final_json};
-use super::sink::{Outgoing, ReplySink};
-use super::stats::Stats;
+use super::route::Routing;
+use super::schema::{ErrorCode, RequestError, ServedRoute, final_json};
+use super::sink::{Finished, Outgoing, ReplySink};
+use super::stats::{Outcome, Stats};
 use crate::engine::{Engine, EngineError, FinishReason, GenerateRequest};
 
 /// Flags the service sets to stop the engine thread.
@@ -41,7 +41,7 @@ pub fn run(
     out: mpsc::Sender<Outgoing>,
     stats: Arc<Stats>,
     control: Arc<Control>,
-    router: Arc<Router>,
+    routing: Arc<Routing>,
 ) {
     // Layers evaluated count as progress: a long prompt has no token for minutes.
     control
@@ -60,8 +60,8 @@ pub fn run(
         stats.queued.fetch_sub(1, Ordering::Relaxed);
         let tokens = job.tokens;
         let sink = ReplySink::new(job.key.clone(), job.target.clone(), out.clone());
-        wait_while_hot(&job, &control, &router);
-        let threads = router.local_threads();
+        wait_while_hot(&job, &control, &routing);
+        let threads = routing.local_threads();
         let pool = &engine.compute().pool;
         if threads != pool.threads() {
             tracing::info!(
@@ -71,9 +71,9 @@ pub fn run(
             pool.set_active_threads(threads);
         }
         stats.running.store(1, Ordering::Relaxed);
-        let outcome = serve(&mut engine, job, sink, &control, &stats, &router);
-        router.local_done(tokens);
-        stats.count("local", outcome);
+        let outcome = serve(&mut engine, job, sink, &control, &stats, &routing);
+        routing.local_done(tokens);
+        stats.count(Some(ServedRoute::Local), outcome);
         stats.running.store(0, Ordering::Relaxed);
         control.heartbeat.set_busy(false);
     }
@@ -82,13 +82,14 @@ pub fn run(
 /// Above the hard temperature limit nothing new starts here: the job waits for the SoC to
 /// cool below the hard exit threshold, until its deadline (then `serve` answers `expired`)
 /// or shutdown.
-fn wait_while_hot(job: &Job, control: &Control, router: &Router) {
+fn wait_while_hot(job: &Job, control: &Control, routing: &Routing) {
     let mut logged = false;
-    while let Some(reason) = router.hold_local() {
+    while let Some(hot) = routing.thermal_hold() {
         if control.cancel.load(Ordering::Relaxed) || job.expired_at(Instant::now()) {
             return;
         }
         if !logged {
+            let reason = hot.reason().unwrap_or_default();
             tracing::info!(id = %job.request.id, "waiting for the SoC to cool: {reason}");
             logged = true;
         }
@@ -98,18 +99,18 @@ fn wait_while_hot(job: &Job, control: &Control, router: &Router) {
     }
 }
 
-/// Runs one job to its final reply; returns the outcome for the counters.
+/// Runs one job to its final reply; returns its outcome for the counters.
 fn serve(
     engine: &mut Engine,
     job: Job,
     mut sink: ReplySink,
     control: &Control,
     stats: &Stats,
-    router: &Router,
-) -> &'static str {
+    routing: &Routing,
+) -> Outcome {
     let fail = |sink: ReplySink, code: ErrorCode, message: String| {
         sink.fail(&RequestError::new(code, message));
-        code.as_str()
+        Outcome::Failed(code)
     };
     if control.cancel.load(Ordering::Relaxed) {
         return fail(
@@ -122,17 +123,8 @@ fn serve(
         return fail(sink, ErrorCode::Expired, EXPIRED_WHILE_WAITING.into());
     }
     let req = job.request;
-    let Some(tok) = engine.tokenizer() else {
-        return fail(
-            sink,
-            ErrorCode::Internal,
-            "the loaded model has no tokenizer".into(),
-        );
-    };
-    let prompt = match req.chat.encode(tok) {
-        Ok(p) => p,
-        Err(e) => return fail(sink, ErrorCode::InvalidRequest, e.to_string()),
-    };
+    // Encoded by the intake, which routed on its length.
+    let prompt = job.prompt;
     let queue_ms = job.received.elapsed().as_secs_f64() * 1e3;
     // A cached prompt prefix serves only the client it came from (engine::session): the
     // client's identity is its reply address, and session keys live in the client's own
@@ -168,14 +160,22 @@ fn serve(
             ),
         ),
         Ok(done) => {
-            stats.generation(done.completion_tokens, done.generation_tokens_per_s());
-            router.observe_completion(done.completion_tokens);
+            stats.generated(done.completion_tokens);
+            routing.observe_completion(done.completion_tokens);
             // A handful of tokens measures the prompt's tail more than the decode speed.
             if done.completion_tokens >= 8 {
-                router.observe_rate(done.generation_tokens_per_s());
+                routing.observe_rate(done.generation_tokens_per_s());
             }
-            sink.finish(final_json(&req.id, &text, &done, &job.served, queue_ms));
-            "ok"
+            let answer = Finished::Answer {
+                route: job.served.route,
+                finish_reason: done.finish_reason.as_str().to_string(),
+                completion_tokens: u64::try_from(done.completion_tokens).unwrap_or(u64::MAX),
+            };
+            sink.finish(
+                final_json(&req.id, &text, &done, &job.served, queue_ms),
+                answer,
+            );
+            Outcome::Ok
         }
         Err(EngineError::ContextLength(m)) => fail(sink, ErrorCode::ContextLength, m),
         Err(e @ (EngineError::Sampling(_) | EngineError::Stop(_))) => {

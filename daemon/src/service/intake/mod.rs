@@ -19,6 +19,12 @@
 //! answers every journaled request without a final exactly once: it runs again (seeded as
 //! before, without streaming, its final marked `"resumed": true`) while its deadline
 //! allows, else it is answered `interrupted`.
+//!
+//! Besides this file: [`recover`] (what the journal holds from before a restart) and
+//! [`finals`] (recording every final, answering queued requests past their deadline).
+
+mod finals;
+mod recover;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,17 +36,18 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::journal::{Accepted, Journal, JournalError, Lookup, RequestKey};
-use super::queue::{EXPIRED_WHILE_WAITING, Job, JobReceiver, LocalQueue, Refused};
-use super::route::{self, Router};
+use super::queue::{Job, JobReceiver, LocalQueue, Refused};
+use super::route::{self, Routing};
 use super::schema::{
-    ErrorCode, Limits, Request, RequestError, RouteHint, Served, error_json, parse_request,
-    salvage_id, salvage_reply_to,
+    ErrorCode, Limits, Request, RequestError, RouteHint, Served, ServedRoute, error_json,
+    parse_request, salvage_id, salvage_reply_to,
 };
 use super::sink::{Delivery, Outgoing, ReplyTarget};
 use super::spill::{self, CloudTarget, Spill};
-use super::stats::Stats;
+use super::stats::{Outcome, Stats};
 use super::upstream::upstream_payload;
 use crate::router::Route;
+use finals::{answer_expired, record_finals, with_flag};
 
 /// Longest correlation data accepted (it is part of the journal's key).
 pub const MAX_CORRELATION_BYTES: usize = super::journal::MAX_CORRELATION_BYTES;
@@ -105,7 +112,7 @@ type InFlightMap = Arc<Mutex<HashMap<RequestKey, InFlight>>>;
 pub struct Intake {
     config: IntakeConfig,
     journal: Arc<Journal>,
-    router: Arc<Router>,
+    routing: Arc<Routing>,
     queue: Arc<LocalQueue>,
     stats: Arc<Stats>,
     /// Into the final recorder; taken at [`Intake::close`].
@@ -167,7 +174,7 @@ impl Intake {
     pub fn start(
         config: IntakeConfig,
         journal: Arc<Journal>,
-        router: Arc<Router>,
+        routing: Arc<Routing>,
         stats: Arc<Stats>,
         queue_depth: usize,
     ) -> (Arc<Intake>, JobReceiver, mpsc::Receiver<Outgoing>) {
@@ -176,7 +183,7 @@ impl Intake {
             queue_depth,
             recovered_room,
             Arc::clone(&stats),
-            Arc::clone(&router),
+            Arc::clone(&routing),
         );
         let (replies_tx, replies_rx) = mpsc::channel::<Outgoing>(1024);
         let (front_tx, front_rx) = mpsc::channel::<Outgoing>(1024);
@@ -190,7 +197,7 @@ impl Intake {
         let intake = Intake {
             config,
             journal,
-            router,
+            routing,
             queue: Arc::new(queue),
             stats,
             replies: Mutex::new(Some(replies_tx)),
@@ -225,7 +232,7 @@ impl Intake {
 
     /// Answers a request that was not accepted (nothing is journaled).
     async fn refuse(&self, target: Option<ReplyTarget>, id: Option<&str>, err: &RequestError) {
-        self.stats.count("none", err.code.as_str());
+        self.stats.count(None, Outcome::Failed(err.code));
         tracing::info!(id = id.unwrap_or("?"), "refused: {err}");
         let Some(target) = target else {
             tracing::warn!(
@@ -270,7 +277,7 @@ impl Intake {
         });
         let Some(target) = target else {
             tracing::warn!(id = %req.id, "request has no response topic and no reply_to: dropped");
-            self.stats.count("none", "no_reply_address");
+            self.stats.count(None, Outcome::NoReplyAddress);
             return Admission::Answered;
         };
         let correlation = target.correlation.clone().unwrap_or_default();
@@ -332,7 +339,14 @@ impl Intake {
             self.refuse(Some(target), Some(&req.id), &err).await;
             return Admission::Answered;
         }
-        let placement = self.place(&req, &s.payload, s.expiry, false);
+        let prompt = match self.encode(&req).await {
+            Ok(prompt) => prompt,
+            Err(err) => {
+                self.refuse(Some(target), Some(&req.id), &err).await;
+                return Admission::Answered;
+            }
+        };
+        let placement = self.place(&req, prompt.len(), &s.payload, s.expiry, false);
         let (served, cloud) = match placement {
             Placement::Refuse(err) => {
                 self.refuse(Some(target), Some(&req.id), &err).await;
@@ -384,6 +398,7 @@ impl Intake {
             );
         let job = Job {
             request: req,
+            prompt,
             key,
             client: target.topic.clone(),
             target,
@@ -396,18 +411,39 @@ impl Intake {
         Admission::Accepted
     }
 
-    /// Decides where a request goes and claims what it needs there (a cloud permit);
-    /// `recovered` requests were accepted before a restart, so the queue's depth does not
-    /// refuse them.
+    /// The prompt's ids as the engine will run them (the chat template, encoded), off the
+    /// async runtime; a prompt the tokenizer cannot encode is an invalid request.
+    async fn encode(&self, req: &Request) -> Result<Vec<u32>, RequestError> {
+        let routing = Arc::clone(&self.routing);
+        let chat = req.chat.clone();
+        match tokio::task::spawn_blocking(move || routing.encode(&chat)).await {
+            Ok(encoded) => {
+                encoded.map_err(|e| RequestError::new(ErrorCode::InvalidRequest, e.to_string()))
+            }
+            // A bug in the tokenizer: fail here as an inline call would have.
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => Err(RequestError::new(
+                    ErrorCode::Internal,
+                    format!("the prompt could not be encoded: {e}"),
+                )),
+            },
+        }
+    }
+
+    /// Decides where a request of `prompt_tokens` goes and claims what it needs there (a
+    /// cloud permit); `recovered` requests were accepted before a restart, so the queue's
+    /// depth does not refuse them.
     fn place(
         &self,
         req: &Request,
+        prompt_tokens: usize,
         payload: &[u8],
         expiry: Option<Duration>,
         recovered: bool,
     ) -> Placement {
         let queued = self.stats.queued.load(Ordering::SeqCst);
-        let decision = self.router.decide(req, expiry, queued);
+        let decision = self.routing.decide(req, prompt_tokens, expiry, queued);
         tracing::info!(
             id = %req.id,
             route = decision.route.as_str(),
@@ -426,21 +462,24 @@ impl Intake {
                 ));
             }
             Placement::Local(Served {
-                route: "local",
+                route: ServedRoute::Local,
                 reason,
             })
         };
-        match decision.route {
-            Route::Local | Route::Queue => local(decision.reason),
-            Route::CloudHttps | Route::CloudMqtt => {
+        match (decision.route, ServedRoute::of(decision.route)) {
+            (Route::Reject(code), _) => {
+                Placement::Refuse(RequestError::new(route::reject_code(code), decision.reason))
+            }
+            (_, None | Some(ServedRoute::Local)) => local(decision.reason),
+            (_, Some(route)) => {
                 let served = Served {
-                    route: decision.route.as_str(),
+                    route,
                     reason: decision.reason,
                 };
-                let to = if decision.route == Route::CloudHttps {
-                    self.router.cloud().cloned().map(CloudTarget::Https)
+                let to = if route == ServedRoute::CloudHttps {
+                    self.routing.cloud().cloned().map(CloudTarget::Https)
                 } else {
-                    self.router
+                    self.routing
                         .upstream()
                         .cloned()
                         .zip(upstream_payload(payload))
@@ -470,9 +509,6 @@ impl Intake {
                         served.reason, self.config.max_cloud_inflight
                     )),
                 }
-            }
-            Route::Reject(code) => {
-                Placement::Refuse(RequestError::new(route::reject_code(code), decision.reason))
             }
         }
     }
@@ -505,7 +541,7 @@ impl Intake {
                         job,
                     ),
                 };
-                self.stats.count("none", code.as_str());
+                self.stats.count(None, Outcome::Failed(code));
                 let err = RequestError::new(code, message);
                 let _ = out
                     .send(Outgoing::journaled_error(&job.key, &job.target, &err))
@@ -513,13 +549,7 @@ impl Intake {
             }
             Some((to, permit)) => {
                 let spill = Spill {
-                    req: job.request,
-                    key: job.key,
-                    target: job.target,
-                    client: job.client,
-                    received: job.received,
-                    deadline: job.deadline,
-                    served: job.served,
+                    job,
                     out,
                     stats: Arc::clone(&self.stats),
                     queue: Arc::clone(&self.queue),
@@ -541,99 +571,6 @@ impl Intake {
             .get(key)
             .is_some_and(|f| f.resumed)
     }
-
-    /// Answers what the journal holds from before a restart (see the module docs). Call it
-    /// once, before the front ends take requests.
-    pub async fn recover(&self) -> Result<Recovery, JournalError> {
-        let mut report = Recovery::default();
-        let undelivered = blocking(&self.journal, |j| j.undelivered()).await?;
-        for (key, payload) in undelivered {
-            report.resent += 1;
-            let target = key_target(&key);
-            self.send(Outgoing {
-                target,
-                payload,
-                delivery: Delivery::Recorded { key },
-            })
-            .await;
-        }
-        let pending = blocking(&self.journal, |j| j.pending()).await?;
-        let now_ms = unix_ms();
-        for a in pending {
-            let target = key_target(&a.key);
-            let received = Instant::now();
-            self.in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(
-                    a.key.clone(),
-                    InFlight {
-                        received,
-                        resumed: true,
-                    },
-                );
-            let left = a
-                .deadline_unix_ms
-                .map(|d| Duration::from_millis(d.saturating_sub(now_ms)));
-            let answer = |code: ErrorCode, message: String| {
-                Outgoing::journaled_error(&a.key, &target, &RequestError::new(code, message))
-            };
-            if left.is_some_and(|l| l.is_zero()) {
-                report.interrupted += 1;
-                self.stats.count("none", ErrorCode::Interrupted.as_str());
-                let away = Duration::from_millis(now_ms.saturating_sub(a.received_unix_ms));
-                self.send(answer(
-                    ErrorCode::Interrupted,
-                    format!(
-                        "the device restarted while the request was in hand, and its deadline \
-                         passed before it could run again (received {} s ago)",
-                        away.as_secs()
-                    ),
-                ))
-                .await;
-                continue;
-            }
-            let mut req = match parse_request(&a.payload, &self.config.limits) {
-                Ok(r) => r,
-                Err(err) => {
-                    // The limits changed across the restart.
-                    self.send(Outgoing::journaled_error(&a.key, &target, &err))
-                        .await;
-                    continue;
-                }
-            };
-            req.sampling.seed = a.seed;
-            // Chunks from the interrupted run may have gone out: the re-run answers with
-            // its final only, whose text is whole.
-            req.stream = false;
-            report.resumed += 1;
-            let (served, cloud) = match self.place(&req, &a.payload, left, true) {
-                Placement::Refuse(err) => {
-                    self.send(Outgoing::journaled_error(&a.key, &target, &err))
-                        .await;
-                    continue;
-                }
-                Placement::Local(mut served) => {
-                    served.reason = format!("resumed after a restart; {}", served.reason);
-                    (served, None)
-                }
-                Placement::Cloud(served, to, permit) => (served, Some((to, permit))),
-            };
-            let job = Job {
-                request: req,
-                key: a.key,
-                target,
-                client: a.client,
-                received,
-                deadline: left.map(|l| received + l),
-                served,
-                tokens: 0,
-            };
-            self.start_placed(job, cloud).await;
-        }
-        Ok(report)
-    }
-
     /// Marks a final as handed to the transport.
     pub async fn delivered(&self, key: RequestKey) {
         if let Err(e) = blocking(&self.journal, move |j| j.delivered(&key)).await {
@@ -687,151 +624,5 @@ impl Intake {
     /// The journal (for persisted settings).
     pub fn journal(&self) -> &Arc<Journal> {
         &self.journal
-    }
-}
-
-/// How often the local queue is swept for requests whose deadline passed while they
-/// waited.
-const EXPIRY_SWEEP: Duration = Duration::from_millis(200);
-
-/// Answers `expired` each queued request whose deadline passes, within [`EXPIRY_SWEEP`] of
-/// it, until the queue closes: its place is free for the next request at once.
-async fn answer_expired(intake: std::sync::Weak<Intake>) {
-    let mut tick = tokio::time::interval(EXPIRY_SWEEP);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(intake) = intake.upgrade() else {
-            return;
-        };
-        if intake.queue.is_closed() {
-            return;
-        }
-        let expired = intake.queue.take_expired(Instant::now());
-        if expired.is_empty() {
-            continue;
-        }
-        let err = RequestError::new(ErrorCode::Expired, EXPIRED_WHILE_WAITING);
-        for job in expired {
-            intake.stats.count("local", err.code.as_str());
-            intake
-                .send(Outgoing::journaled_error(&job.key, &job.target, &err))
-                .await;
-        }
-    }
-}
-
-/// The reply address a journaled key names.
-fn key_target(key: &RequestKey) -> ReplyTarget {
-    ReplyTarget {
-        topic: key.reply_to.clone(),
-        correlation: (!key.correlation.is_empty()).then(|| Bytes::from(key.correlation.clone())),
-    }
-}
-
-/// `payload` (a JSON object) with `"<flag>": true` added; unchanged if it is not one.
-fn with_flag(payload: &[u8], flag: &str) -> Vec<u8> {
-    match serde_json::from_slice::<serde_json::Value>(payload) {
-        Ok(serde_json::Value::Object(mut o)) => {
-            o.insert(flag.into(), serde_json::Value::Bool(true));
-            serde_json::to_vec(&o).unwrap_or_else(|_| payload.to_vec())
-        }
-        _ => payload.to_vec(),
-    }
-}
-
-/// Records every journaled final before passing it on to the front end, and logs one line
-/// per finished request. Ends when every reply sender is gone.
-async fn record_finals(
-    mut replies: mpsc::Receiver<Outgoing>,
-    front: mpsc::Sender<Outgoing>,
-    journal: Arc<Journal>,
-    in_flight: InFlightMap,
-) {
-    while let Some(mut msg) = replies.recv().await {
-        if let Delivery::Journaled {
-            key,
-            keep_for_replay,
-        } = &msg.delivery
-        {
-            let (key, keep) = (key.clone(), *keep_for_replay);
-            let entry = in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&key);
-            if entry.as_ref().is_some_and(|e| e.resumed) {
-                msg.payload = with_flag(&msg.payload, "resumed");
-            }
-            log_finished(&key, &msg.payload, entry.as_ref());
-            let payload = msg.payload.clone();
-            let record_key = key.clone();
-            if let Err(e) =
-                blocking(&journal, move |j| j.answered(&record_key, &payload, keep)).await
-            {
-                tracing::error!(id = %key.id, "request journal: cannot record the final: {e}");
-            }
-            msg.delivery = Delivery::Recorded { key };
-        }
-        if front.send(msg).await.is_err() {
-            tracing::warn!("the front end is gone: replies dropped (the journal keeps them)");
-            return;
-        }
-    }
-}
-
-/// The one line a finished request leaves in the log.
-fn log_finished(key: &RequestKey, payload: &[u8], entry: Option<&InFlight>) {
-    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-    let outcome = v["error"]["code"]
-        .as_str()
-        .or_else(|| v["finish_reason"].as_str())
-        .unwrap_or("?");
-    let route = v["route"].as_str().unwrap_or("none");
-    let tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
-    let ms = entry.map_or(0, |e| e.received.elapsed().as_millis());
-    tracing::info!(
-        id = %key.id,
-        route,
-        outcome,
-        tokens,
-        ms = u64::try_from(ms).unwrap_or(u64::MAX),
-        resumed = entry.is_some_and(|e| e.resumed),
-        "finished"
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_are_added_to_objects_only() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&with_flag(br#"{"id":"a","done":true}"#, "replayed")).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"id": "a", "done": true, "replayed": true})
-        );
-        assert_eq!(with_flag(b"[1]", "replayed"), b"[1]".to_vec());
-        assert_eq!(with_flag(b"junk", "replayed"), b"junk".to_vec());
-    }
-
-    #[test]
-    fn a_key_names_its_reply_address() {
-        let key = RequestKey {
-            id: "a".into(),
-            reply_to: "r/1".into(),
-            correlation: b"c".to_vec(),
-        };
-        let t = key_target(&key);
-        assert_eq!(
-            (t.topic.as_str(), t.correlation.as_deref()),
-            ("r/1", Some(&b"c"[..]))
-        );
-        let key = RequestKey {
-            correlation: Vec::new(),
-            ..key
-        };
-        assert_eq!(key_target(&key).correlation, None);
     }
 }

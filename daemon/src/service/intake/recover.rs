@@ -1,0 +1,118 @@
+//! Start-up recovery: finals recorded but not delivered are sent again; requests without a
+//! final run again (`"resumed": true`) while their deadline allows, else are answered
+//! `interrupted`.
+
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+use super::finals::key_target;
+use super::{InFlight, Intake, Placement, Recovery, blocking, unix_ms};
+use crate::service::journal::JournalError;
+use crate::service::queue::Job;
+use crate::service::schema::{ErrorCode, RequestError, parse_request};
+use crate::service::sink::{Delivery, Outgoing};
+use crate::service::stats::Outcome;
+
+impl Intake {
+    /// Answers what the journal holds from before a restart (see the module docs). Call it
+    /// once, before the front ends take requests.
+    pub async fn recover(&self) -> Result<Recovery, JournalError> {
+        let mut report = Recovery::default();
+        let undelivered = blocking(&self.journal, |j| j.undelivered()).await?;
+        for (key, payload) in undelivered {
+            report.resent += 1;
+            let target = key_target(&key);
+            self.send(Outgoing {
+                target,
+                payload,
+                delivery: Delivery::Recorded { key },
+            })
+            .await;
+        }
+        let pending = blocking(&self.journal, |j| j.pending()).await?;
+        let now_ms = unix_ms();
+        for a in pending {
+            let target = key_target(&a.key);
+            let received = Instant::now();
+            self.in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    a.key.clone(),
+                    InFlight {
+                        received,
+                        resumed: true,
+                    },
+                );
+            let left = a
+                .deadline_unix_ms
+                .map(|d| Duration::from_millis(d.saturating_sub(now_ms)));
+            let answer = |code: ErrorCode, message: String| {
+                Outgoing::journaled_error(&a.key, &target, &RequestError::new(code, message))
+            };
+            if left.is_some_and(|l| l.is_zero()) {
+                report.interrupted += 1;
+                self.stats
+                    .count(None, Outcome::Failed(ErrorCode::Interrupted));
+                let away = Duration::from_millis(now_ms.saturating_sub(a.received_unix_ms));
+                self.send(answer(
+                    ErrorCode::Interrupted,
+                    format!(
+                        "the device restarted while the request was in hand, and its deadline \
+                         passed before it could run again (received {} s ago)",
+                        away.as_secs()
+                    ),
+                ))
+                .await;
+                continue;
+            }
+            let mut req = match parse_request(&a.payload, &self.config.limits) {
+                Ok(r) => r,
+                Err(err) => {
+                    // The limits changed across the restart.
+                    self.send(Outgoing::journaled_error(&a.key, &target, &err))
+                        .await;
+                    continue;
+                }
+            };
+            req.sampling.seed = a.seed;
+            // Chunks from the interrupted run may have gone out: the re-run answers with
+            // its final only, whose text is whole.
+            req.stream = false;
+            let prompt = match self.encode(&req).await {
+                Ok(prompt) => prompt,
+                Err(err) => {
+                    self.send(Outgoing::journaled_error(&a.key, &target, &err))
+                        .await;
+                    continue;
+                }
+            };
+            report.resumed += 1;
+            let (served, cloud) = match self.place(&req, prompt.len(), &a.payload, left, true) {
+                Placement::Refuse(err) => {
+                    self.send(Outgoing::journaled_error(&a.key, &target, &err))
+                        .await;
+                    continue;
+                }
+                Placement::Local(mut served) => {
+                    served.reason = format!("resumed after a restart; {}", served.reason);
+                    (served, None)
+                }
+                Placement::Cloud(served, to, permit) => (served, Some((to, permit))),
+            };
+            let job = Job {
+                request: req,
+                prompt,
+                key: a.key,
+                target,
+                client: a.client,
+                received,
+                deadline: left.map(|l| received + l),
+                served,
+                tokens: 0,
+            };
+            self.start_placed(job, cloud).await;
+        }
+        Ok(report)
+    }
+}
