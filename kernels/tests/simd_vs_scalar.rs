@@ -17,17 +17,42 @@
 //!
 //! Set `SPILLWAY_EXPECT_PATH` to assert which path the dispatcher picks (the qemu runs use
 //! it: cortex-a53 must pick `neon`, cortex-a76 `dotprod`).
+//!
+//! A CPU (or emulator) with no SIMD path would leave these tests nothing to compare and
+//! they would pass vacuously, so every test here fails instead, unless
+//! `SPILLWAY_ALLOW_SCALAR_ONLY=1` says that a scalar-only run is intended.
 
 use proptest::prelude::*;
 use spillway_kernels::dispatch::{self, KernelPath, Kernels};
 use spillway_kernels::formats::*;
 
+/// Environment variable that lets these tests pass with no SIMD path to test.
+const ENV_ALLOW_SCALAR_ONLY: &str = "SPILLWAY_ALLOW_SCALAR_ONLY";
+
+/// The SIMD paths this CPU supports. Panics if there are none, unless
+/// `SPILLWAY_ALLOW_SCALAR_ONLY=1`: a run that tests nothing must not look like a pass.
 fn simd_paths() -> Vec<Kernels> {
-    KernelPath::supported()
+    let paths: Vec<Kernels> = KernelPath::supported()
         .into_iter()
         .filter(|&p| p != KernelPath::Scalar)
         .map(|p| Kernels::new(p).unwrap())
-        .collect()
+        .collect();
+    assert!(
+        !paths.is_empty() || std::env::var(ENV_ALLOW_SCALAR_ONLY).is_ok_and(|v| v.trim() == "1"),
+        "no SIMD kernel path on this CPU ({}), so nothing would be held to the scalar \
+         reference; set {ENV_ALLOW_SCALAR_ONLY}=1 if a scalar-only run is intended",
+        dispatch::cpu_summary()
+    );
+    paths
+}
+
+#[test]
+fn some_simd_path_is_tested() {
+    let paths = simd_paths();
+    eprintln!(
+        "SIMD paths under test: {:?}",
+        paths.iter().map(|k| k.path().name()).collect::<Vec<_>>()
+    );
 }
 
 fn cases() -> u32 {
