@@ -246,18 +246,18 @@ const AVX512: Table = {
 
 #[cfg(target_arch = "aarch64")]
 const NEON: Table = {
-    use crate::dot::aarch64::{neon, neon_gemm};
+    use crate::dot::aarch64::{float, neon, neon_gemm, quantize};
     Table {
-        dot_f32: neon::dot_f32,
-        dot_f16: neon::dot_f16,
-        dot_bf16: neon::dot_bf16,
+        dot_f32: float::dot_f32,
+        dot_f16: float::dot_f16,
+        dot_bf16: float::dot_bf16,
         dot_q8_0: neon::dot_q8_0,
         dot_q4_0: neon::dot_q4_0,
         dot_q4_k: neon::dot_q4_k,
         dot_q5_k: neon::dot_q5_k,
         dot_q6_k: neon::dot_q6_k,
-        quantize_q8_0: neon::quantize_q8_0,
-        quantize_q8_k: neon::quantize_q8_k,
+        quantize_q8_0: quantize::quantize_q8_0,
+        quantize_q8_k: quantize::quantize_q8_k,
         gemm_q8_0: Some(neon_gemm::gemm_q8_0),
         gemm_q4_0: Some(neon_gemm::gemm_q4_0),
         gemm_q4_k: Some(neon_gemm::gemm_q4_k),

@@ -6,6 +6,8 @@
 //!
 //! - [`formats`]: the GGML type table, `#[repr(C)]` blocks, dequantization, reference
 //!   quantizers (bit-exact with GGML).
+//! - [`block_format`]: the traits that make "which format" a type parameter: a weight
+//!   block's activation type, dot product and matrix–matrix product.
 //! - [`dot`]: per-format dot products, scalar reference and SIMD paths.
 //! - [`dispatch`]: picks a path once from CPU features (`SPILLWAY_KERNELS` overrides) and is
 //!   the only safe door to the SIMD code.
@@ -15,6 +17,7 @@
 //!
 //! No I/O, no async, no allocation in the per-token paths.
 
+pub mod block_format;
 pub mod dispatch;
 pub mod dot;
 pub mod formats;
@@ -23,6 +26,7 @@ pub mod ops;
 pub mod pool;
 pub mod probe;
 
+pub use block_format::{ActBlock, BlockFormat};
 pub use dispatch::{KernelPath, Kernels};
 pub use formats::{GgmlType, Weights};
 pub use matmul::{ActFormat, Activations, Matrix, matmul, matvec};

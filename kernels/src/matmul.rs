@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::block_format::{ActBlock, BlockFormat};
 use crate::dispatch::Kernels;
 use crate::formats::*;
 use crate::pool::{SharedMut, ThreadPool};
@@ -132,9 +133,10 @@ pub struct Activations {
     cols: usize,
     capacity: usize,
     len: usize,
-    f32s: Vec<f32>,
-    q8_0: Vec<BlockQ8_0>,
-    q8k: Vec<BlockQ8K>,
+    // One of these holds the rows, the one of `format` ([`ActBlock::storage`]).
+    pub(crate) f32s: Vec<f32>,
+    pub(crate) q8_0: Vec<BlockQ8_0>,
+    pub(crate) q8k: Vec<BlockQ8K>,
 }
 
 impl Activations {
@@ -195,6 +197,22 @@ impl Activations {
         self.format.row_bytes(self.cols) * self.capacity
     }
 
+    /// Quantizes `x` into the first rows of the storage of `A` (the format's).
+    fn set_rows<A: ActBlock>(&mut self, kernels: &Kernels, x: &[f32]) {
+        let blocks = x.len() / self.format.block_elems();
+        A::quantize(kernels, x, &mut A::storage_mut(self)[..blocks]);
+    }
+
+    /// The rows held, as blocks of `A` (empty if `A` is not this buffer's format).
+    fn rows<A: ActBlock>(&self) -> &[A] {
+        let blocks = self.len * self.cols / self.format.block_elems();
+        if A::FORMAT == self.format {
+            &A::storage(self)[..blocks]
+        } else {
+            &[]
+        }
+    }
+
     /// Replaces the contents with the rows of `x` (`n * cols` values), quantized with the
     /// kernels' activation quantizer.
     pub fn set(&mut self, kernels: &Kernels, x: &[f32]) {
@@ -206,11 +224,10 @@ impl Activations {
             self.cols
         );
         let n = x.len() / self.cols;
-        let blocks = n * self.cols / self.format.block_elems();
         match self.format {
-            ActFormat::F32 => self.f32s[..x.len()].copy_from_slice(x),
-            ActFormat::Q8_0 => kernels.quantize_q8_0(x, &mut self.q8_0[..blocks]),
-            ActFormat::Q8K => kernels.quantize_q8_k(x, &mut self.q8k[..blocks]),
+            ActFormat::F32 => self.set_rows::<f32>(kernels, x),
+            ActFormat::Q8_0 => self.set_rows::<BlockQ8_0>(kernels, x),
+            ActFormat::Q8K => self.set_rows::<BlockQ8K>(kernels, x),
         }
         self.len = n;
     }
@@ -319,100 +336,32 @@ pub fn matmul(
         x.cols, w.cols,
         "activation rows must be as long as weight rows"
     );
-    let k = kernels;
-    let (rows, n) = (w.rows, x.len);
-    let wb = w.cols / w.weights.ggml_type().block_elems();
-    let (f32s, q8_0, q8k) = (&x.f32s[..], &x.q8_0[..], &x.q8k[..]);
-    match w.weights {
-        Weights::F32(ws) => product(
-            pool,
-            ws,
-            wb,
-            rows,
-            f32s,
-            n,
-            y,
-            |a, b| k.dot_f32(a, b),
-            |a, b, p, o| k.gemm_f32(a, b, p, o),
-        ),
-        Weights::F16(ws) => product(
-            pool,
-            ws,
-            wb,
-            rows,
-            f32s,
-            n,
-            y,
-            |a, b| k.dot_f16(a, b),
-            |a, b, p, o| k.gemm_f16(a, b, p, o),
-        ),
-        Weights::BF16(ws) => product(
-            pool,
-            ws,
-            wb,
-            rows,
-            f32s,
-            n,
-            y,
-            |a, b| k.dot_bf16(a, b),
-            |a, b, p, o| k.gemm_bf16(a, b, p, o),
-        ),
-        Weights::Q8_0(ws) => product(
-            pool,
-            ws,
-            wb,
-            rows,
-            q8_0,
-            n,
-            y,
-            |a, b| k.dot_q8_0(a, b),
-            |a, b, p, o| k.gemm_q8_0(a, b, p, o),
-        ),
-        Weights::Q4_0(ws) => product(
-            pool,
-            ws,
-            wb,
-            rows,
-            q8_0,
-            n,
-            y,
-            |a, b| k.dot_q4_0(a, b),
-            |a, b, p, o| k.gemm_q4_0(a, b, p, o),
-        ),
-        Weights::Q4K(ws) => product(
-            pool,
-            ws,
-            wb,
-            rows,
-            q8k,
-            n,
-            y,
-            |a, b| k.dot_q4_k(a, b),
-            |a, b, p, o| k.gemm_q4_k(a, b, p, o),
-        ),
-        Weights::Q5K(ws) => product(
-            pool,
-            ws,
-            wb,
-            rows,
-            q8k,
-            n,
-            y,
-            |a, b| k.dot_q5_k(a, b),
-            |a, b, p, o| k.gemm_q5_k(a, b, p, o),
-        ),
-        Weights::Q6K(ws) => product(
-            pool,
-            ws,
-            wb,
-            rows,
-            q8k,
-            n,
-            y,
-            |a, b| k.dot_q6_k(a, b),
-            |a, b, p, o| k.gemm_q6_k(a, b, p, o),
-        ),
-    }
+    with_weights!(w.weights, |ws, _wrap| product_of(
+        pool, kernels, ws, w, x, y
+    ))
+}
+
+/// [`product`] for weights of type `W`, with its activation rows, dot and gemm.
+fn product_of<W: BlockFormat>(
+    pool: &ThreadPool,
+    k: &Kernels,
+    ws: &[W],
+    w: &Matrix<'_>,
+    x: &Activations,
+    y: &mut [f32],
+) {
+    let bpr = w.cols / W::ELEMS;
+    product(
+        pool,
+        ws,
+        bpr,
+        w.rows,
+        x.rows::<W::Act>(),
+        x.len,
+        y,
+        |a, b| W::dot(k, a, b),
+        |a, b, p, o| W::gemm(k, a, b, p, o),
+    )
 }
 
 /// `y = W x` for a single activation row (decode): [`matmul`] with one token.

@@ -3,28 +3,16 @@
 //! product equals the matrix–matrix kernel applied to each of its tiles; and all products
 //! agree with an f64 evaluation of the dequantized operands.
 
+mod support;
+
 use spillway_kernels::dispatch::{KernelPath, Kernels};
 use spillway_kernels::formats::*;
+use support::Rng;
 use spillway_kernels::matmul::{
     ActFormat, Activations, GEMM_TILE_ROWS, GEMM_TILE_TOKENS, Matrix, matmul, matvec,
 };
 use spillway_kernels::pool::{PoolConfig, ThreadPool};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
-}
 
 const TYPES: [GgmlType; 8] = [
     GgmlType::F32,

@@ -17,17 +17,45 @@
 //!
 //! Set `SPILLWAY_EXPECT_PATH` to assert which path the dispatcher picks (the qemu runs use
 //! it: cortex-a53 must pick `neon`, cortex-a76 `dotprod`).
+//!
+//! A CPU (or emulator) with no SIMD path would leave these tests nothing to compare and
+//! they would pass vacuously, so every test here fails instead, unless
+//! `SPILLWAY_ALLOW_SCALAR_ONLY=1` says that a scalar-only run is intended.
+
+mod support;
 
 use proptest::prelude::*;
 use spillway_kernels::dispatch::{self, KernelPath, Kernels};
 use spillway_kernels::formats::*;
+use support::Rng;
 
+/// Environment variable that lets these tests pass with no SIMD path to test.
+const ENV_ALLOW_SCALAR_ONLY: &str = "SPILLWAY_ALLOW_SCALAR_ONLY";
+
+/// The SIMD paths this CPU supports. Panics if there are none, unless
+/// `SPILLWAY_ALLOW_SCALAR_ONLY=1`: a run that tests nothing must not look like a pass.
 fn simd_paths() -> Vec<Kernels> {
-    KernelPath::supported()
+    let paths: Vec<Kernels> = KernelPath::supported()
         .into_iter()
         .filter(|&p| p != KernelPath::Scalar)
         .map(|p| Kernels::new(p).unwrap())
-        .collect()
+        .collect();
+    assert!(
+        !paths.is_empty() || std::env::var(ENV_ALLOW_SCALAR_ONLY).is_ok_and(|v| v.trim() == "1"),
+        "no SIMD kernel path on this CPU ({}), so nothing would be held to the scalar \
+         reference; set {ENV_ALLOW_SCALAR_ONLY}=1 if a scalar-only run is intended",
+        dispatch::cpu_summary()
+    );
+    paths
+}
+
+#[test]
+fn some_simd_path_is_tested() {
+    let paths = simd_paths();
+    eprintln!(
+        "SIMD paths under test: {:?}",
+        paths.iter().map(|k| k.path().name()).collect::<Vec<_>>()
+    );
 }
 
 fn cases() -> u32 {
@@ -512,21 +540,10 @@ fn check_quantizers(k: &Kernels, x: &[f32]) {
 
 // ---------------------------------------------------------------- fixed cases
 
-/// A deterministic pseudo-random stream (xorshift), for reproducible fixed cases.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
+
+/// The pairs `(w[i], x[i])`.
+fn zip<W: Copy, X: Copy>(w: &[W], x: &[X]) -> Vec<(W, X)> {
+    w.iter().copied().zip(x.iter().copied()).collect()
 }
 
 /// Rows as the 3B model has them (3072, 4096 and 9216 wide), quantized the way the model
@@ -560,46 +577,11 @@ fn model_row_lengths_realistic_data() {
             let q4_k: &[BlockQ4K] = bytemuck::cast_slice(&q4_k);
             let q5_k: &[BlockQ5K] = bytemuck::cast_slice(&q5_k);
             let q6_k: &[BlockQ6K] = bytemuck::cast_slice(&q6_k);
-            check_q4_0(
-                &k,
-                &q4_0
-                    .iter()
-                    .copied()
-                    .zip(x8.iter().copied())
-                    .collect::<Vec<_>>(),
-            );
-            check_q8_0(
-                &k,
-                &q8_0
-                    .iter()
-                    .copied()
-                    .zip(x8.iter().copied())
-                    .collect::<Vec<_>>(),
-            );
-            check_q4_k(
-                &k,
-                &q4_k
-                    .iter()
-                    .copied()
-                    .zip(xk.iter().copied())
-                    .collect::<Vec<_>>(),
-            );
-            check_q5_k(
-                &k,
-                &q5_k
-                    .iter()
-                    .copied()
-                    .zip(xk.iter().copied())
-                    .collect::<Vec<_>>(),
-            );
-            check_q6_k(
-                &k,
-                &q6_k
-                    .iter()
-                    .copied()
-                    .zip(xk.iter().copied())
-                    .collect::<Vec<_>>(),
-            );
+            check_q4_0(&k, &zip(q4_0, &x8));
+            check_q8_0(&k, &zip(q8_0, &x8));
+            check_q4_k(&k, &zip(q4_k, &xk));
+            check_q5_k(&k, &zip(q5_k, &xk));
+            check_q6_k(&k, &zip(q6_k, &xk));
             check_floats(&k, &w, &x);
             check_quantizers(&k, &x);
         }

@@ -124,12 +124,3 @@ pub fn dequantize_q6_k(x: &[BlockQ6K], y: &mut [f32]) {
         }
     }
 }
-
-pub fn dequantize_q8_k(x: &[BlockQ8K], y: &mut [f32]) {
-    check_len(x.len(), QK_K, y);
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
-        for (o, &q) in out.iter_mut().zip(&b.qs) {
-            *o = b.d * f32::from(q);
-        }
-    }
-}

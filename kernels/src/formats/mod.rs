@@ -60,6 +60,51 @@ pub enum Weights<'a> {
     Q6K(&'a [BlockQ6K]),
 }
 
+/// `with_weights!(w, |blocks, wrap| expr)`: `expr` for whichever variant the [`Weights`]
+/// value `w` is, with `blocks` bound to its typed slice and `wrap` to the variant's
+/// constructor. The one `match` over the formats that format-generic code needs
+/// (`expr` is typically a call of a function generic over
+/// [`BlockFormat`](crate::block_format::BlockFormat)).
+macro_rules! with_weights {
+    ($w:expr, |$x:ident, $wrap:ident| $body:expr) => {
+        match $w {
+            $crate::formats::Weights::F32($x) => {
+                let $wrap = $crate::formats::Weights::F32;
+                $body
+            }
+            $crate::formats::Weights::F16($x) => {
+                let $wrap = $crate::formats::Weights::F16;
+                $body
+            }
+            $crate::formats::Weights::BF16($x) => {
+                let $wrap = $crate::formats::Weights::BF16;
+                $body
+            }
+            $crate::formats::Weights::Q8_0($x) => {
+                let $wrap = $crate::formats::Weights::Q8_0;
+                $body
+            }
+            $crate::formats::Weights::Q4_0($x) => {
+                let $wrap = $crate::formats::Weights::Q4_0;
+                $body
+            }
+            $crate::formats::Weights::Q4K($x) => {
+                let $wrap = $crate::formats::Weights::Q4K;
+                $body
+            }
+            $crate::formats::Weights::Q5K($x) => {
+                let $wrap = $crate::formats::Weights::Q5K;
+                $body
+            }
+            $crate::formats::Weights::Q6K($x) => {
+                let $wrap = $crate::formats::Weights::Q6K;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_weights;
+
 fn cast<T: WeightBlock>(bytes: &[u8]) -> Result<&[T], FormatError> {
     bytemuck::try_cast_slice(bytes).map_err(|e| match e {
         bytemuck::PodCastError::TargetAlignmentGreaterAndInputNotAligned => {
@@ -95,30 +140,15 @@ impl<'a> Weights<'a> {
 
     /// The GGML type of the data.
     pub fn ggml_type(&self) -> GgmlType {
-        match self {
-            Weights::F32(_) => GgmlType::F32,
-            Weights::F16(_) => GgmlType::F16,
-            Weights::BF16(_) => GgmlType::BF16,
-            Weights::Q8_0(_) => GgmlType::Q8_0,
-            Weights::Q4_0(_) => GgmlType::Q4_0,
-            Weights::Q4K(_) => GgmlType::Q4_K,
-            Weights::Q5K(_) => GgmlType::Q5_K,
-            Weights::Q6K(_) => GgmlType::Q6_K,
+        fn type_of<T: WeightBlock>(_: &[T]) -> GgmlType {
+            T::TYPE
         }
+        with_weights!(*self, |x, _wrap| type_of(x))
     }
 
     /// Number of blocks (values, for the plain float types).
     pub fn n_blocks(&self) -> usize {
-        match self {
-            Weights::F32(x) => x.len(),
-            Weights::F16(x) => x.len(),
-            Weights::BF16(x) => x.len(),
-            Weights::Q8_0(x) => x.len(),
-            Weights::Q4_0(x) => x.len(),
-            Weights::Q4K(x) => x.len(),
-            Weights::Q5K(x) => x.len(),
-            Weights::Q6K(x) => x.len(),
-        }
+        with_weights!(*self, |x, _wrap| x.len())
     }
 
     /// Number of values.
@@ -133,16 +163,7 @@ impl<'a> Weights<'a> {
 
     /// The raw bytes behind the view.
     pub fn as_bytes(&self) -> &'a [u8] {
-        match *self {
-            Weights::F32(x) => bytemuck::cast_slice(x),
-            Weights::F16(x) => bytemuck::cast_slice(x),
-            Weights::BF16(x) => bytemuck::cast_slice(x),
-            Weights::Q8_0(x) => bytemuck::cast_slice(x),
-            Weights::Q4_0(x) => bytemuck::cast_slice(x),
-            Weights::Q4K(x) => bytemuck::cast_slice(x),
-            Weights::Q5K(x) => bytemuck::cast_slice(x),
-            Weights::Q6K(x) => bytemuck::cast_slice(x),
-        }
+        with_weights!(*self, |x, _wrap| bytemuck::cast_slice(x))
     }
 
     /// Dequantizes everything into `out`, which must hold [`Self::n_elements`] values.
@@ -161,16 +182,7 @@ impl<'a> Weights<'a> {
 
     /// Blocks `start..end` of the view (a sub-range of rows, for instance).
     pub fn slice_blocks(&self, start: usize, end: usize) -> Weights<'a> {
-        match *self {
-            Weights::F32(x) => Weights::F32(&x[start..end]),
-            Weights::F16(x) => Weights::F16(&x[start..end]),
-            Weights::BF16(x) => Weights::BF16(&x[start..end]),
-            Weights::Q8_0(x) => Weights::Q8_0(&x[start..end]),
-            Weights::Q4_0(x) => Weights::Q4_0(&x[start..end]),
-            Weights::Q4K(x) => Weights::Q4K(&x[start..end]),
-            Weights::Q5K(x) => Weights::Q5K(&x[start..end]),
-            Weights::Q6K(x) => Weights::Q6K(&x[start..end]),
-        }
+        with_weights!(*self, |x, wrap| wrap(&x[start..end]))
     }
 }
 

@@ -1,4 +1,5 @@
-//! Test support: locating `../shared/fixtures` and a minimal GGUF tensor reader.
+//! Test support: locating `../shared/fixtures`, a minimal GGUF tensor reader and a
+//! deterministic random stream.
 //!
 //! The reader trusts its input (it only ever sees the fixtures) and exists so the kernel
 //! tests can compare against llama.cpp's files without depending on the daemon crate,
@@ -112,4 +113,24 @@ pub fn read_f32_file(path: &std::path::Path) -> Vec<f32> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect()
+}
+
+/// A deterministic pseudo-random stream (xorshift), for reproducible fixed cases.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
 }

@@ -2,7 +2,7 @@
 //! dot-product extension): `out[r * nt + t] = dot(w row r, x row t)` for Q8_0, Q4_0, Q4_K,
 //! Q5_K and Q6_K weights.
 //!
-//! These are the micro-tiles of [`super::neon_gemm`], instantiated from its [`gemm_tiles`]
+//! These are the micro-tiles of [`super::gemm_tiles`], instantiated from its [`gemm_tiles`]
 //! macro with the features `neon,dotprod` and `SDOT` ([`sdot`]) as the integer dot
 //! product. Everything else is that module's, and documented there: the result (the
 //! [`crate::dot::scalar`] dot of every pair, with exact integer sums and the f32 steps
@@ -10,8 +10,8 @@
 //! (Q8_0, Q4_0) or [`ROWS_K`] = 2 (k-quants) rows × four tokens with one `ADDP` tree per
 //! row reducing four tokens' sums into one vector, the weight unpacking ([`q8_0_weights`],
 //! [`q4_0_weights`], [`q4_k_sub`], [`q5_k_sub`] and
-//! [`q6_k_sub_block`](super::neon_gemm::q6_k_sub_block)), the Q4_K/Q5_K mins through the
-//! activation `bsums`, and the partial tiles of [`drive`](super::neon_gemm::drive)
+//! [`q6_k_sub_block`](super::gemm_common::q6_k_sub_block)), the Q4_K/Q5_K mins through the
+//! activation `bsums`, and the partial tiles of [`drive`](super::gemm_common::drive)
 //! (remaining rows one at a time, the last token group padded with its final token and only
 //! real tokens stored). Nothing allocates.
 //!
@@ -47,25 +47,19 @@
 //! running sums grow over the whole row and may wrap on very long rows, but only their
 //! differences enter the result, through wrapping arithmetic whose true value, `-sumi`,
 //! fits in i32 (below `2^26` for Q4_K/Q5_K and at most `2^27` for Q6_K, as in
-//! [`super::neon_gemm`]), so it is exact. Q8_0/Q4_0 block sums start from zero and stay
+//! [`super::gemm_tiles`]), so it is exact. Q8_0/Q4_0 block sums start from zero and stay
 //! below `2^19`; the mins sum `summ` is computed as in the NEON path.
 
 use core::arch::aarch64::*;
 
-use super::dotprod::sdot;
-use super::neon_gemm::{
-    ROWS_K, ROWS_Q8_0, drive_tiles, gemm_tiles, q4_0_weights, q4_k_sub, q5_k_sub, q8_0_weights,
+use super::dotprod::{dot32, sdot};
+use super::gemm_common::{
+    ROWS_K, ROWS_Q8_0, drive_tiles, q4_0_weights, q4_k_sub, q5_k_sub, q8_0_weights,
 };
+use super::gemm_tiles::gemm_tiles;
 use crate::formats::*;
 
 gemm_tiles!("neon,dotprod");
-
-/// `Σ a_i b_i` over 32 lanes as an i32x4 of partial sums: two chained `SDOT`s.
-#[target_feature(enable = "neon,dotprod")]
-#[inline]
-fn dot32(a0: int8x16_t, a1: int8x16_t, b0: int8x16_t, b1: int8x16_t) -> int32x4_t {
-    sdot(sdot(vdupq_n_s32(0), a0, b0), a1, b1)
-}
 
 /// Q8_0 weights · Q8_0 activations, every (row, token) pair.
 ///

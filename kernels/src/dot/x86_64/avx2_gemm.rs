@@ -60,6 +60,7 @@ use core::array::from_fn;
 
 use super::avx2::{load_16bit_x8, load_i8x32, load_u8x16, splat_u8, transpose_sum8};
 use super::gemm_common::{BLOCKS32, blk, gemm_passes, piece};
+use super::gemm_formats::gemm_formats;
 use crate::formats::*;
 
 /// Weight rows per register tile: one per i32 lane of a ymm register.
@@ -249,32 +250,6 @@ fn repack_q8_0(rows: &[&[BlockQ8_0]; ROWS], b0: usize, nb: usize, pw: &mut Packe
     }
 }
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; `bpr > 0`, `w.len() == nr * bpr`,
-/// `x.len() == nt * bpr` and `out.len() == nr * nt`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q4_0(r, b, n, p);
-    let micro = |p: &_, s: &_, d: &_, t: &[&[_]; GROUP], b0, nb, f: &mut _| {
-        micro32::<false>(p, s, d, t, b0, nb, f)
-    };
-    // SAFETY: forwarded from this function's contract.
-    unsafe { gemm32::<_, 3>(w, x, bpr, out, repack, micro) }
-}
-
-/// # Safety
-/// As for [`gemm_q4_0`].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    // `w + 128 = 16 * hi + lo`, so `sum(w * x) = sum(lo * x) + 16 * sum(hi * x) - 128 * sum(x)`.
-    let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q8_0(r, b, n, p);
-    let micro = |p: &_, s: &_, d: &_, t: &[&[_]; GROUP], b0, nb, f: &mut _| {
-        micro32::<true>(p, s, d, t, b0, nb, f)
-    };
-    // SAFETY: forwarded from this function's contract.
-    unsafe { gemm32::<_, 7>(w, x, bpr, out, repack, micro) }
-}
-
 // ------------------------------------------------------------------ k-quants
 
 /// One super-block of 8 rows, repacked: values `4c..4c + 4` in `q[c]`.
@@ -356,27 +331,10 @@ fn k4_meta(head: [&[u8; 16]; ROWS], d: [f16; ROWS], dmin: [f16; ROWS], pk: &mut 
     pk.dmin = f16x8(dmin);
 }
 
-/// Repacks the nibbles of 8 Q4_K/Q5_K blocks: sub-block `s`, values `4j..4j + 4` in
-/// `q[8s + j]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn k4_nibbles(qs: [&[u8; 128]; ROWS], pk: &mut PackedK) {
-    let m = splat_u8(0x0F);
-    for g in 0..8 {
-        let cols = transpose8x4(qs.map(|q| piece(q, g)));
-        for (i, c) in cols.into_iter().enumerate() {
-            let k = 4 * g + i;
-            let (p, j) = (k / 8, k % 8);
-            pk.q[8 * (2 * p) + j] = _mm256_and_si256(c, m);
-            pk.q[8 * (2 * p + 1) + j] = _mm256_and_si256(_mm256_srli_epi16::<4>(c), m);
-        }
-    }
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn repack_q4_k(blocks: &[&BlockQ4K; ROWS], pk: &mut PackedK) {
-    k4_nibbles(blocks.map(|b| &b.qs), pk);
+    k4_nibbles(blocks.map(|b| &b.qs), &mut pk.q);
     let head = blocks.map(|b| piece(bytemuck::cast_ref::<_, [u8; 144]>(b), 0));
     k4_meta(head, blocks.map(|b| b.d), blocks.map(|b| b.dmin), pk);
 }
@@ -384,12 +342,8 @@ fn repack_q4_k(blocks: &[&BlockQ4K; ROWS], pk: &mut PackedK) {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn repack_q5_k(blocks: &[&BlockQ5K; ROWS], pk: &mut PackedK) {
-    k4_nibbles(blocks.map(|b| &b.qs), pk);
-    let mut h = [_mm256_setzero_si256(); 8];
-    for half in 0..2 {
-        let cols = transpose8x4(blocks.map(|b| piece(&b.qh, half)));
-        h[4 * half..4 * half + 4].copy_from_slice(&cols);
-    }
+    k4_nibbles(blocks.map(|b| &b.qs), &mut pk.q);
+    let h = q5_k_high_bits(blocks);
     // qh byte l, bit s: the fifth bit of value l of sub-block s, moved to bit 4.
     let sixteen = splat_u8(16);
     for s in 0..8 {
@@ -406,53 +360,9 @@ fn repack_q5_k(blocks: &[&BlockQ5K; ROWS], pk: &mut PackedK) {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn repack_q6_k(blocks: &[&BlockQ6K; ROWS], pk: &mut PackedK) {
-    let mut ql = [_mm256_setzero_si256(); 32];
-    for g in 0..8 {
-        let cols = transpose8x4(blocks.map(|b| piece(&b.ql, g)));
-        ql[4 * g..4 * g + 4].copy_from_slice(&cols);
-    }
-    let mut qh = [_mm256_setzero_si256(); 16];
-    for g in 0..4 {
-        let cols = transpose8x4(blocks.map(|b| piece(&b.qh, g)));
-        qh[4 * g..4 * g + 4].copy_from_slice(&cols);
-    }
-    let (low4, high2) = (splat_u8(0x0F), splat_u8(0x30));
-    for h in 0..2 {
-        for q in 0..4 {
-            for m in 0..8 {
-                let lo = ql[16 * h + 8 * (q & 1) + m];
-                let lo = if q < 2 {
-                    lo
-                } else {
-                    _mm256_srli_epi16::<4>(lo)
-                };
-                let hb = qh[8 * h + m];
-                let hi = match q {
-                    0 => _mm256_slli_epi16::<4>(hb),
-                    1 => _mm256_slli_epi16::<2>(hb),
-                    2 => hb,
-                    _ => _mm256_srli_epi16::<2>(hb),
-                };
-                pk.q[32 * h + 8 * q + m] =
-                    _mm256_or_si256(_mm256_and_si256(lo, low4), _mm256_and_si256(hi, high2));
-            }
-        }
-    }
-    let cols = transpose8x4(blocks.map(|b| bytemuck::cast_ref::<_, [u8; 16]>(&b.scales)));
-    let mut sc = [_mm256_setzero_si256(); 16];
-    for (c, &v) in cols.iter().enumerate() {
-        sc[4 * c] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v));
-        sc[4 * c + 1] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(v));
-        sc[4 * c + 2] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(v));
-        sc[4 * c + 3] = _mm256_srai_epi32::<24>(v);
-    }
-    let low16 = _mm256_set1_epi32(0xFFFF);
-    let z = _mm256_setzero_si256();
-    for j in 0..8 {
-        let a = _mm256_sub_epi32(z, _mm256_slli_epi32::<5>(sc[2 * j]));
-        let b = _mm256_sub_epi32(z, _mm256_slli_epi32::<5>(sc[2 * j + 1]));
-        pk.pairs[j] = _mm256_or_si256(_mm256_and_si256(a, low16), _mm256_slli_epi32::<16>(b));
-    }
+    q6_k_values(blocks, &mut pk.q);
+    let sc = q6_k_scales(blocks);
+    pk.pairs = q6_k_pairs(&sc);
     for (j, &s) in sc.iter().enumerate() {
         pk.sc[j] = twice(s);
     }
@@ -530,32 +440,27 @@ fn micro_q6_k(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m256; GROUP]) {
     }
 }
 
-/// # Safety
-/// As for [`gemm_q4_0`].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q4_k(w: &[BlockQ4K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q4_k(b, p);
-    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_k4::<8>(p, xb, f);
-    // SAFETY: forwarded from this function's contract.
-    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
-}
-
-/// # Safety
-/// As for [`gemm_q4_0`].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q5_k(w: &[BlockQ5K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q5_k(b, p);
-    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_k4::<4>(p, xb, f);
-    // SAFETY: forwarded from this function's contract.
-    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
-}
-
-/// # Safety
-/// As for [`gemm_q4_0`].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q6_k(w: &[BlockQ6K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q6_k(b, p);
-    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_q6_k(p, xb, f);
-    // SAFETY: forwarded from this function's contract.
-    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
+gemm_formats! {
+    features: "avx2,fma,f16c",
+    needs: "AVX2, FMA and F16C",
+    vector: __m256i,
+    transpose: transpose8x4,
+    splat8: splat_u8,
+    zero: _mm256_setzero_si256,
+    set1_32: _mm256_set1_epi32,
+    and: _mm256_and_si256,
+    or: _mm256_or_si256,
+    sub32: _mm256_sub_epi32,
+    srli16: _mm256_srli_epi16,
+    slli16: _mm256_slli_epi16,
+    srai32: _mm256_srai_epi32,
+    slli32: _mm256_slli_epi32,
+    micro: {
+        q4_0: micro32::<false>,
+        // `w + 128 = 16 * hi + lo`, so `sum(w * x) = sum(lo * x) + 16 * sum(hi * x) - 128 * sum(x)`.
+        q8_0: micro32::<true>,
+        q4_k: micro_k4::<8>,
+        q5_k: micro_k4::<4>,
+        q6_k: micro_q6_k,
+    },
 }

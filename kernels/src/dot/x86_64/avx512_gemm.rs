@@ -67,6 +67,7 @@ use core::array::from_fn;
 
 use super::avx2::{load_16bit_x8, load_i8x32, load_u8x16, transpose_sum8};
 use super::gemm_common::{BLOCKS32, blk, gemm_passes, piece};
+use super::gemm_formats::gemm_formats;
 use crate::formats::*;
 
 /// Weight rows per register tile: one per i32 lane of a zmm register.
@@ -268,29 +269,6 @@ fn repack_q8_0(rows: &[&[BlockQ8_0]; ROWS], b0: usize, nb: usize, pw: &mut Packe
     }
 }
 
-/// # Safety
-/// The CPU must support AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C; `bpr > 0`,
-/// `w.len() == nr * bpr`, `x.len() == nt * bpr` and `out.len() == nr * nt`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q4_0(r, b, n, p);
-    let micro =
-        |p: &_, s: &_, d: &_, t: &[&[_]; GROUP], b0, nb, f: &mut _| micro32(p, s, d, t, b0, nb, f);
-    // SAFETY: forwarded from this function's contract.
-    unsafe { gemm32::<_, 3>(w, x, bpr, out, repack, micro) }
-}
-
-/// # Safety
-/// As for [`gemm_q4_0`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    let repack = |r: &[&[_]; ROWS], b: usize, n: usize, p: &mut Packed32| repack_q8_0(r, b, n, p);
-    let micro =
-        |p: &_, s: &_, d: &_, t: &[&[_]; GROUP], b0, nb, f: &mut _| micro32(p, s, d, t, b0, nb, f);
-    // SAFETY: forwarded from this function's contract.
-    unsafe { gemm32::<_, 7>(w, x, bpr, out, repack, micro) }
-}
-
 // ------------------------------------------------------------------ k-quants
 
 /// One super-block of the 16 rows, repacked.
@@ -368,27 +346,10 @@ fn k4_meta(head: [&[u8; 16]; ROWS], pk: &mut PackedK) {
     pk.pairs[7] = pair(lane_byte!(mn_hi, 3));
 }
 
-/// Repacks the nibbles of 16 Q4_K/Q5_K blocks' `qs`: sub-block `s`, values `4j..4j + 4`
-/// in `q[8s + j]` (low nibbles of `qs[32p..32p + 32]` are sub-block `2p`, high ones `2p + 1`).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn k4_nibbles(qs: [&[u8; 128]; ROWS], pk: &mut PackedK) {
-    let m = splat8(0x0F);
-    for g in 0..8 {
-        let cols = transpose16x4(qs.map(|q| piece(q, g)));
-        for (i, c) in cols.into_iter().enumerate() {
-            let k = 4 * g + i; // dword of qs: pair k / 8, values 4 * (k % 8)..
-            let (p, j) = (k / 8, k % 8);
-            pk.q[8 * (2 * p) + j] = _mm512_and_si512(c, m);
-            pk.q[8 * (2 * p + 1) + j] = _mm512_and_si512(_mm512_srli_epi16::<4>(c), m);
-        }
-    }
-}
-
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn repack_q4_k(blocks: &[&BlockQ4K; ROWS], pk: &mut PackedK) {
-    k4_nibbles(blocks.map(|b| &b.qs), pk);
+    k4_nibbles(blocks.map(|b| &b.qs), &mut pk.q);
     k4_meta(
         blocks.map(|b| piece(bytemuck::cast_ref::<_, [u8; 144]>(b), 0)),
         pk,
@@ -398,13 +359,9 @@ fn repack_q4_k(blocks: &[&BlockQ4K; ROWS], pk: &mut PackedK) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn repack_q5_k(blocks: &[&BlockQ5K; ROWS], pk: &mut PackedK) {
-    k4_nibbles(blocks.map(|b| &b.qs), pk);
+    k4_nibbles(blocks.map(|b| &b.qs), &mut pk.q);
     // qh byte l, bit s: the fifth bit of value l of sub-block s.
-    let mut h = [_mm512_setzero_si512(); 8];
-    for half in 0..2 {
-        let cols = transpose16x4(blocks.map(|b| piece(&b.qh, half)));
-        h[4 * half..4 * half + 4].copy_from_slice(&cols);
-    }
+    let h = q5_k_high_bits(blocks);
     let sixteen = splat8(16);
     for s in 0..8 {
         let bit = splat8(1 << s);
@@ -423,55 +380,9 @@ fn repack_q5_k(blocks: &[&BlockQ5K; ROWS], pk: &mut PackedK) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn repack_q6_k(blocks: &[&BlockQ6K; ROWS], pk: &mut PackedK) {
-    let mut ql = [_mm512_setzero_si512(); 32];
-    for g in 0..8 {
-        let cols = transpose16x4(blocks.map(|b| piece(&b.ql, g)));
-        ql[4 * g..4 * g + 4].copy_from_slice(&cols);
-    }
-    let mut qh = [_mm512_setzero_si512(); 16];
-    for g in 0..4 {
-        let cols = transpose16x4(blocks.map(|b| piece(&b.qh, g)));
-        qh[4 * g..4 * g + 4].copy_from_slice(&cols);
-    }
-    let (low4, high2) = (splat8(0x0F), splat8(0x30));
-    // Value 128h + 32q + l: low bits from ql[64h + 32(q & 1) + l] (low nibble for q < 2),
-    // high bits from qh[32h + l] bits 2q, 2q + 1.
-    for h in 0..2 {
-        for q in 0..4 {
-            for m in 0..8 {
-                let lo = ql[16 * h + 8 * (q & 1) + m];
-                let lo = if q < 2 {
-                    lo
-                } else {
-                    _mm512_srli_epi16::<4>(lo)
-                };
-                let hb = qh[8 * h + m];
-                let hi = match q {
-                    0 => _mm512_slli_epi16::<4>(hb),
-                    1 => _mm512_slli_epi16::<2>(hb),
-                    2 => hb,
-                    _ => _mm512_srli_epi16::<2>(hb),
-                };
-                pk.q[32 * h + 8 * q + m] =
-                    _mm512_or_si512(_mm512_and_si512(lo, low4), _mm512_and_si512(hi, high2));
-            }
-        }
-    }
-    // Scale 4c + k is byte k of dword c: sign-extended by shifting it to the top.
-    let cols = transpose16x4(blocks.map(|b| bytemuck::cast_ref::<_, [u8; 16]>(&b.scales)));
-    for (c, &v) in cols.iter().enumerate() {
-        pk.sc[4 * c] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(v));
-        pk.sc[4 * c + 1] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<16>(v));
-        pk.sc[4 * c + 2] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<8>(v));
-        pk.sc[4 * c + 3] = _mm512_srai_epi32::<24>(v);
-    }
-    let low16 = _mm512_set1_epi32(0xFFFF);
-    let z = _mm512_setzero_si512();
-    for j in 0..8 {
-        let a = _mm512_sub_epi32(z, _mm512_slli_epi32::<5>(pk.sc[2 * j]));
-        let b = _mm512_sub_epi32(z, _mm512_slli_epi32::<5>(pk.sc[2 * j + 1]));
-        pk.pairs[j] = _mm512_or_si512(_mm512_and_si512(a, low16), _mm512_slli_epi32::<16>(b));
-    }
+    q6_k_values(blocks, &mut pk.q);
+    pk.sc = q6_k_scales(blocks);
+    pk.pairs = q6_k_pairs(&pk.sc);
     pk.d = f16x16(blocks.map(|b| b.d));
 }
 
@@ -539,32 +450,26 @@ fn micro_q6_k(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m512; GROUP]) {
     }
 }
 
-/// # Safety
-/// As for [`gemm_q4_0`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q4_k(w: &[BlockQ4K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q4_k(b, p);
-    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_k4(p, xb, f);
-    // SAFETY: forwarded from this function's contract.
-    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
-}
-
-/// # Safety
-/// As for [`gemm_q4_0`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q5_k(w: &[BlockQ5K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q5_k(b, p);
-    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_k4(p, xb, f);
-    // SAFETY: forwarded from this function's contract.
-    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
-}
-
-/// # Safety
-/// As for [`gemm_q4_0`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q6_k(w: &[BlockQ6K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-    let repack = |b: &[&_; ROWS], p: &mut PackedK| repack_q6_k(b, p);
-    let micro = |p: &PackedK, xb: &[&BlockQ8K; GROUP], f: &mut [_; GROUP]| micro_q6_k(p, xb, f);
-    // SAFETY: forwarded from this function's contract.
-    unsafe { gemm_k(w, x, bpr, out, repack, micro) }
+gemm_formats! {
+    features: "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    needs: "AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C",
+    vector: __m512i,
+    transpose: transpose16x4,
+    splat8: splat8,
+    zero: _mm512_setzero_si512,
+    set1_32: _mm512_set1_epi32,
+    and: _mm512_and_si512,
+    or: _mm512_or_si512,
+    sub32: _mm512_sub_epi32,
+    srli16: _mm512_srli_epi16,
+    slli16: _mm512_slli_epi16,
+    srai32: _mm512_srai_epi32,
+    slli32: _mm512_slli_epi32,
+    micro: {
+        q4_0: micro32,
+        q8_0: micro32,
+        q4_k: micro_k4,
+        q5_k: micro_k4,
+        q6_k: micro_q6_k,
+    },
 }

@@ -5,3 +5,4 @@ pub(crate) mod avx2;
 pub(crate) mod avx2_gemm;
 pub(crate) mod avx512_gemm;
 mod gemm_common;
+mod gemm_formats;
