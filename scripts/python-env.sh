@@ -47,7 +47,7 @@ for req in "${reqs[@]}"; do
     sum="$(sha256sum "$req" | cut -c1-16)"
     stamp="$venv/.spillway-$(basename "$(dirname "$req")")-$sum"
     [ -e "$stamp" ] && continue
-    echo "python-env: installing ${req#"$here/../"} into $venv" >&2
+    echo "python-env: installing ${req#"$(dirname "$here")/"} into $venv" >&2
     # Builds from source (llama-cpp-python) use both cores; pip keeps built wheels in its
     # cache, so a venv made again does not build again.
     CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
