@@ -1,30 +1,46 @@
 #!/usr/bin/env bash
-# The whole test suite, exactly as CI runs it (.ci/run installs the prerequisites, then runs
-# this): formatting, clippy with warnings denied (x86_64 and aarch64), every native test
-# (unit, property, golden, end-to-end), the systemd unit, the kernel and engine suites on
-# aarch64 under qemu-user as a Cortex-A53 (NEON) and a Cortex-A76 (NEON + dot product), then
-# the .deb packages of the binaries those tests built (checked, the amd64 one installed and
-# purged: needs root or passwordless sudo, else skipped).
+# The whole test suite, exactly as CI runs it (.ci/run is just this): formatting, clippy
+# with warnings denied (x86_64 and aarch64), every native test (unit, property, golden,
+# end-to-end), the systemd unit, the kernel and engine suites on aarch64 under qemu-user as a
+# Cortex-A53 (NEON) and a Cortex-A76 (NEON + dot product), then the .deb packages of the
+# binaries those tests built (checked, the amd64 one installed and purged: needs root or
+# passwordless sudo, else skipped).
 #
-# Prerequisites on Debian 12: rustup's stable toolchain, `sudo cross/install-deps.sh`,
-# `pip install gguf` (llama.cpp's reference reader, for comparisons), and ../shared/fixtures
-# beside the checkout.
+# Needs only Debian 12 with rustup's stable toolchain; installs the rest itself:
+#   * the Debian packages of cross/install-deps.sh that are missing (through sudo when not
+#     root): Debian's aarch64 Rust, the cross gcc, qemu-user, mosquitto, python3-venv, ...;
+#   * rustfmt and clippy (rustup components);
+#   * a Python virtual environment with gguf-py (scripts/python-env.sh), under
+#     ~/.cache/spillway/venv; the tests run it as $SPILLWAY_PYTHON;
+#   * the reference fixtures: $SPILLWAY_FIXTURES, else ../shared/fixtures beside the checkout
+#     (CI's), else regenerated once into ~/.cache/spillway/fixtures-<version> from the
+#     independent implementations (scripts/fixtures/: mistral-common, gguf-py, llama.cpp
+#     built from llama-cpp-python's source; a long first run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 step() { printf '\n==== %s\n' "$*"; }
 
+step "prerequisites"
+cross/install-deps.sh
+if command -v rustup >/dev/null; then
+    rustup component add rustfmt clippy >/dev/null 2>&1 ||
+        echo "test.sh: could not add rustup's rustfmt and clippy components" >&2
+fi
 missing=()
-for tool in /usr/bin/cargo /usr/bin/rustc qemu-aarch64 aarch64-linux-gnu-gcc python3 mosquitto openssl \
+for tool in cargo /usr/bin/cargo /usr/bin/rustc qemu-aarch64 aarch64-linux-gnu-gcc mosquitto openssl \
     dpkg-deb readelf; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
-[ -d ../shared/fixtures ] || [ -n "${SPILLWAY_FIXTURES:-}" ] || missing+=("../shared/fixtures")
-python3 -c 'import gguf' 2>/dev/null || missing+=("python3 gguf module (pip install gguf)")
 if [ "${#missing[@]}" -gt 0 ]; then
-    echo "missing: ${missing[*]} (run: sudo cross/install-deps.sh; put shared/ beside the checkout)" >&2
+    echo "test.sh: missing after cross/install-deps.sh: ${missing[*]}" >&2
     exit 2
 fi
+SPILLWAY_PYTHON="$(scripts/python-env.sh)"
+SPILLWAY_FIXTURES="$(scripts/fixtures/ensure.sh)"
+export SPILLWAY_PYTHON SPILLWAY_FIXTURES
+echo "python: $SPILLWAY_PYTHON"
+echo "fixtures: $SPILLWAY_FIXTURES"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -40,7 +40,8 @@
 #   SPILLWAY          spillway binary (default: target/release/spillway, built if missing; not
 #                     rebuilt if stale: run cargo build --release -p spillway first)
 #   THREADS           threads for both engines and for quantizing (default 2)
-#   FIXTURES          fixtures dir (default ../shared/fixtures beside the checkout)
+#   FIXTURES          fixtures dir (default $SPILLWAY_FIXTURES, else ../shared/fixtures)
+#   SPILLWAY_PYTHON   Python with gguf-py and numpy (default python3; scripts/python-env.sh)
 #   CC                C compiler (default cc)
 #
 # Reading the result (measured with llama.cpp of llama-cpp-python 0.3.36, 2 threads):
@@ -61,6 +62,7 @@ HERE="$ROOT/tests/scripts"
 THREADS="${THREADS:-2}"
 FIXTURES="${FIXTURES:-${SPILLWAY_FIXTURES:-$ROOT/../shared/fixtures}}"
 SPILLWAY="${SPILLWAY:-$ROOT/target/release/spillway}"
+PYTHON="${SPILLWAY_PYTHON:-python3}"
 
 die() { echo "compare_llamacpp: $*" >&2; exit 2; }
 
@@ -116,12 +118,12 @@ ref_bin="$work/llamacpp_logits"
 if [ ! -x "$SPILLWAY" ]; then
     (cd "$ROOT" && cargo build --release -p spillway -j "$THREADS") || die "cargo build failed"
 fi
-command -v python3 >/dev/null || die "python3 is needed"
+command -v "$PYTHON" >/dev/null || die "$PYTHON is needed (SPILLWAY_PYTHON: scripts/python-env.sh prints one with gguf-py)"
 
 # --- helpers --------------------------------------------------------------------------------
 # meta MODEL KEY: one metadata value from `spillway inspect --json` (empty if absent).
 meta() {
-    "$SPILLWAY" inspect --json "$1" 2>/dev/null | python3 -c '
+    "$SPILLWAY" inspect --json "$1" 2>/dev/null | "$PYTHON" -c '
 import json, sys
 d = json.load(sys.stdin)
 m, key = d["metadata"], sys.argv[1]
@@ -137,7 +139,7 @@ else:
 
 # write_ids N N_VOCAB FILE: id 1 (BOS in Tekken models) then N-1 seeded-random ids.
 write_ids() {
-    python3 -c '
+    "$PYTHON" -c '
 import random, sys
 n, vocab = int(sys.argv[1]), int(sys.argv[2])
 rng = random.Random(20251125)
@@ -173,7 +175,7 @@ compare_model() {
             results+=("$name/$mode  spillway failed"); failures=$((failures + 1)); continue
         fi
         rc=0
-        line="$(python3 "$HERE/compare_logits.py" "${verbose[@]}" --rows "$n" --class "$cls" \
+        line="$("$PYTHON" "$HERE/compare_logits.py" "${verbose[@]}" --rows "$n" --class "$cls" \
             --label "$name/$mode" "$work/$name.llamacpp.f32" "$work/$name.$mode.f32")" || rc=$?
         echo "$line"
         results+=("$(head -n1 <<<"$line")")
@@ -181,13 +183,13 @@ compare_model() {
     done
     if [ "$exact" = 1 ]; then
         OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS" \
-            python3 "$HERE/exact_logits.py" "$model" "$ids" "$work/$name.exact.f32" \
+            "$PYTHON" "$HERE/exact_logits.py" "$model" "$ids" "$work/$name.exact.f32" \
             || { results+=("exact: $name  exact_logits.py failed"); return; }
         local side file
         for side in llamacpp "${modes[@]}"; do
             file="$work/$name.$side.f32"
             [ -f "$file" ] || continue
-            line="$(python3 "$HERE/compare_logits.py" --rows "$n" --class "$cls" \
+            line="$("$PYTHON" "$HERE/compare_logits.py" --rows "$n" --class "$cls" \
                 --label "exact: $name/$side" "$work/$name.exact.f32" "$file")" || true
             line="$(head -n1 <<<"$line")"
             echo "$line"

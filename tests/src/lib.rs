@@ -38,6 +38,12 @@ pub fn fixtures() -> PathBuf {
     .expect("fixtures not found: set SPILLWAY_FIXTURES or put shared/ beside the checkout")
 }
 
+/// The Python interpreter that has gguf-py and numpy: `$SPILLWAY_PYTHON` (./test.sh sets it
+/// to the virtual environment of scripts/python-env.sh), else `python3`.
+pub fn python() -> std::ffi::OsString {
+    std::env::var_os("SPILLWAY_PYTHON").unwrap_or_else(|| "python3".into())
+}
+
 /// Path of the `spillway` binary, built (once per test process) with the same cargo and the
 /// `test` profile: optimised, with debug assertions and overflow checks on, and built from
 /// the dependencies `cargo test` has just compiled (a `release` build would compile them

@@ -5,18 +5,18 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use spillway_e2e::{fixtures, run_spillway, stderr, stdout, workspace_root};
+use spillway_e2e::{fixtures, python, run_spillway, stderr, stdout, workspace_root};
 
 fn gguf_py_reading(file: &Path) -> serde_json::Value {
     let script = workspace_root().join("tests/scripts/gguf_py_dump.py");
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .arg(&script)
         .arg(file)
         .output()
-        .expect("python3 runs");
+        .expect("python runs (SPILLWAY_PYTHON, else python3)");
     assert!(
         out.status.success(),
-        "gguf-py could not read {} (is `pip install gguf` done?):\n{}",
+        "gguf-py could not read {} (./test.sh sets SPILLWAY_PYTHON to a venv with gguf-py: scripts/python-env.sh):\n{}",
         file.display(),
         String::from_utf8_lossy(&out.stderr)
     );

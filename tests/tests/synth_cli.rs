@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use spillway_e2e::{fixtures, run_spillway, stderr, stdout, workspace_root};
+use spillway_e2e::{fixtures, python, run_spillway, stderr, stdout, workspace_root};
 
 const MIXES: [&str; 6] = ["f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m"];
 
@@ -41,7 +41,7 @@ fn inspect_json(file: &Path) -> serde_json::Value {
 }
 
 fn gguf_py(file: &Path) -> serde_json::Value {
-    let o = Command::new("python3")
+    let o = Command::new(python())
         .arg(workspace_root().join("tests/scripts/gguf_py_dump.py"))
         .arg(file)
         .output()
