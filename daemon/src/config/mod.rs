@@ -3,13 +3,13 @@
 //!
 //! Three steps, each with its own failures:
 //!
-//! 1. [`Config::load`] reads the file and the environment ([`env`]) into typed settings:
+//! 1. [`Config::load`] reads the file and the environment (`env.rs`) into typed settings:
 //!    one struct per section, enums and sizes where the file has words (`kv_type`,
 //!    `ram_budget`, `role`, `cloud_routes`, `board`, `memory_margin`), so a value of the
 //!    wrong kind is refused with the file's line and column. [`Config::apply`] adds flags.
 //! 2. [`Config::validate`] checks the values against each other and their bounds, section
 //!    by section, reading nothing: errors name the key (`service.queue: must be ...`).
-//! 3. [`Config::resolve`] ([`resolve`]) reads what the settings point at — the machine
+//! 3. [`Config::resolve`] (`resolve.rs`) reads what the settings point at — the machine
 //!    under `router.fs_root`, the board profile files, the hostname, the password files —
 //!    and derives the [`Validated`] settings the service runs with.
 //!

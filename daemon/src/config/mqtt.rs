@@ -62,7 +62,7 @@ impl Default for MqttSection {
 
 impl MqttSection {
     /// Checks every field; the device id only when it is set (else it is the hostname,
-    /// checked with [`check_device`] once read).
+    /// checked once read, when the configuration is resolved).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let broker = parse_broker(&self.broker).map_err(|m| invalid("mqtt.broker", m))?;
         if !self.device.is_empty() {

@@ -5,7 +5,7 @@
 //! module knows nothing of boards or sampling: it only reads.
 //!
 //! Kernel attribute files are tiny (a number, a line or two; `/proc/meminfo` is ~1.5 KiB),
-//! so anything past [`MAX_FILE_BYTES`] is not what we think it is and is refused rather than
+//! so anything past `MAX_FILE_BYTES` (64 KiB) is not what we think it is and is refused rather than
 //! truncated: a truncated number would parse as a different, wrong number.
 
 pub mod memory;
