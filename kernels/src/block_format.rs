@@ -1,5 +1,5 @@
 //! The block-format traits, in the spirit of candle's `GgmlType`: what generic code
-//! ([`crate::matmul`]) needs to know of a weight storage type (its activation type, its dot
+//! ([`crate::matmul`](mod@crate::matmul)) needs to know of a weight storage type (its activation type, its dot
 //! product and its matrix–matrix product) and of an activation type (its format and its
 //! quantizer).
 //!

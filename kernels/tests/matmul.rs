@@ -7,12 +7,11 @@ mod support;
 
 use spillway_kernels::dispatch::{KernelPath, Kernels};
 use spillway_kernels::formats::*;
-use support::Rng;
 use spillway_kernels::matmul::{
     ActFormat, Activations, GEMM_TILE_ROWS, GEMM_TILE_TOKENS, Matrix, matmul, matvec,
 };
 use spillway_kernels::pool::{PoolConfig, ThreadPool};
-
+use support::Rng;
 
 const TYPES: [GgmlType; 8] = [
     GgmlType::F32,

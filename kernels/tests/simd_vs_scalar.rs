@@ -540,7 +540,6 @@ fn check_quantizers(k: &Kernels, x: &[f32]) {
 
 // ---------------------------------------------------------------- fixed cases
 
-
 /// The pairs `(w[i], x[i])`.
 fn zip<W: Copy, X: Copy>(w: &[W], x: &[X]) -> Vec<(W, X)> {
     w.iter().copied().zip(x.iter().copied()).collect()

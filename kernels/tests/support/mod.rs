@@ -5,7 +5,7 @@
 //! tests can compare against llama.cpp's files without depending on the daemon crate,
 //! which holds the real, hardened reader.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::collections::HashMap;
 
