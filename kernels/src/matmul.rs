@@ -12,52 +12,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::block_format::{ActBlock, BlockFormat};
+use crate::block_format::BlockFormat;
+pub use crate::block_format::{ActFormat, Activations};
 use crate::dispatch::Kernels;
 use crate::formats::*;
 use crate::pool::{SharedMut, ThreadPool};
-
-/// The activation format a weight format is multiplied with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActFormat {
-    /// Float weights (F32, F16, BF16) take f32 activations.
-    F32,
-    /// Q4_0 and Q8_0 weights take Q8_0 activations.
-    Q8_0,
-    /// The k-quants take Q8_K activations.
-    Q8K,
-}
-
-impl ActFormat {
-    /// The activation format for weights of type `ty` (`None` if `ty` is unsupported).
-    pub fn for_weights(ty: GgmlType) -> Option<ActFormat> {
-        Some(match ty {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ActFormat::F32,
-            GgmlType::Q8_0 | GgmlType::Q4_0 => ActFormat::Q8_0,
-            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => ActFormat::Q8K,
-            _ => return None,
-        })
-    }
-
-    /// Values per block.
-    pub fn block_elems(self) -> usize {
-        match self {
-            ActFormat::F32 => 1,
-            ActFormat::Q8_0 => QK,
-            ActFormat::Q8K => QK_K,
-        }
-    }
-
-    /// Bytes per row of `cols` values.
-    pub fn row_bytes(self, cols: usize) -> usize {
-        let block = match self {
-            ActFormat::F32 => size_of::<f32>(),
-            ActFormat::Q8_0 => size_of::<BlockQ8_0>(),
-            ActFormat::Q8K => size_of::<BlockQ8K>(),
-        };
-        cols / self.block_elems() * block
-    }
-}
 
 /// A weight matrix: `rows` rows of `cols` values, row-major, in a supported format.
 #[derive(Clone, Copy, Debug)]
@@ -122,114 +81,6 @@ impl<'a> Matrix<'a> {
             rows: 1,
             cols: self.cols,
         }
-    }
-}
-
-/// Activation rows in the format some weights need, in a buffer allocated once for up to
-/// `capacity` rows of `cols` values.
-#[derive(Clone, Debug)]
-pub struct Activations {
-    format: ActFormat,
-    cols: usize,
-    capacity: usize,
-    len: usize,
-    // One of these holds the rows, the one of `format` ([`ActBlock::storage`]).
-    pub(crate) f32s: Vec<f32>,
-    pub(crate) q8_0: Vec<BlockQ8_0>,
-    pub(crate) q8k: Vec<BlockQ8K>,
-}
-
-impl Activations {
-    /// A buffer for up to `capacity` rows of `cols` values in `format`.
-    /// Panics if `cols` is not a multiple of the format's block size.
-    pub fn new(format: ActFormat, cols: usize, capacity: usize) -> Activations {
-        assert!(
-            cols.is_multiple_of(format.block_elems()),
-            "{cols} values are not whole {format:?} blocks"
-        );
-        let blocks = cols / format.block_elems() * capacity;
-        let zero8 = BlockQ8_0 {
-            d: f16::ZERO,
-            qs: [0; QK],
-        };
-        Activations {
-            format,
-            cols,
-            capacity,
-            len: 0,
-            f32s: if format == ActFormat::F32 {
-                vec![0.0; blocks]
-            } else {
-                Vec::new()
-            },
-            q8_0: if format == ActFormat::Q8_0 {
-                vec![zero8; blocks]
-            } else {
-                Vec::new()
-            },
-            q8k: if format == ActFormat::Q8K {
-                vec![bytemuck::Zeroable::zeroed(); blocks]
-            } else {
-                Vec::new()
-            },
-        }
-    }
-
-    pub fn format(&self) -> ActFormat {
-        self.format
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// Rows currently held.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Bytes the buffer occupies (for memory plans).
-    pub fn footprint(&self) -> usize {
-        self.format.row_bytes(self.cols) * self.capacity
-    }
-
-    /// Quantizes `x` into the first rows of the storage of `A` (the format's).
-    fn set_rows<A: ActBlock>(&mut self, kernels: &Kernels, x: &[f32]) {
-        let blocks = x.len() / self.format.block_elems();
-        A::quantize(kernels, x, &mut A::storage_mut(self)[..blocks]);
-    }
-
-    /// The rows held, as blocks of `A` (empty if `A` is not this buffer's format).
-    fn rows<A: ActBlock>(&self) -> &[A] {
-        let blocks = self.len * self.cols / self.format.block_elems();
-        if A::FORMAT == self.format {
-            &A::storage(self)[..blocks]
-        } else {
-            &[]
-        }
-    }
-
-    /// Replaces the contents with the rows of `x` (`n * cols` values), quantized with the
-    /// kernels' activation quantizer.
-    pub fn set(&mut self, kernels: &Kernels, x: &[f32]) {
-        assert!(
-            x.len().is_multiple_of(self.cols) && x.len() / self.cols <= self.capacity,
-            "{} values are not at most {} rows of {}",
-            x.len(),
-            self.capacity,
-            self.cols
-        );
-        let n = x.len() / self.cols;
-        match self.format {
-            ActFormat::F32 => self.set_rows::<f32>(kernels, x),
-            ActFormat::Q8_0 => self.set_rows::<BlockQ8_0>(kernels, x),
-            ActFormat::Q8K => self.set_rows::<BlockQ8K>(kernels, x),
-        }
-        self.len = n;
     }
 }
 
@@ -325,15 +176,16 @@ pub fn matmul(
     y: &mut [f32],
 ) {
     assert_eq!(
-        x.format,
+        x.format(),
         w.act_format(),
         "activations are {:?}, {} weights need {:?}",
-        x.format,
+        x.format(),
         w.weights.ggml_type(),
         w.act_format()
     );
     assert_eq!(
-        x.cols, w.cols,
+        x.cols(),
+        w.cols,
         "activation rows must be as long as weight rows"
     );
     with_weights!(w.weights, |ws, _wrap| product_of(
@@ -357,7 +209,7 @@ fn product_of<W: BlockFormat>(
         bpr,
         w.rows,
         x.rows::<W::Act>(),
-        x.len,
+        x.len(),
         y,
         |a, b| W::dot(k, a, b),
         |a, b, p, o| W::gemm(k, a, b, p, o),
@@ -372,6 +224,6 @@ pub fn matvec(
     x: &Activations,
     y: &mut [f32],
 ) {
-    assert_eq!(x.len, 1, "matvec takes exactly one activation row");
+    assert_eq!(x.len(), 1, "matvec takes exactly one activation row");
     matmul(pool, kernels, w, x, y)
 }
