@@ -80,7 +80,7 @@ pub struct Conditions {
     /// Requests in the local queue, not counting this one.
     pub queued_requests: usize,
     /// Tokens the work ahead of this request, running or queued, is expected to generate
-    /// (each admitted request counted by [`Policy::expected_completion`]).
+    /// (each admitted request counted by [`Policy::expected_completion`](crate::router::Policy::expected_completion)).
     pub queued_tokens: u64,
     pub cloud: CloudHealth,
 }
@@ -93,6 +93,6 @@ pub struct RequestFacts {
     pub route: RouteHint,
     pub privacy: Option<Privacy>,
     /// Time left before the request's deadline (its MQTT message expiry), measured by the
-    /// caller now; `None` uses [`PolicyConfig::default_deadline`].
+    /// caller now; `None` uses [`PolicyConfig::default_deadline`](crate::router::PolicyConfig::default_deadline).
     pub deadline: Option<Duration>,
 }

@@ -1,7 +1,7 @@
 //! The routing policy: a pure state machine that decides, for each request, whether it runs
-//! on the board ([`Route::Local`]), waits for local capacity ([`Route::Queue`]), is
-//! forwarded ([`Route::CloudHttps`], [`Route::CloudMqtt`]) or is refused
-//! ([`Route::Reject`]), and records a reason for the reply's `reason` field and telemetry.
+//! on the board ([`Route::Local`](crate::router::Route::Local)), waits for local capacity ([`Route::Queue`](crate::router::Route::Queue)), is
+//! forwarded ([`Route::CloudHttps`](crate::router::Route::CloudHttps), [`Route::CloudMqtt`](crate::router::Route::CloudMqtt)) or is refused
+//! ([`Route::Reject`](crate::router::Route::Reject)), and records a reason for the reply's `reason` field and telemetry.
 //!
 //! Nothing here reads a file, a socket or a clock: readings, health and the time left
 //! before a request's deadline are inputs, so every decision is reproducible in a test.
@@ -10,8 +10,8 @@
 //!
 //! # Queue and re-decision
 //!
-//! [`Route::Queue`] holds the request in the local queue without starting it. The caller
-//! calls [`Policy::decide`] again when something changes (a job finishes, a new reading,
+//! [`Route::Queue`](crate::router::Route::Queue) holds the request in the local queue without starting it. The caller
+//! calls [`Policy::decide`](crate::router::Policy::decide) again when something changes (a job finishes, a new reading,
 //! memory is freed, a cloud route recovers), passing the *remaining* time before the
 //! deadline; the request then runs, is forwarded (`auto` only) or is refused.
 //!
@@ -20,18 +20,18 @@
 //! The local wait is `(tokens queued ahead + tokens expected for this request) / rate`:
 //!
 //! - the rate is an [`Ewma`] of measured generation tokens per second of finished local
-//!   requests ([`Policy::observe_rate`]); before the first measurement it is the configured
-//!   prior [`PolicyConfig::rate_prior`];
+//!   requests ([`Policy::observe_rate`](crate::router::Policy::observe_rate)); before the first measurement it is the configured
+//!   prior [`PolicyConfig::rate_prior`](crate::router::PolicyConfig::rate_prior);
 //! - a request is expected to generate `min(max_tokens, E)` tokens, where `E` is an
 //!   [`Ewma`] of the completion tokens finished requests actually generated
-//!   ([`Policy::observe_completion`]), starting at [`PolicyConfig::completion_prior`]
-//!   ([`COMPLETION_PRIOR_TOKENS`] by default). `max_tokens` is a cap, not a length: most
+//!   ([`Policy::observe_completion`](crate::router::Policy::observe_completion)), starting at [`PolicyConfig::completion_prior`](crate::router::PolicyConfig::completion_prior)
+//!   ([`COMPLETION_PRIOR_TOKENS`](crate::router::COMPLETION_PRIOR_TOKENS) by default). `max_tokens` is a cap, not a length: most
 //!   answers end at a stop token long before it, and taking the cap as the length refused
 //!   a `max_tokens: 2000` request on an idle board that would have taken a fraction of a
 //!   second;
 //! - the tokens queued ahead are the expected generation of every request admitted to
 //!   the engine and not finished, counted the same way by the caller
-//!   ([`Policy::expected_completion`]).
+//!   ([`Policy::expected_completion`](crate::router::Policy::expected_completion)).
 //!
 //! Prompt tokens are not counted: prompt processing runs batched, an order of magnitude
 //! faster than generation, and at the generation rate they would dominate the estimate.
@@ -40,7 +40,7 @@
 //! cause): the prior is a guess for an unknown board, and a guess must not turn requests
 //! away from an idle daemon. With the prior only, the deadline is not checked (in `Hard`
 //! the cool-down estimate alone still is). Both averages can be restored across restarts
-//! ([`Policy::restore_rate`], [`Policy::restore_completion`]); a restored value counts as
+//! ([`Policy::restore_rate`](crate::router::Policy::restore_rate), [`Policy::restore_completion`](crate::router::Policy::restore_completion)); a restored value counts as
 //! measured. The reason says what the number is made of, e.g. `estimated wait 412 s
 //! (1,930 tokens queued ahead + ~180 expected for this one at 5.1 t/s measured) exceeds
 //! the deadline of 300 s`.
@@ -75,7 +75,7 @@ pub struct PolicyConfig {
     /// Compute threads in `Normal`. At least 1.
     pub threads: usize,
     /// Compute threads in `Soft` and `Hard`, to shed heat; 1 to `threads`
-    /// ([`PolicyConfig::half_threads`] is a good default).
+    /// ([`PolicyConfig::half_threads`](crate::router::PolicyConfig::half_threads) is a good default).
     pub hot_threads: usize,
     /// Configured cloud routes, most preferred first; empty when there is no cloud.
     pub cloud_routes: Vec<CloudRoute>,
@@ -84,7 +84,7 @@ pub struct PolicyConfig {
     /// Weight of each new rate measurement in the [`Ewma`], in (0, 1].
     pub rate_alpha: f64,
     /// Completion tokens a request is expected to generate before any has finished
-    /// (usually [`COMPLETION_PRIOR_TOKENS`]).
+    /// (usually [`COMPLETION_PRIOR_TOKENS`](crate::router::COMPLETION_PRIOR_TOKENS)).
     pub completion_prior: f64,
     /// Weight of each finished request's completion length in its [`Ewma`], in (0, 1].
     pub completion_alpha: f64,
@@ -186,7 +186,7 @@ impl Policy {
     }
 
     /// Feeds a temperature reading between requests (the monitor's interval), so that
-    /// [`Policy::local_threads`] follows the board even when no request arrives.
+    /// [`Policy::local_threads`](crate::router::Policy::local_threads) follows the board even when no request arrives.
     pub fn observe_temperature(&mut self, reading_c: Option<f32>) -> ThermalState {
         self.thermal.update(reading_c)
     }

@@ -158,11 +158,11 @@ pub struct Decision {
     /// The thermal state after this decision's reading.
     pub thermal: ThermalState,
     /// Threads local generation should use now (meaningful for `Local`; also what running
-    /// work should drop to, see [`Policy::local_threads`]).
+    /// work should drop to, see [`Policy::local_threads`](crate::router::Policy::local_threads)).
     pub local_threads: usize,
     /// The estimated local queue wait: the work ahead plus this request's expected
     /// generation, at the rate estimate (in `Hard` the deadline check adds
-    /// [`PolicyConfig::hard_cooldown`] to it).
+    /// [`PolicyConfig::hard_cooldown`](crate::router::PolicyConfig::hard_cooldown) to it).
     pub local_wait: Duration,
     /// Whether `local_wait` rests on a measured rate (only then may it refuse or spill).
     pub rate_measured: bool,
@@ -176,7 +176,7 @@ pub(super) enum CloudPick {
     Down(String),
 }
 
-/// Everything [`Policy::decide`] found out before walking the rules: each blocker is
+/// Everything [`Policy::decide`](crate::router::Policy::decide) found out before walking the rules: each blocker is
 /// `Some(explanation)` when it holds.
 pub(super) struct Findings {
     pub(super) hint: RouteHint,

@@ -14,8 +14,8 @@
 //! ([`ThermalLimits::validate`]), so the columns cover every reading once. A missing (or
 //! non-finite) reading keeps the state: a sensor hiccup must neither cool nor heat the
 //! board on paper. Before the first reading the state is `Normal`. In `Soft` and `Hard`,
-//! local generation runs on [`PolicyConfig::hot_threads`] instead of
-//! [`PolicyConfig::threads`] to shed heat; in `Hard` nothing new starts locally.
+//! local generation runs on [`PolicyConfig::hot_threads`](crate::router::PolicyConfig::hot_threads) instead of
+//! [`PolicyConfig::threads`](crate::router::PolicyConfig::threads) to shed heat; in `Hard` nothing new starts locally.
 
 use super::error::{PolicyError, invalid};
 

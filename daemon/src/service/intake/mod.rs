@@ -20,8 +20,8 @@
 //! before, without streaming, its final marked `"resumed": true`) while its deadline
 //! allows, else it is answered `interrupted`.
 //!
-//! Besides this file: [`recover`] (what the journal holds from before a restart) and
-//! [`finals`] (recording every final, answering queued requests past their deadline).
+//! Besides this file: `recover` (what the journal holds from before a restart) and
+//! `finals` (recording every final, answering queued requests past their deadline).
 
 mod finals;
 mod recover;

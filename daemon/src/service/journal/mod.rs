@@ -42,7 +42,7 @@
 //! must be one this build knows; a damaged or foreign file is refused with an error naming
 //! it, never deleted: it holds requests clients are waiting on.
 //!
-//! The storage underneath (schema, migration, file checks) is in [`store`].
+//! The storage underneath (schema, migration, file checks) is in `store`.
 
 mod store;
 #[cfg(test)]
