@@ -610,15 +610,21 @@ async fn a_long_retry_after_cools_the_endpoint_instead_of_waiting() {
     let t0 = Instant::now();
     let (r, _) = run(&client).await;
     assert_eq!(r.unwrap().text, "spare");
+    // Generous bounds: a loaded machine may take seconds, never the hour.
     assert!(
-        t0.elapsed() < Duration::from_secs(1),
-        "did not wait an hour"
+        t0.elapsed() < Duration::from_secs(60),
+        "did not wait an hour: {:?}",
+        t0.elapsed()
     );
     let why = client.endpoint_status()[0].blocked.clone().unwrap();
-    assert!(
-        why.contains("Retry-After 3599 s") || why.contains("Retry-After 3600 s"),
-        "{why}"
-    );
+    let secs: u64 = why
+        .split("Retry-After ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After seconds in {why:?}"));
+    // The date has whole seconds and time passes between writing and reading it.
+    assert!((3540..=3600).contains(&secs), "{why}");
     logs.assert_no_token(&[]);
 }
 
