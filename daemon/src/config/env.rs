@@ -113,13 +113,7 @@ fn env_value(current: &toml::Value, raw: &str) -> Result<toml::Value, String> {
 mod tests {
     use super::*;
     use crate::config::CloudRouteName;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::tests::env;
 
     #[test]
     fn every_kind_of_setting_can_be_set() {

@@ -261,10 +261,11 @@ fn read_config_file(path: &Path) -> Result<String, ConfigError> {
 pub const DEFAULT_CONFIG: &str = include_str!("../config.default.toml");
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    /// Environment pairs as `env::apply_env` takes them (shared by the section tests).
+    pub(crate) fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
