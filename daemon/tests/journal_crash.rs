@@ -354,7 +354,7 @@ fn check_journal(path: &Path, reported: &[Vec<Stage>], context: &str) {
     let pending = journal.pending().expect("pending");
     assert_eq!(pending, expected_pending, "{context}: pending()");
     let undelivered = journal.undelivered().expect("undelivered");
-    let distinct: HashSet<&RequestKey> = undelivered.iter().map(|(k, _)| k).collect();
+    let distinct: HashSet<&RequestKey> = undelivered.iter().map(|u| &u.key).collect();
     assert_eq!(
         distinct.len(),
         undelivered.len(),

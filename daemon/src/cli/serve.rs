@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// (`hf-token`) and HF_TOKEN are also looked at.
     #[arg(long, value_name = "FILE")]
     cloud_token_file: Option<PathBuf>,
+    /// Also serve the OpenAI- and Ollama-compatible HTTP API (and /metrics) on ADDR: a
+    /// PORT (on loopback), IP:PORT or [IPv6]:PORT (http.listen). Any address but loopback
+    /// needs an API key (http.api_key_file or the systemd credential http-api-key).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
 }
 
 impl ServeArgs {
@@ -75,6 +80,7 @@ impl ServeArgs {
             cloud_base_url: self.cloud_base_url.clone(),
             cloud_model: self.cloud_model.clone(),
             cloud_token_file: self.cloud_token_file.clone(),
+            http: self.http.clone(),
         }
     }
 }

@@ -20,6 +20,7 @@
 
 mod engine;
 mod env;
+mod http;
 mod mqtt;
 mod resolve;
 mod router;
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use engine::{EngineSection, KvTypeSetting, ModelSection};
+pub use http::{HttpSection, parse_listen};
 pub use mqtt::{BrokerAddr, MqttSection, Topics, parse_broker};
 pub use resolve::{Validated, hostname};
 pub use router::{BoardChoice, CloudRouteName, RouterSection};
@@ -50,6 +52,7 @@ pub struct Config {
     pub router: RouterSection,
     pub cloud: crate::cloud::CloudConfig,
     pub upstream: UpstreamSection,
+    pub http: HttpSection,
     /// The file this was read from (not a setting): board profile overrides are looked for
     /// beside it.
     #[serde(skip)]
@@ -101,6 +104,8 @@ pub struct Overrides {
     pub cloud_base_url: Option<String>,
     pub cloud_model: Option<String>,
     pub cloud_token_file: Option<PathBuf>,
+    /// `--http`: the HTTP front end's address (`http.listen`).
+    pub http: Option<String>,
 }
 
 impl Config {
@@ -150,6 +155,9 @@ impl Config {
         if let Some(v) = o.queue {
             self.service.queue = v;
         }
+        if let Some(v) = &o.http {
+            self.http.listen = v.clone();
+        }
         if let Some(v) = &o.state_dir {
             self.service.state_dir = v.clone();
         }
@@ -179,6 +187,7 @@ impl Config {
         self.engine.validate()?;
         self.service.validate(self.mqtt.max_packet_bytes)?;
         self.router.validate()?;
+        self.http.validate()?;
         if self.router.has_route(CloudRouteName::Mqtt) {
             self.upstream.validate()?;
         }

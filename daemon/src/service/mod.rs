@@ -18,6 +18,7 @@
 //! is healthy, `STOPPING=1` on shutdown.
 
 pub mod connection;
+pub mod http;
 pub mod intake;
 pub mod journal;
 pub mod mqtt;
@@ -64,6 +65,10 @@ pub enum ServiceError {
     Journal(#[from] journal::JournalError),
     #[error("state directory {dir}: {message} (set service.state_dir or --state-dir)")]
     StateDir { dir: String, message: String },
+    #[error(transparent)]
+    Http(#[from] http::HttpSetupError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// The journal's file in the state directory.
@@ -155,6 +160,7 @@ pub async fn run(
         .name
         .clone()
         .unwrap_or_else(|| engine.weights().config.arch.name().to_string());
+    let models = http_models(&v, &engine, &model_name, &routing);
     let kernels = engine.compute().kernels.path().name();
     let worker = {
         let (stats, control, routing) = (
@@ -195,7 +201,29 @@ pub async fn run(
         kernels,
         started: Instant::now(),
     });
-    let front = MqttFront::start(Arc::clone(&ctx), replies)?;
+    let waiters = Arc::new(http::replies::Waiters::new());
+    let mqtt_replies = http::replies::switch(replies, Arc::clone(&waiters), Arc::clone(&intake));
+    let front = MqttFront::start(Arc::clone(&ctx), mqtt_replies)?;
+    let http_front = match ctx.v.config.http.listen_addr()? {
+        None => None,
+        Some(addr) => {
+            let state = Arc::clone(front.state());
+            let probes = http::Probes {
+                broker_connected: Arc::new(move || state.is_connected()),
+                metrics: Arc::new(|| String::from("# EOF\n")),
+            };
+            let config = http::HttpConfig {
+                addr,
+                section: ctx.v.config.http.clone(),
+                max_body: ctx.v.config.service.max_request_bytes,
+                default_deadline: Duration::from_secs(ctx.v.config.router.default_deadline_secs),
+            };
+            Some(
+                http::HttpFront::start(config, Arc::clone(&intake), waiters, models, probes)
+                    .await?,
+            )
+        }
+    };
     let saver = tokio::spawn(save_estimates_every(
         Arc::clone(&journal),
         Arc::clone(&routing),
@@ -234,7 +262,7 @@ pub async fn run(
              `shutting_down`)",
             intake.in_flight()
         );
-        control.cancel.store(true, Ordering::SeqCst);
+        control.cancel_all();
         intake.cancel_spills();
     }
     // From here on at most 2 s: the engine stops within a token (or a prompt batch), the
@@ -250,6 +278,10 @@ pub async fn run(
         .await;
     saver.abort();
     save_estimates(&journal, &routing);
+    if let Some(h) = http_front {
+        h.finish(grace.saturating_duration_since(Instant::now()))
+            .await;
+    }
     front
         .finish(grace.saturating_duration_since(Instant::now()))
         .await;
@@ -258,6 +290,47 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the HTTP API says of the models it serves: the local one (its id is the model's
+/// name, lower case, spaces as dashes) and the cloud ones requests may name.
+fn http_models(v: &Validated, engine: &Engine, name: &str, routing: &Routing) -> http::Models {
+    let w = engine.weights();
+    let meta = std::fs::metadata(&v.config.model.path).ok();
+    let created = meta
+        .as_ref()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let params = w.config.n_params() as f64;
+    let cloud = routing
+        .cloud()
+        .map(|c| {
+            c.endpoint_status()
+                .into_iter()
+                .map(|s| s.endpoint.model)
+                .collect()
+        })
+        .unwrap_or_default();
+    http::Models {
+        local: name.trim().to_lowercase().replace(char::is_whitespace, "-"),
+        cloud,
+        created,
+        details: http::ModelDetails {
+            family: w.config.arch.name().to_string(),
+            parameter_size: if params >= 1e9 {
+                format!("{:.1}B", params / 1e9)
+            } else {
+                format!("{:.1}M", params / 1e6)
+            },
+            quantization: w
+                .layers
+                .first()
+                .map_or_else(String::new, |l| l.w_gate.ggml_type.name().to_string()),
+            file_bytes: meta.map_or(0, |m| m.len()),
+            context_length: engine.plan().context,
+        },
+    }
 }
 
 /// The measured estimates admission uses, as the journal's settings name them, with the

@@ -208,6 +208,20 @@ fn reply_target(p: &Publish) -> Option<ReplyTarget> {
     })
 }
 
+/// The client's own idempotency key: MQTT 5's user property `idempotency-key` (the name
+/// compared without case, as HTTP's `Idempotency-Key` header is).
+fn idempotency_key(p: &Publish) -> Option<String> {
+    let props = p.properties.as_ref()?;
+    props
+        .user_properties
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(IDEMPOTENCY_KEY))
+        .map(|(_, value)| value.clone())
+}
+
+/// The user property naming a request's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// Hands incoming requests to the intake and acknowledges them as it says.
 async fn dispatch(
     mut events: mpsc::UnboundedReceiver<ConnectionEvent>,
@@ -239,6 +253,8 @@ async fn dispatch(
                 .and_then(|props| props.message_expiry_interval)
                 .map(|s| Duration::from_secs(u64::from(s))),
             redelivered: p.dup,
+            idempotency_key: idempotency_key(&p),
+            client: None,
         };
         let admission = ctx.intake.submit(submission).await;
         if admission.acknowledge()

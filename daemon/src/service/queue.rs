@@ -11,7 +11,7 @@
 //! falling back to the engine) is refused, never lost.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -42,6 +42,9 @@ pub struct Job {
     pub served: Served,
     /// What [`Routing::local_admitted`] counted for it.
     pub tokens: u64,
+    /// Set when its client went away ([`super::intake::Intake::cancel`]): the engine
+    /// stops within a token, and a job not started yet is answered without running.
+    pub cancel: Arc<AtomicBool>,
 }
 
 /// The message of the `expired` answer to a job whose deadline passed before it started.

@@ -46,6 +46,9 @@ pub enum ErrorCode {
     Interrupted,
     /// The estimated wait for local capacity exceeds the request's deadline.
     DeadlineExceeded,
+    /// The client went away (an HTTP client closed its connection) before the answer was
+    /// finished: the work stopped, and this final is recorded for a resend of its key.
+    Cancelled,
     /// A bug or an unexpected failure.
     Internal,
 }
@@ -64,12 +67,13 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Interrupted => "interrupted",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::Cancelled => "cancelled",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for [`ErrorCode::parse`].
-    const ALL: [ErrorCode; 12] = [
+    const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidRequest,
         ErrorCode::TooLarge,
         ErrorCode::Busy,
@@ -81,6 +85,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::Interrupted,
         ErrorCode::DeadlineExceeded,
+        ErrorCode::Cancelled,
         ErrorCode::Internal,
     ];
 

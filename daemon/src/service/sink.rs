@@ -73,11 +73,16 @@ impl Outgoing {
         self.delivery != Delivery::Chunk
     }
 
-    /// The final error reply of journaled request `key`.
-    pub fn journaled_error(key: &RequestKey, target: &ReplyTarget, err: &RequestError) -> Outgoing {
+    /// The final error reply of request `id`, journaled under `key`.
+    pub fn journaled_error(
+        key: &RequestKey,
+        id: &str,
+        target: &ReplyTarget,
+        err: &RequestError,
+    ) -> Outgoing {
         Outgoing {
             target: target.clone(),
-            payload: error_json(Some(&key.id), err),
+            payload: error_json(Some(id), err),
             delivery: Delivery::Journaled {
                 key: key.clone(),
                 finished: Finished::Error(err.code),
@@ -90,6 +95,9 @@ impl Outgoing {
 #[derive(Debug)]
 pub struct ReplySink {
     key: RequestKey,
+    /// The request's id, which its replies carry (the key's id is the client's idempotency
+    /// key when it gave one).
+    id: String,
     target: ReplyTarget,
     tx: mpsc::Sender<Outgoing>,
     seq: u64,
@@ -97,10 +105,16 @@ pub struct ReplySink {
 }
 
 impl ReplySink {
-    /// A sink for the request journaled under `key`, replying to `target`.
-    pub fn new(key: RequestKey, target: ReplyTarget, tx: mpsc::Sender<Outgoing>) -> ReplySink {
+    /// A sink for request `id` journaled under `key`, replying to `target`.
+    pub fn new(
+        key: RequestKey,
+        id: String,
+        target: ReplyTarget,
+        tx: mpsc::Sender<Outgoing>,
+    ) -> ReplySink {
         ReplySink {
             key,
+            id,
             target,
             tx,
             seq: 0,
@@ -109,7 +123,7 @@ impl ReplySink {
     }
 
     pub fn id(&self) -> &str {
-        &self.key.id
+        &self.id
     }
 
     fn send(&self, payload: Vec<u8>, delivery: Delivery) {
@@ -138,7 +152,7 @@ impl ReplySink {
         if delta.is_empty() {
             return;
         }
-        let payload = chunk_json(&self.key.id, self.seq, delta);
+        let payload = chunk_json(&self.id, self.seq, delta);
         self.seq += 1;
         self.send(payload, Delivery::Chunk);
     }
@@ -158,10 +172,7 @@ impl ReplySink {
     /// Ends the request with an error.
     pub fn fail(mut self, err: &RequestError) {
         self.done = true;
-        self.send_final(
-            error_json(Some(&self.key.id), err),
-            Finished::Error(err.code),
-        );
+        self.send_final(error_json(Some(&self.id), err), Finished::Error(err.code));
     }
 }
 
@@ -169,10 +180,7 @@ impl Drop for ReplySink {
     fn drop(&mut self) {
         if !self.done {
             let err = RequestError::new(ErrorCode::Internal, "the request ended without an answer");
-            self.send_final(
-                error_json(Some(&self.key.id), &err),
-                Finished::Error(err.code),
-            );
+            self.send_final(error_json(Some(&self.id), &err), Finished::Error(err.code));
         }
     }
 }
@@ -197,7 +205,7 @@ mod tests {
             topic: "r".into(),
             correlation: None,
         };
-        let mut s = ReplySink::new(key(), target.clone(), tx.clone());
+        let mut s = ReplySink::new(key(), "q".into(), target.clone(), tx.clone());
         s.chunk("a");
         s.chunk("");
         s.chunk("b");
@@ -221,7 +229,7 @@ mod tests {
             (Some(1), Some("b"))
         );
 
-        let s = ReplySink::new(key(), target, tx);
+        let s = ReplySink::new(key(), "q".into(), target, tx);
         let answer = Finished::Answer {
             route: ServedRoute::Local,
             finish_reason: "stop".into(),

@@ -92,6 +92,7 @@ impl Spill {
     fn error(&self, code: ErrorCode, message: String) -> Outgoing {
         Outgoing::journaled_error(
             &self.job.key,
+            &self.job.request.id,
             &self.job.target,
             &RequestError::new(code, message),
         )
@@ -126,7 +127,12 @@ fn fallback_local(s: Spill, reason: String) -> Option<Outgoing> {
     };
     stats.count(None, Outcome::Failed(code));
     let err = RequestError::new(code, message);
-    Some(Outgoing::journaled_error(&job.key, &job.target, &err))
+    Some(Outgoing::journaled_error(
+        &job.key,
+        &job.request.id,
+        &job.target,
+        &err,
+    ))
 }
 
 /// Serves a request through the MQTT cloud route: publishes it to the cloud broker and

@@ -1,13 +1,14 @@
 //! The engine thread: takes accepted requests from the bounded queue one at a time, runs
 //! them on the engine (never on the async runtime: generation is seconds of CPU work), and
 //! streams the answer through the request's [`ReplySink`]. It returns when the queue is
-//! closed and empty; after `Control::cancel` it stops the running generation and answers
-//! whatever is still queued `shutting_down` on its way out.
+//! closed and empty; after [`Control::cancel_all`] it stops the running generation and
+//! answers whatever is still queued `shutting_down` on its way out. A job whose client went
+//! away (its own cancel flag) stops within a token and is answered `cancelled`.
 
 use std::ops::ControlFlow;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -29,7 +30,26 @@ pub struct Control {
     /// The engine's sign of life for systemd's watchdog: beats while waiting for work and
     /// for every generated token.
     pub heartbeat: Heartbeat,
+    /// The running job's cancel flag, which the engine checks between tokens.
+    running: Mutex<Option<Arc<AtomicBool>>>,
 }
+
+impl Control {
+    /// Cancels the running generation and everything queued (the shutdown deadline passed).
+    pub fn cancel_all(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        if let Some(job) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
+            job.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn set_running(&self, job: Option<Arc<AtomicBool>>) {
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = job;
+    }
+}
+
+/// The `cancelled` answer's message.
+const CLIENT_GONE: &str = "the client went away before the answer was finished";
 
 /// How often the idle engine thread wakes to beat.
 const IDLE_BEAT: Duration = Duration::from_secs(1);
@@ -59,7 +79,12 @@ pub fn run(
         control.heartbeat.set_busy(true);
         stats.queued.fetch_sub(1, Ordering::Relaxed);
         let tokens = job.tokens;
-        let sink = ReplySink::new(job.key.clone(), job.target.clone(), out.clone());
+        let sink = ReplySink::new(
+            job.key.clone(),
+            job.request.id.clone(),
+            job.target.clone(),
+            out.clone(),
+        );
         wait_while_hot(&job, &control, &routing);
         let threads = routing.local_threads();
         let pool = &engine.compute().pool;
@@ -71,7 +96,9 @@ pub fn run(
             pool.set_active_threads(threads);
         }
         stats.running.store(1, Ordering::Relaxed);
+        control.set_running(Some(Arc::clone(&job.cancel)));
         let outcome = serve(&mut engine, job, sink, &control, &stats, &routing);
+        control.set_running(None);
         routing.local_done(tokens);
         stats.count(Some(ServedRoute::Local), outcome);
         stats.running.store(0, Ordering::Relaxed);
@@ -85,7 +112,10 @@ pub fn run(
 fn wait_while_hot(job: &Job, control: &Control, routing: &Routing) {
     let mut logged = false;
     while let Some(hot) = routing.thermal_hold() {
-        if control.cancel.load(Ordering::Relaxed) || job.expired_at(Instant::now()) {
+        if control.cancel.load(Ordering::Relaxed)
+            || job.cancel.load(Ordering::Relaxed)
+            || job.expired_at(Instant::now())
+        {
             return;
         }
         if !logged {
@@ -119,6 +149,9 @@ fn serve(
             "the device is shutting down; send the request again later".into(),
         );
     }
+    if job.cancel.load(Ordering::Relaxed) {
+        return fail(sink, ErrorCode::Cancelled, CLIENT_GONE.into());
+    }
     if job.expired_at(Instant::now()) {
         return fail(sink, ErrorCode::Expired, EXPIRED_WHILE_WAITING.into());
     }
@@ -142,7 +175,7 @@ fn serve(
     };
     // The whole text goes in the final reply; reserve what a typical answer needs up front.
     let mut text = String::with_capacity(req.max_tokens * 4);
-    let result = engine.generate(&job_request, &control.cancel, |ev| {
+    let result = engine.generate(&job_request, &job.cancel, |ev| {
         control.heartbeat.beat();
         text.push_str(ev.text);
         if req.stream {
@@ -151,6 +184,19 @@ fn serve(
         ControlFlow::Continue(())
     });
     match result {
+        Ok(done)
+            if done.finish_reason == FinishReason::Cancelled
+                && !control.cancel.load(Ordering::Relaxed) =>
+        {
+            fail(
+                sink,
+                ErrorCode::Cancelled,
+                format!(
+                    "{CLIENT_GONE}; generation stopped after {} tokens",
+                    done.completion_tokens
+                ),
+            )
+        }
         Ok(done) if done.finish_reason == FinishReason::Cancelled => fail(
             sink,
             ErrorCode::ShuttingDown,

@@ -42,14 +42,27 @@ pub(super) async fn answer_expired(intake: std::sync::Weak<Intake>) {
                 .stats
                 .count(Some(ServedRoute::Local), Outcome::Failed(err.code));
             intake
-                .send(Outgoing::journaled_error(&job.key, &job.target, &err))
+                .send(Outgoing::journaled_error(
+                    &job.key,
+                    &job.request.id,
+                    &job.target,
+                    &err,
+                ))
                 .await;
         }
     }
 }
 
-/// The reply address a journaled key names.
-pub(super) fn key_target(key: &RequestKey) -> ReplyTarget {
+/// The reply address of a journaled request: its key's, or, for a key the client named
+/// itself (no reply address in it), the journaled client, which is the reply topic of an
+/// MQTT sender (its correlation data is not kept) and an HTTP sender's `$http` name.
+pub(super) fn key_target(key: &RequestKey, client: &str) -> ReplyTarget {
+    if key.reply_to.is_empty() {
+        return ReplyTarget {
+            topic: client.to_string(),
+            correlation: None,
+        };
+    }
     ReplyTarget {
         topic: key.reply_to.clone(),
         correlation: (!key.correlation.is_empty()).then(|| Bytes::from(key.correlation.clone())),
@@ -94,6 +107,19 @@ pub(super) async fn record_finals(
                 tracing::error!(id = %key.id, "request journal: cannot record the final: {e}");
             }
             msg.delivery = Delivery::Recorded { key };
+            // The other senders of the same key get the final too (not journaled: the
+            // request's own delivery is the one recorded).
+            for target in entry.map(|e| e.also).unwrap_or_default() {
+                let copy = Outgoing {
+                    target,
+                    payload: msg.payload.clone(),
+                    delivery: Delivery::Final,
+                };
+                if front.send(copy).await.is_err() {
+                    tracing::warn!("the front end is gone: replies dropped");
+                    return;
+                }
+            }
         }
         if front.send(msg).await.is_err() {
             tracing::warn!("the front end is gone: replies dropped (the journal keeps them)");
@@ -148,7 +174,7 @@ mod tests {
             reply_to: "r/1".into(),
             correlation: b"c".to_vec(),
         };
-        let t = key_target(&key);
+        let t = key_target(&key, "client");
         assert_eq!(
             (t.topic.as_str(), t.correlation.as_deref()),
             ("r/1", Some(&b"c"[..]))
@@ -157,6 +183,19 @@ mod tests {
             correlation: Vec::new(),
             ..key
         };
-        assert_eq!(key_target(&key).correlation, None);
+        assert_eq!(key_target(&key, "client").correlation, None);
+        let shared = RequestKey {
+            id: "k".into(),
+            reply_to: String::new(),
+            correlation: Vec::new(),
+        };
+        assert_eq!(
+            key_target(&shared, "replies/alice"),
+            ReplyTarget {
+                topic: "replies/alice".into(),
+                correlation: None
+            },
+            "a key the client named replies to the journaled client"
+        );
     }
 }

@@ -39,8 +39,8 @@ use super::journal::{Accepted, Journal, JournalError, Lookup, RequestKey};
 use super::queue::{Job, JobReceiver, LocalQueue, Refused};
 use super::route::{self, Routing};
 use super::schema::{
-    ErrorCode, Limits, Request, RequestError, RouteHint, Served, ServedRoute, error_json,
-    parse_request, salvage_id, salvage_reply_to,
+    ErrorCode, Limits, MAX_ID_LEN, Request, RequestError, RouteHint, Served, ServedRoute,
+    error_json, parse_request, salvage_id, salvage_reply_to,
 };
 use super::sink::{Delivery, Outgoing, ReplyTarget};
 use super::spill::{self, CloudTarget, Spill};
@@ -65,6 +65,28 @@ pub struct Submission {
     /// The transport delivers this message again (MQTT's DUP flag): its sender does not
     /// resend it, so a final it already got is not replayed.
     pub redelivered: bool,
+    /// The client's own idempotency key (HTTP's `Idempotency-Key` header, MQTT 5's
+    /// `idempotency-key` user property). When given, it alone is the request's key,
+    /// whatever transport brought it: the same key sent over HTTP and over MQTT runs once,
+    /// and each sender gets the one final.
+    pub idempotency_key: Option<String>,
+    /// Who sent it, for prefix-cache isolation (an HTTP front end names the API key); the
+    /// reply topic when `None`.
+    pub client: Option<String>,
+}
+
+impl Submission {
+    /// A submission with only a payload and where its replies go.
+    pub fn new(payload: Bytes, reply: Option<ReplyTarget>) -> Submission {
+        Submission {
+            payload,
+            reply,
+            expiry: None,
+            redelivered: false,
+            idempotency_key: None,
+            client: None,
+        }
+    }
 }
 
 /// What became of a submission; all but `Deferred` are acknowledged.
@@ -102,6 +124,13 @@ struct InFlight {
     received: Instant,
     /// Taken back from the journal at start: its final says so.
     resumed: bool,
+    /// Where its replies go.
+    target: ReplyTarget,
+    /// Other senders of the same key (another transport, another HTTP connection): each
+    /// gets a copy of the final.
+    also: Vec<ReplyTarget>,
+    /// The job's cancel flag ([`Intake::cancel`]).
+    cancel: Arc<AtomicBool>,
 }
 
 /// Requests accepted and not yet answered, shared with the final recorder.
@@ -137,6 +166,17 @@ pub struct Recovery {
     pub resumed: usize,
     /// Requests whose deadline had passed, answered `interrupted`.
     pub interrupted: usize,
+}
+
+/// The key of a request that names its own idempotency key: the same whatever the
+/// transport (no reply address, no correlation data; the reply address goes in the
+/// journal's client column, see [`finals::key_target`]).
+fn shared_key(idempotency_key: &str) -> RequestKey {
+    RequestKey {
+        id: idempotency_key.to_string(),
+        reply_to: String::new(),
+        correlation: Vec::new(),
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -281,6 +321,16 @@ impl Intake {
             return Admission::Answered;
         };
         let correlation = target.correlation.clone().unwrap_or_default();
+        if let Some(k) = &s.idempotency_key
+            && (k.is_empty() || k.len() > MAX_ID_LEN || k.chars().any(char::is_control))
+        {
+            let err = RequestError::new(
+                ErrorCode::InvalidRequest,
+                format!("the idempotency key must be 1 to {MAX_ID_LEN} printable characters"),
+            );
+            self.refuse(Some(target), Some(&req.id), &err).await;
+            return Admission::Answered;
+        }
         if correlation.len() > MAX_CORRELATION_BYTES {
             let err = RequestError::new(
                 ErrorCode::InvalidRequest,
@@ -292,11 +342,15 @@ impl Intake {
             self.refuse(Some(target), Some(&req.id), &err).await;
             return Admission::Answered;
         }
-        let key = RequestKey {
-            id: req.id.clone(),
-            reply_to: target.topic.clone(),
-            correlation: correlation.to_vec(),
+        let key = match &s.idempotency_key {
+            Some(k) => shared_key(k),
+            None => RequestKey {
+                id: req.id.clone(),
+                reply_to: target.topic.clone(),
+                correlation: correlation.to_vec(),
+            },
         };
+        let client = s.client.clone().unwrap_or_else(|| target.topic.clone());
 
         let _admission = self.admission.lock().await;
         let lookup_key = key.clone();
@@ -304,6 +358,7 @@ impl Intake {
             Ok(Lookup::Pending) => {
                 self.stats.duplicate();
                 tracing::info!(id = %req.id, "the same request is in flight: attached to it");
+                self.attach(&key, target);
                 return Admission::Attached;
             }
             Ok(Lookup::Answered { .. }) if s.redelivered => {
@@ -367,7 +422,7 @@ impl Intake {
                     .saturating_add(u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX)),
             ),
             seed: req.sampling.seed,
-            client: target.topic.clone(),
+            client: client.clone(),
         };
         if let Err(e) = blocking(&self.journal, move |j| j.accept(&accepted)).await {
             let err = match e {
@@ -386,6 +441,7 @@ impl Intake {
             self.refuse(Some(target), Some(&req.id), &err).await;
             return Admission::Answered;
         }
+        let cancel = Arc::new(AtomicBool::new(false));
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -394,18 +450,22 @@ impl Intake {
                 InFlight {
                     received,
                     resumed: false,
+                    target: target.clone(),
+                    also: Vec::new(),
+                    cancel: Arc::clone(&cancel),
                 },
             );
         let job = Job {
             request: req,
             prompt,
             key,
-            client: target.topic.clone(),
+            client,
             target,
             received,
             deadline: s.expiry.map(|e| received + e),
             served,
             tokens: 0,
+            cancel,
         };
         self.start_placed(job, cloud).await;
         Admission::Accepted
@@ -544,7 +604,12 @@ impl Intake {
                 self.stats.count(None, Outcome::Failed(code));
                 let err = RequestError::new(code, message);
                 let _ = out
-                    .send(Outgoing::journaled_error(&job.key, &job.target, &err))
+                    .send(Outgoing::journaled_error(
+                        &job.key,
+                        &job.request.id,
+                        &job.target,
+                        &err,
+                    ))
                     .await;
             }
             Some((to, permit)) => {
@@ -562,6 +627,46 @@ impl Intake {
                 spills.spawn(spill::run(spill, to));
             }
         }
+    }
+
+    /// Another sender of an in-flight key: it gets a copy of the final, unless it is the
+    /// request's own reply address (a transport's redelivery, answered there already).
+    fn attach(&self, key: &RequestKey, target: ReplyTarget) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = in_flight.get_mut(key)
+            && f.target != target
+            && !f.also.contains(&target)
+        {
+            f.also.push(target);
+        }
+    }
+
+    /// The sender replying to `target` went away (an HTTP client closed its connection):
+    /// if nobody else waits for that request, it is cancelled (the engine stops within a
+    /// token; a queued job is answered without running), and its final, `cancelled`, is
+    /// recorded like any other. Returns whether a request was cancelled.
+    pub fn cancel(&self, target: &ReplyTarget) -> bool {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for f in in_flight.values_mut() {
+            if let Some(i) = f.also.iter().position(|t| t == target) {
+                f.also.swap_remove(i);
+                return false;
+            }
+            if &f.target == target {
+                // Others waiting for the same key still get their copy of the final.
+                if f.also.is_empty() {
+                    f.cancel.store(true, Ordering::SeqCst);
+                }
+                return f.also.is_empty();
+            }
+        }
+        false
     }
 
     fn is_resumed(&self, key: &RequestKey) -> bool {

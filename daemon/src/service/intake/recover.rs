@@ -2,14 +2,15 @@
 //! final run again (`"resumed": true`) while their deadline allows, else are answered
 //! `interrupted`.
 
-use std::sync::PoisonError;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::finals::key_target;
 use super::{InFlight, Intake, Placement, Recovery, blocking, unix_ms};
 use crate::service::journal::JournalError;
 use crate::service::queue::Job;
-use crate::service::schema::{ErrorCode, RequestError, parse_request};
+use crate::service::schema::{ErrorCode, RequestError, parse_request, salvage_id};
 use crate::service::sink::{Delivery, Outgoing};
 use crate::service::stats::Outcome;
 
@@ -19,21 +20,23 @@ impl Intake {
     pub async fn recover(&self) -> Result<Recovery, JournalError> {
         let mut report = Recovery::default();
         let undelivered = blocking(&self.journal, |j| j.undelivered()).await?;
-        for (key, payload) in undelivered {
+        for u in undelivered {
             report.resent += 1;
-            let target = key_target(&key);
+            let target = key_target(&u.key, &u.client);
             self.send(Outgoing {
                 target,
-                payload,
-                delivery: Delivery::Recorded { key },
+                payload: u.final_payload,
+                delivery: Delivery::Recorded { key: u.key },
             })
             .await;
         }
         let pending = blocking(&self.journal, |j| j.pending()).await?;
         let now_ms = unix_ms();
         for a in pending {
-            let target = key_target(&a.key);
+            let target = key_target(&a.key, &a.client);
+            let id = salvage_id(&a.payload).unwrap_or_else(|| a.key.id.clone());
             let received = Instant::now();
+            let cancel = Arc::new(AtomicBool::new(false));
             self.in_flight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -42,14 +45,33 @@ impl Intake {
                     InFlight {
                         received,
                         resumed: true,
+                        target: target.clone(),
+                        also: Vec::new(),
+                        cancel: Arc::clone(&cancel),
                     },
                 );
             let left = a
                 .deadline_unix_ms
                 .map(|d| Duration::from_millis(d.saturating_sub(now_ms)));
             let answer = |code: ErrorCode, message: String| {
-                Outgoing::journaled_error(&a.key, &target, &RequestError::new(code, message))
+                Outgoing::journaled_error(&a.key, &id, &target, &RequestError::new(code, message))
             };
+            // An HTTP request without an idempotency key waited on a connection the restart
+            // closed: nobody can ask for its answer again, so it is not run again.
+            let orphan = crate::service::http::replies::is_http(&a.key.reply_to);
+            if orphan {
+                report.interrupted += 1;
+                self.stats
+                    .count(None, Outcome::Failed(ErrorCode::Interrupted));
+                self.send(answer(
+                    ErrorCode::Interrupted,
+                    "the device restarted while the request was in hand, and its HTTP client's \
+                     connection closed with it"
+                        .into(),
+                ))
+                .await;
+                continue;
+            }
             if left.is_some_and(|l| l.is_zero()) {
                 report.interrupted += 1;
                 self.stats
@@ -70,7 +92,7 @@ impl Intake {
                 Ok(r) => r,
                 Err(err) => {
                     // The limits changed across the restart.
-                    self.send(Outgoing::journaled_error(&a.key, &target, &err))
+                    self.send(Outgoing::journaled_error(&a.key, &id, &target, &err))
                         .await;
                     continue;
                 }
@@ -82,7 +104,7 @@ impl Intake {
             let prompt = match self.encode(&req).await {
                 Ok(prompt) => prompt,
                 Err(err) => {
-                    self.send(Outgoing::journaled_error(&a.key, &target, &err))
+                    self.send(Outgoing::journaled_error(&a.key, &id, &target, &err))
                         .await;
                     continue;
                 }
@@ -90,7 +112,7 @@ impl Intake {
             report.resumed += 1;
             let (served, cloud) = match self.place(&req, prompt.len(), &a.payload, left, true) {
                 Placement::Refuse(err) => {
-                    self.send(Outgoing::journaled_error(&a.key, &target, &err))
+                    self.send(Outgoing::journaled_error(&a.key, &id, &target, &err))
                         .await;
                     continue;
                 }
@@ -110,6 +132,7 @@ impl Intake {
                 deadline: left.map(|l| received + l),
                 served,
                 tokens: 0,
+                cancel,
             };
             self.start_placed(job, cloud).await;
         }

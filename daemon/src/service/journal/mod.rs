@@ -105,6 +105,15 @@ pub struct Accepted {
     pub client: String,
 }
 
+/// A final recorded but not delivered (see [`Journal::undelivered`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Undelivered {
+    pub key: RequestKey,
+    /// Who sent the request ([`Accepted::client`]).
+    pub client: String,
+    pub final_payload: Vec<u8>,
+}
+
 /// What the journal knows of a request key.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Lookup {
@@ -451,11 +460,11 @@ impl Journal {
         })
     }
 
-    /// Finals recorded but not delivered: (key, final payload), oldest first.
-    pub fn undelivered(&self) -> Result<Vec<(RequestKey, Vec<u8>)>, JournalError> {
+    /// Finals recorded but not delivered, oldest first.
+    pub fn undelivered(&self) -> Result<Vec<Undelivered>, JournalError> {
         self.with_store(None, |conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, reply_to, correlation, final_payload FROM requests \
+                "SELECT id, reply_to, correlation, client, final_payload FROM requests \
                  WHERE state = 1 ORDER BY answered_seq",
             )?;
             let rows = stmt.query_map([], |row| {
@@ -464,7 +473,11 @@ impl Journal {
                     reply_to: row.get(1)?,
                     correlation: row.get(2)?,
                 };
-                Ok((key, row.get(3)?))
+                Ok(Undelivered {
+                    key,
+                    client: row.get(3)?,
+                    final_payload: row.get(4)?,
+                })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })

@@ -49,6 +49,14 @@ fn key(id: &str) -> RequestKey {
     }
 }
 
+fn undelivered(id: &str, final_payload: &[u8]) -> Undelivered {
+    Undelivered {
+        key: key(id),
+        client: "replies/alice".to_string(),
+        final_payload: final_payload.to_vec(),
+    }
+}
+
 fn request(id: &str) -> Accepted {
     Accepted {
         key: key(id),
@@ -95,7 +103,7 @@ fn entry_moves_from_pending_to_answered_to_cached() {
     assert!(journal.pending().expect("pending").is_empty());
     assert_eq!(
         journal.undelivered().expect("undelivered"),
-        vec![(key("a"), b"final a".to_vec())]
+        vec![undelivered("a", b"final a")]
     );
     assert_eq!(journal.counts().expect("counts"), (0, 0));
 
@@ -243,7 +251,7 @@ fn pending_and_undelivered_keep_their_order() {
         .undelivered()
         .expect("undelivered")
         .into_iter()
-        .map(|(k, _)| k.id)
+        .map(|u| u.key.id)
         .collect();
     assert_eq!(
         undelivered,
@@ -429,7 +437,7 @@ fn reopening_keeps_everything() {
     );
     assert_eq!(
         journal.undelivered().expect("undelivered"),
-        vec![(key("u"), b"final u".to_vec())]
+        vec![undelivered("u", b"final u")]
     );
     assert_eq!(
         answered_of(&journal, "c"),
