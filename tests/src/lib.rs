@@ -348,6 +348,22 @@ impl Serve {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and returns at once ([`Serve::wait`] for the exit).
+    pub fn request_stop(&self) {
+        send_signal(self.pid(), 15);
+    }
+
+    /// Waits for the daemon to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        child.wait().expect("waiting for spillway serve")
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");

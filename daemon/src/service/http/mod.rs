@@ -560,7 +560,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// Answers a connection over the limit with 503 and closes it.
 async fn refuse_connection(mut stream: TcpStream) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = ApiError {
         retry_after: Some(1),
         ..ApiError::new(
@@ -577,9 +577,31 @@ async fn refuse_connection(mut stream: TcpStream) {
          connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
+    // Read what the client sends first (up to the end of its head, briefly), and drain
+    // after: a socket closed with unread data is reset, and the client would see a reset
+    // instead of this answer.
+    let mut buf = vec![0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut seen = Vec::new();
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if seen.windows(4).any(|w| w == b"\r\n\r\n") || seen.len() > MAX_HEAD_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
     })
     .await;
 }
