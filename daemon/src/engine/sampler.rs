@@ -397,37 +397,40 @@ mod tests {
     #[test]
     fn parameters_are_range_checked() {
         assert!(SamplingParams::default().validate().is_ok());
-        assert!(
+        let refused = |p: SamplingParams, field: &str| {
+            let r = p.validate();
+            assert!(
+                matches!(&r, Err(SamplingError::OutOfRange { name, .. }) if *name == field),
+                "{r:?} is not {field} out of range"
+            );
+        };
+        refused(
             SamplingParams {
                 temperature: -1.0,
                 ..params()
-            }
-            .validate()
-            .is_err()
+            },
+            "temperature",
         );
-        assert!(
+        refused(
             SamplingParams {
                 temperature: f32::NAN,
                 ..params()
-            }
-            .validate()
-            .is_err()
+            },
+            "temperature",
         );
-        assert!(
+        refused(
             SamplingParams {
                 top_p: 0.0,
                 ..params()
-            }
-            .validate()
-            .is_err()
+            },
+            "top_p",
         );
-        assert!(
+        refused(
             SamplingParams {
                 repeat_last_n: 1 << 20,
                 ..params()
-            }
-            .validate()
-            .is_err()
+            },
+            "repeat_last_n",
         );
     }
 }
