@@ -5,6 +5,8 @@
 //! Everything the sampler needs is allocated in [`Sampler::new`] (candidate list, per-token
 //! counts, the window of recent tokens); [`Sampler::sample`] allocates nothing.
 
+use crate::rng::SplitMix64;
+
 /// How to sample. The defaults are Mistral's recommendation for Ministral 3 Instruct
 /// (temperature 0.15) with every other filter off.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,15 +110,8 @@ struct Rng([u64; 4]);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        let mut sm = seed;
-        let mut next = || {
-            sm = sm.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = sm;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        Rng([next(), next(), next(), next()])
+        let mut sm = SplitMix64::new(seed);
+        Rng([sm.next_u64(), sm.next_u64(), sm.next_u64(), sm.next_u64()])
     }
 
     fn next_u64(&mut self) -> u64 {
