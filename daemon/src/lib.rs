@@ -26,6 +26,8 @@
 //! - [`sysfs`]: the bounded readers of `/sys` and `/proc` files (and `/proc/meminfo`, the
 //!   cgroup's memory files) that the monitor and board detection share.
 //! - [`synth`]: random-weight models with the real shapes, for tests and benchmarks.
+//! - [`rng`]: SplitMix64, the seeded generator behind synth's weights and the sampler's
+//!   seeding.
 //! - [`tokenizer`]: Mistral's Tekken tokenizer (pre-tokenizer, BPE, streaming
 //!   detokenizer) and the Instruct chat format, from GGUF or `tekken.json`.
 //! - [`units`]: byte sizes as people write them (`3GiB`) and print them.
@@ -40,6 +42,7 @@ pub mod config;
 pub mod engine;
 pub mod model;
 pub mod monitor;
+pub mod rng;
 pub mod router;
 pub mod service;
 pub mod synth;

@@ -16,6 +16,8 @@ use spillway_gguf::{GgufError, GgufWriter, MetaValue, TensorPlan};
 use spillway_kernels::GgmlType;
 use spillway_kernels::formats::{FormatError, quantize_to_bytes};
 
+use crate::rng::SplitMix64;
+
 /// Model shapes `synth` can write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Shape {
@@ -306,29 +308,16 @@ fn plan_inner(spec: &SynthSpec) -> (Vec<(String, MetaValue)>, Vec<Planned>) {
     (meta, tensors)
 }
 
-/// SplitMix64: a tiny, well-mixed generator; one per row, seeded from (seed, tensor, row).
-struct SplitMix(u64);
+/// Uniform in (0, 1].
+fn unit(rng: &mut SplitMix64) -> f64 {
+    ((rng.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+}
 
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal pairs (Box–Muller).
-    fn normal_pair(&mut self) -> (f32, f32) {
-        let r = (-2.0 * self.unit().ln()).sqrt();
-        let t = std::f64::consts::TAU * self.unit();
-        ((r * t.cos()) as f32, (r * t.sin()) as f32)
-    }
+/// Standard normal pairs (Box–Muller).
+fn normal_pair(rng: &mut SplitMix64) -> (f32, f32) {
+    let r = (-2.0 * unit(rng).ln()).sqrt();
+    let t = std::f64::consts::TAU * unit(rng);
+    ((r * t.cos()) as f32, (r * t.sin()) as f32)
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -338,9 +327,10 @@ fn fnv1a(s: &str) -> u64 {
 }
 
 fn fill_row(seed: u64, tensor: &str, row: u64, mean: f32, std: f32, out: &mut [f32]) {
-    let mut rng = SplitMix(seed ^ fnv1a(tensor) ^ row.wrapping_mul(0xd134_2543_de82_ef95));
+    // One generator per row, seeded from (seed, tensor, row).
+    let mut rng = SplitMix64::new(seed ^ fnv1a(tensor) ^ row.wrapping_mul(0xd134_2543_de82_ef95));
     for pair in out.chunks_mut(2) {
-        let (a, b) = rng.normal_pair();
+        let (a, b) = normal_pair(&mut rng);
         pair[0] = mean + std * a;
         if let Some(x) = pair.get_mut(1) {
             *x = mean + std * b;

@@ -63,8 +63,13 @@ mod tests {
         assert_eq!(parse_bytes("1.5 gib"), Ok(3 << 29));
         assert_eq!(parse_bytes("512M"), Ok(512_000_000));
         assert_eq!(parse_bytes(" 1500000000 "), Ok(1_500_000_000));
-        assert!(parse_bytes("4 GB/s").is_err());
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("").is_err());
+        for (bad, want) in [
+            ("4 GB/s", "unknown byte unit \"gb/s\""),
+            ("lots", "\"lots\" is not a byte count"),
+            ("", "\"\" is not a byte count"),
+        ] {
+            let err = parse_bytes(bad).unwrap_err();
+            assert!(err.contains(want), "{bad:?}: {err}");
+        }
     }
 }

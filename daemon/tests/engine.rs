@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use spillway::engine::{
-    Engine, EngineConfig, EngineError, FinishReason, GenerateRequest, SamplingParams,
+    Engine, EngineConfig, EngineError, FinishReason, GenerateRequest, SamplingError, SamplingParams,
 };
 use spillway::model::KvType;
 use spillway_e2e::fixtures;
+use spillway_gguf::GgufError;
 
 mod common;
 use common::synth_model;
@@ -177,7 +178,10 @@ fn a_model_without_a_tokenizer_is_recognised_from_its_header() {
     // The same answer the loaded engine gives.
     assert!(engine_at(bare, 1).tokenizer().is_none());
     let missing = std::env::temp_dir().join("spillway-test-no-such-model.gguf");
-    assert!(spillway::engine::has_tokenizer(&missing).is_err());
+    let r = spillway::engine::has_tokenizer(&missing);
+    let cannot_open =
+        matches!(&r, Err(EngineError::Gguf(GgufError::Open { path, .. })) if *path == missing);
+    assert!(cannot_open, "{r:?}");
 }
 
 #[test]
@@ -215,9 +219,16 @@ fn context_limits_are_errors() {
         },
         ..GenerateRequest::default()
     };
+    let r = e.generate(&bad, &AtomicBool::new(false), |_| ControlFlow::Continue(()));
     assert!(
-        e.generate(&bad, &AtomicBool::new(false), |_| ControlFlow::Continue(()))
-            .is_err()
+        matches!(
+            &r,
+            Err(EngineError::Sampling(SamplingError::OutOfRange {
+                name: "temperature",
+                ..
+            }))
+        ),
+        "{r:?}"
     );
 }
 

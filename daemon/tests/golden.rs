@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use spillway::model::{Compute, Forward, KvCache, KvType, LogitsFor, ModelWeights};
+use spillway::model::{Compute, Forward, ForwardError, KvCache, KvType, LogitsFor, ModelWeights};
 use spillway_e2e::fixtures;
 use spillway_gguf::GgufFile;
 use spillway_kernels::{PoolConfig, ThreadPool, dispatch};
@@ -232,7 +232,8 @@ fn errors_are_reported_not_panicked() {
         .eval(&m.w, &mut kv, &[5000], LogitsFor::Last, &m.c)
         .unwrap_err();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
-    assert!(f.eval(&m.w, &mut kv, &[], LogitsFor::Last, &m.c).is_err());
+    let r = f.eval(&m.w, &mut kv, &[], LogitsFor::Last, &m.c);
+    assert!(matches!(r, Err(ForwardError::Empty)), "{r:?}");
     assert_eq!(kv.len(), 0, "refused evaluations leave the cache as it was");
 }
 

@@ -1,7 +1,7 @@
 //! The writer and the reader agree: every value type (nested arrays included) and every
 //! tensor comes back as written, at aligned offsets.
 
-use spillway_gguf::{Gguf, GgufWriter, MetaValue, TensorPlan, ValueRef, ValueType};
+use spillway_gguf::{Gguf, GgufError, GgufWriter, MetaValue, TensorPlan, ValueRef, ValueType};
 use spillway_kernels::GgmlType;
 
 #[test]
@@ -57,10 +57,7 @@ fn written_files_read_back_exactly() {
             // In parts, as synth writes large tensors.
             let (x, y) = d.split_at(7);
             w.write_part(&t.name, x).unwrap();
-            assert!(
-                w.write_tensor(&t.name, y).is_err(),
-                "a whole write mid-tensor is refused"
-            );
+            assert_write_err(w.write_tensor(&t.name, y), "a partial tensor is pending");
             w.write_part(&t.name, y).unwrap();
         } else {
             w.write_tensor(&t.name, d).unwrap();
@@ -99,29 +96,59 @@ fn written_files_read_back_exactly() {
         assert_eq!(g.tensor_bytes(info), d.as_slice());
     }
     assert!(g.weights("b").is_ok());
-    assert!(g.weights("zzz").is_err());
+    let r = g.weights("zzz");
+    assert!(
+        matches!(&r, Err(GgufError::NoTensor(n)) if n == "zzz"),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn the_writer_refuses_what_the_reader_would() {
     let t = |name: &str, ty, dims: &[u64]| vec![TensorPlan::new(name, ty, dims)];
-    assert!(GgufWriter::new(Vec::new(), &[], t("x", GgmlType::Q4_0, &[33])).is_err());
-    assert!(GgufWriter::new(Vec::new(), &[], t("x", GgmlType::F32, &[1, 1, 1, 1, 1])).is_err());
-    assert!(GgufWriter::new(Vec::new(), &[], t(&"n".repeat(64), GgmlType::F32, &[1])).is_err());
+    assert_write_err(
+        GgufWriter::new(Vec::new(), &[], t("x", GgmlType::Q4_0, &[33])),
+        "x: row length 33 is not whole Q4_0 blocks",
+    );
+    assert_write_err(
+        GgufWriter::new(Vec::new(), &[], t("x", GgmlType::F32, &[1, 1, 1, 1, 1])),
+        "x: dimensions [1, 1, 1, 1, 1] are not 1 to 4 positive values",
+    );
+    assert_write_err(
+        GgufWriter::new(Vec::new(), &[], t(&"n".repeat(64), GgmlType::F32, &[1])),
+        "is empty, too long or repeated",
+    );
     let dup = vec![
         ("k".to_string(), MetaValue::U8(1)),
         ("k".to_string(), MetaValue::U8(2)),
     ];
-    assert!(GgufWriter::new(Vec::new(), &dup, vec![]).is_err());
+    assert_write_err(
+        GgufWriter::new(Vec::new(), &dup, vec![]),
+        "empty or duplicate key \"k\"",
+    );
     let mut w = GgufWriter::new(Vec::new(), &[], t("x", GgmlType::F32, &[2])).unwrap();
-    assert!(w.write_tensor("y", &[0; 8]).is_err());
-    assert!(w.write_tensor("x", &[0; 4]).is_err());
-    assert!(
-        w.write_part("x", &[0; 12]).is_err(),
-        "more than the tensor's size"
+    assert_write_err(
+        w.write_tensor("y", &[0; 8]),
+        "expected tensor \"x\" next, got \"y\"",
+    );
+    assert_write_err(w.write_tensor("x", &[0; 4]), "x: 4 bytes given, 8 expected");
+    // More than the tensor's size.
+    assert_write_err(
+        w.write_part("x", &[0; 12]),
+        "x: 12 bytes written, only 8 expected",
     );
     w.write_part("x", &[0; 4]).unwrap();
-    assert!(w.finish().is_err(), "half a tensor is not a file");
+    // Half a tensor is not a file.
+    assert_write_err(w.finish(), "only 0 of 1 tensors were written");
+}
+
+/// `r` is the writer's refusal ([`GgufError::Write`]) and its message contains `want`.
+#[track_caller]
+fn assert_write_err<T: std::fmt::Debug>(r: Result<T, GgufError>, want: &str) {
+    assert!(
+        matches!(&r, Err(GgufError::Write(m)) if m.contains(want)),
+        "{r:?} does not say {want:?}"
+    );
 }
 
 #[test]

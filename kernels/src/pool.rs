@@ -498,7 +498,16 @@ mod tests {
                 }
             })
         }));
-        assert!(r.is_err());
+        // A worker's panic (not the caller's) comes back as the pool's own message.
+        let payload = r.unwrap_err();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+        assert!(
+            message.is_some_and(|m| m.contains("a kernel worker thread panicked")),
+            "{message:?}"
+        );
         let ran = AtomicUsize::new(0);
         pool.run(|_, _| {
             ran.fetch_add(1, Ordering::Relaxed);
@@ -536,6 +545,12 @@ mod tests {
         };
         let pool = ThreadPool::new(cfg).unwrap();
         pool.run(|_, _| {});
-        assert!(pin_current_thread(usize::MAX).is_err());
+        let err = pin_current_thread(usize::MAX).unwrap_err();
+        if cfg!(target_os = "linux") {
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+            assert!(err.to_string().contains("beyond CPU_SETSIZE"), "{err}");
+        } else {
+            assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}");
+        }
     }
 }

@@ -159,17 +159,48 @@ fn shapes_are_validated() {
     let data = vec![0.0f32; 12];
     let w = Weights::F32(&data);
     assert!(Matrix::new(w, 3, 4).is_ok());
-    assert!(Matrix::new(w, 4, 4).is_err());
-    assert!(Matrix::new(w, 3, 0).is_err());
+    assert_eq!(
+        Matrix::new(w, 4, 4).unwrap_err(),
+        FormatError::Shape {
+            ty: GgmlType::F32,
+            blocks: 12,
+            have: 12,
+            rows: 4,
+            cols: 4
+        }
+    );
+    assert_eq!(
+        Matrix::new(w, 3, 0).unwrap_err(),
+        FormatError::RowLength {
+            ty: GgmlType::F32,
+            cols: 0,
+            block: 1
+        }
+    );
     let q = vec![0u8; 18 * 2];
     let wq = Weights::from_bytes(GgmlType::Q4_0, &q).unwrap();
     assert!(Matrix::new(wq, 1, 64).is_ok());
-    assert!(
-        Matrix::new(wq, 2, 48).is_err(),
-        "48 is not a whole number of 32-blocks"
+    // 48 is not a whole number of 32-blocks.
+    assert_eq!(
+        Matrix::new(wq, 2, 48).unwrap_err(),
+        FormatError::RowLength {
+            ty: GgmlType::Q4_0,
+            cols: 48,
+            block: 32
+        }
     );
-    assert!(Weights::from_bytes(GgmlType::Q4_0, &q[..35]).is_err());
-    assert!(Weights::from_bytes(GgmlType::IQ2_XXS, &q).is_err());
+    assert_eq!(
+        Weights::from_bytes(GgmlType::Q4_0, &q[..35]).unwrap_err(),
+        FormatError::Length {
+            ty: GgmlType::Q4_0,
+            len: 35,
+            block: 18
+        }
+    );
+    assert_eq!(
+        Weights::from_bytes(GgmlType::IQ2_XXS, &q).unwrap_err(),
+        FormatError::Unsupported(GgmlType::IQ2_XXS)
+    );
     let f = [0.0f32; 3];
     let misaligned = &bytemuck::cast_slice::<f32, u8>(&f)[1..9];
     assert!(matches!(

@@ -25,7 +25,7 @@
 mod support;
 
 use proptest::prelude::*;
-use spillway_kernels::dispatch::{self, KernelPath, Kernels};
+use spillway_kernels::dispatch::{self, DispatchError, KernelPath, Kernels};
 use spillway_kernels::formats::*;
 use support::Rng;
 
@@ -656,7 +656,18 @@ fn dispatcher_picks_the_expected_path() {
     match std::env::var(dispatch::ENV_KERNELS) {
         Ok(v) if !v.trim().is_empty() => match KernelPath::from_name(&v) {
             Some(p) if p.is_supported() => assert_eq!(selected.unwrap().path(), p),
-            _ => assert!(selected.is_err()),
+            Some(p) => {
+                let r = selected.map(Kernels::path);
+                let refused =
+                    matches!(&r, Err(DispatchError::Unsupported { path, .. }) if *path == p);
+                assert!(refused, "{r:?}");
+            }
+            None => {
+                let r = selected.map(Kernels::path);
+                let refused =
+                    matches!(&r, Err(DispatchError::UnknownPath { value }) if value == v.trim());
+                assert!(refused, "{r:?}");
+            }
         },
         _ => assert_eq!(selected.unwrap().path(), best),
     }

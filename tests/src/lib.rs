@@ -3,12 +3,15 @@
 //! loopback port, a local HTTPS server speaking the router's protocol, a fake /sys tree).
 //!
 //! - [`fake_router`]: an HTTPS server speaking the cloud router's protocol from a script.
+//! - [`cloud_rig`]: a fake board, the fake router and a token file for `spillway serve`, and
+//!   the configuration of the tests that spill to the cloud.
 //! - [`fake_fs`]: a fake `/sys` + `/proc` tree for `spillway serve --fs-root`.
 //! - [`pki`]: a test CA with server and client certificates, made with `openssl`.
 //! - [`chaos`]: brokers and daemons to kill and restart, and the exactly-once checks.
 //! - [`mqtt5`]: a small MQTT 5 client that knows which publishes the broker acknowledged.
 
 pub mod chaos;
+pub mod cloud_rig;
 pub mod fake_fs;
 pub mod fake_router;
 pub mod mqtt5;

@@ -562,7 +562,21 @@ mod tests {
         let mut body = Vec::new();
         put_str(&mut body, "a/b").unwrap();
         body.push(0x00);
-        assert!(parse_publish(0x32, &body).is_err());
-        assert!(parse_publish(0x30, &[0, 9, b'x']).is_err());
+        // QoS 1: the packet id's two bytes are cut to one.
+        let err = parse_publish(0x32, &body).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(
+            err.to_string()
+                .contains("a field runs past the end of a 6-byte packet"),
+            "{err}"
+        );
+        // A 9-byte topic with one byte present.
+        let err = parse_publish(0x30, &[0, 9, b'x']).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(
+            err.to_string()
+                .contains("a field runs past the end of a 3-byte packet"),
+            "{err}"
+        );
     }
 }

@@ -13,56 +13,31 @@
 
 mod mqtt_client;
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mqtt_client::{Conn, Msg};
 use serde_json::{Value, json};
-use spillway_e2e::fake_fs::FakeFs;
-use spillway_e2e::fake_router::{self as fr, Echo, FakeRouter};
-use spillway_e2e::{Mosquitto, TempDir, spillway_bin, tiny_tekken_model};
+use spillway_e2e::cloud_rig::{self, CloudRig};
+use spillway_e2e::fake_router::{self as fr, Echo};
+use spillway_e2e::{Mosquitto, TempDir, spillway_bin};
 
 const DEVICE: &str = "leakyboard";
 /// The canary: `/` and `_` so that `\/` and `\u005f` escapes are exercised.
 const CANARY: &str = "hf_Canary/Chaos_7f3a9c2e5b1d40686dQz";
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Telemetry every second; no retries (one attempt per request, so each echo is seen
-/// once); no cooldowns from repeated failures; circuits that close after 3 s.
+/// The rig's configuration ([`cloud_rig::config`]) with no retries (one attempt per
+/// request, so each echo is seen once), no cooldowns from repeated failures, and circuits
+/// that close after 3 s.
 fn config(broker: &Mosquitto, ca_file: &std::path::Path) -> String {
-    format!(
-        r#"[model]
-path = {model:?}
-[engine]
-threads = 1
-context = 1024
-[mqtt]
-broker = {broker:?}
-device = "{DEVICE}"
-keep_alive_secs = 5
-[service]
-telemetry_secs = 1
-[router]
-sample_ms = 100
-rate_prior = 200.0
-[cloud]
-ca_file = {ca:?}
-token_credential = ""
-token_env = ""
-connect_timeout_ms = 2000
-first_token_timeout_ms = 3000
-idle_timeout_ms = 1000
-retries = 0
-backoff_initial_ms = 50
-backoff_max_ms = 200
-failures_to_cool = 100
-auth_cooldown_secs = 3
-credits_cooldown_secs = 3
-"#,
-        model = tiny_tekken_model().display().to_string(),
-        broker = broker.url(),
-        ca = ca_file.display().to_string(),
+    cloud_rig::config(
+        DEVICE,
+        broker,
+        ca_file,
+        "",
+        "idle_timeout_ms = 1000\nretries = 0\nfailures_to_cool = 100\nauth_cooldown_secs = 3\n\
+         credits_cooldown_secs = 3",
     )
 }
 
@@ -246,31 +221,13 @@ fn error_of(fin: &Value) -> (String, String) {
 #[test]
 fn the_token_never_leaks_whatever_the_router_echoes() {
     let dir = TempDir::new("chaos-secrets");
-    let fs = FakeFs::new();
+    let cloud = CloudRig::start(&dir, CANARY);
     // Hot from the start (generic board: soft limit 70 °C), so an auto request spills.
-    fs.set_temp_c(72.0);
-    let router = FakeRouter::start();
-    let ca = dir.path().join("router-ca.pem");
-    std::fs::write(&ca, router.ca_pem()).unwrap();
-    let token = dir.path().join("hf-token");
-    std::fs::write(&token, format!("{CANARY}\n")).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    cloud.fs.set_temp_c(72.0);
+    let router = &cloud.router;
     let broker = Mosquitto::start();
     let mut c = Client::new(broker.port);
-    let daemon = Daemon::start(
-        &dir,
-        &config(&broker, &ca),
-        &[
-            "--fs-root",
-            fs.root().to_str().unwrap(),
-            "--board",
-            "generic",
-            "--cloud-base-url",
-            router.base_url(),
-            "--cloud-token-file",
-            token.to_str().unwrap(),
-        ],
-    );
+    let daemon = Daemon::start(&dir, &config(&broker, &cloud.ca_file), &cloud.serve_args());
     let status = format!("spillway/{DEVICE}/status");
     let online = c.until(Duration::from_secs(30), |seen| {
         seen.iter()

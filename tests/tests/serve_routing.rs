@@ -12,14 +12,15 @@
 mod mqtt_client;
 
 use std::cell::RefCell;
-use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mqtt_client::{Conn, Msg};
 use serde_json::{Value, json};
+use spillway_e2e::cloud_rig::{self, CloudRig};
 use spillway_e2e::fake_fs::FakeFs;
 use spillway_e2e::fake_router::{self as fr, FakeRouter, Gate, Part};
-use spillway_e2e::{Mosquitto, Serve, TempDir, tiny_tekken_model};
+use spillway_e2e::{Mosquitto, Serve, TempDir};
 
 const DEVICE: &str = "hotboard";
 const TOKEN: &str = "hf_E2eRoutingSecret_4b9d2c7e1f0a8356";
@@ -40,43 +41,15 @@ fn correlation(id: &str) -> Vec<u8> {
     format!("corr-{id}").into_bytes()
 }
 
-/// The daemon's configuration: one engine thread, telemetry every second, the board
-/// sampled every 100 ms, a generous generation-rate prior (the tiny model is fast, and
-/// wait estimates should not get in the way), and a cloud client with short timeouts and
-/// quick backoff that reads its token from the file only.
-fn config(broker: &Mosquitto, ca_file: &std::path::Path, router_extra: &str) -> String {
-    format!(
-        r#"[model]
-path = {model:?}
-[engine]
-threads = 1
-context = 1024
-[mqtt]
-broker = {broker:?}
-device = "{DEVICE}"
-keep_alive_secs = 5
-[service]
-telemetry_secs = 1
-[router]
-sample_ms = 100
-rate_prior = 200.0
-{router_extra}
-[cloud]
-ca_file = {ca:?}
-token_credential = ""
-token_env = ""
-connect_timeout_ms = 2000
-first_token_timeout_ms = 3000
-idle_timeout_ms = 500
-retries = 2
-backoff_initial_ms = 50
-backoff_max_ms = 200
-retry_after_max_secs = 5
-failures_to_cool = 5
-"#,
-        model = tiny_tekken_model().display().to_string(),
-        broker = broker.url(),
-        ca = ca_file.display().to_string(),
+/// The rig's configuration ([`cloud_rig::config`]) with two retries, a 500 ms idle
+/// timeout, `Retry-After` honoured up to 5 s and the circuit opening after 5 failures.
+fn config(broker: &Mosquitto, ca_file: &Path, router_extra: &str) -> String {
+    cloud_rig::config(
+        DEVICE,
+        broker,
+        ca_file,
+        router_extra,
+        "idle_timeout_ms = 500\nretries = 2\nretry_after_max_secs = 5\nfailures_to_cool = 5",
     )
 }
 
@@ -219,27 +192,12 @@ struct Rig {
 
 fn start(router_extra: &str) -> Rig {
     let dir = TempDir::new("routing");
-    let fs = FakeFs::new();
-    let router = FakeRouter::start();
-    let ca = dir.path().join("router-ca.pem");
-    std::fs::write(&ca, router.ca_pem()).unwrap();
-    let token = dir.path().join("hf-token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cloud = CloudRig::start(&dir, TOKEN);
     let broker = Mosquitto::start();
     let client = Client::new(broker.port);
     let serve = Serve::start_with_args(
-        &config(&broker, &ca, router_extra),
-        &[
-            "--fs-root",
-            fs.root().to_str().unwrap(),
-            "--board",
-            "generic",
-            "--cloud-base-url",
-            router.base_url(),
-            "--cloud-token-file",
-            token.to_str().unwrap(),
-        ],
+        &config(&broker, &cloud.ca_file, router_extra),
+        &cloud.serve_args(),
     );
     let online = client.until(Duration::from_secs(30), |c| {
         c.status.borrow().as_deref() == Some("online")
@@ -249,6 +207,7 @@ fn start(router_extra: &str) -> Rig {
         "the daemon never came online:\n{}",
         serve.log_text()
     );
+    let CloudRig { fs, router, .. } = cloud;
     Rig {
         client,
         serve,

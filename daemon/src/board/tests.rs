@@ -139,8 +139,15 @@ fn the_variant_follows_memtotal() {
 fn budgets_parse_and_resolve() {
     assert_eq!(RamBudget::parse("75%"), Ok(RamBudget::Share(75.0)));
     assert_eq!(RamBudget::parse(" 2.5GiB "), Ok(RamBudget::Bytes(5 << 29)));
-    for bad in ["0%", "101%", "x%", "lots", "12"] {
-        assert!(RamBudget::parse(bad).is_err(), "{bad}");
+    for (bad, want) in [
+        ("0%", "must be between 1% and 100%"),
+        ("101%", "must be between 1% and 100%"),
+        ("x%", "is not a percentage"),
+        ("lots", "is not a byte count"),
+        ("12", "is less than 1 MiB"),
+    ] {
+        let err = RamBudget::parse(bad).unwrap_err();
+        assert!(err.contains(want), "{bad}: {err}");
     }
     assert_eq!(RamBudget::Share(75.0).bytes(Some(4 << 30)), Some(3 << 30));
     assert_eq!(RamBudget::Share(75.0).bytes(None), None);

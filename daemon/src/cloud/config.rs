@@ -312,7 +312,10 @@ mod tests {
         let text = toml::to_string(&c).unwrap();
         let back: CloudConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
-        assert!(toml::from_str::<CloudConfig>("idle_timeout = 3").is_err());
+        let err = toml::from_str::<CloudConfig>("idle_timeout = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `idle_timeout`"), "{err}");
     }
 
     #[test]

@@ -297,7 +297,13 @@ mod tests {
             }
         );
         assert_eq!(interp(&data(" [DONE] ")).unwrap(), StreamEvent::Done);
-        assert!(interp(&data("{\"choices\": 5}")).is_err());
+        let err = interp(&data("{\"choices\": 5}")).unwrap_err();
+        assert!(
+            err.as_str()
+                .starts_with("malformed chunk (invalid type: integer `5`, expected a sequence"),
+            "{}",
+            err.as_str()
+        );
         assert!(
             interp(&data("not json"))
                 .unwrap_err()

@@ -121,17 +121,21 @@ mod tests {
         );
         assert_eq!(t.path, "/api/v1/chat/completions");
 
-        for bad in [
-            "router.huggingface.co/v1",
-            "ftp://x/v1",
-            "https://user:pw@x/v1",
-            "https://x/v1?key=1",
-            "https://x/v1#f",
-            "https://x /v1",
-            "https:///v1",
-            "",
+        for (bad, want) in [
+            ("router.huggingface.co/v1", "is not a URL"),
+            ("ftp://x/v1", "must start with https://"),
+            ("https://user:pw@x/v1", "must not hold credentials"),
+            ("https://x/v1?key=1", "must not have a query or fragment"),
+            ("https://x/v1#f", "must not have a query or fragment"),
+            (
+                "https://x /v1",
+                "contains whitespace or a control character",
+            ),
+            ("https:///v1", "is not a URL"),
+            ("", "is not a URL"),
         ] {
-            assert!(Target::parse(bad, "m").is_err(), "{bad}");
+            let err = Target::parse(bad, "m").unwrap_err();
+            assert!(err.contains(want), "{bad:?}: {err}");
         }
     }
 }

@@ -93,30 +93,46 @@ mod tests {
         };
         ok.validate().unwrap();
         let bad = [
-            CloudRequest::default(),
-            CloudRequest {
-                max_tokens: Some(0),
-                ..ok.clone()
-            },
-            CloudRequest {
-                temperature: Some(f32::NAN),
-                ..ok.clone()
-            },
-            CloudRequest {
-                top_p: Some(0.0),
-                ..ok.clone()
-            },
-            CloudRequest {
-                stop: vec![String::new()],
-                ..ok.clone()
-            },
-            CloudRequest {
-                messages: vec![CloudMessage::new("us er", "hi")],
-                ..ok.clone()
-            },
+            (CloudRequest::default(), "no messages"),
+            (
+                CloudRequest {
+                    max_tokens: Some(0),
+                    ..ok.clone()
+                },
+                "max_tokens must be at least 1",
+            ),
+            (
+                CloudRequest {
+                    temperature: Some(f32::NAN),
+                    ..ok.clone()
+                },
+                "temperature must be a finite number",
+            ),
+            (
+                CloudRequest {
+                    top_p: Some(0.0),
+                    ..ok.clone()
+                },
+                "top_p must be in (0, 1]",
+            ),
+            (
+                CloudRequest {
+                    stop: vec![String::new()],
+                    ..ok.clone()
+                },
+                "stop: at most 16 non-empty strings",
+            ),
+            (
+                CloudRequest {
+                    messages: vec![CloudMessage::new("us er", "hi")],
+                    ..ok.clone()
+                },
+                "bad message role \"us er\"",
+            ),
         ];
-        for r in bad {
-            assert!(r.validate().is_err(), "{r:?}");
+        for (r, want) in bad {
+            let err = r.validate().unwrap_err();
+            assert!(err.contains(want), "{r:?}: {err}");
         }
     }
 }

@@ -300,7 +300,13 @@ mod tests {
             context: ctx + 1,
             ..p
         };
-        assert!(bigger.check().is_err());
+        match bigger.check() {
+            Err(PlanError::OverBudget { total, budget, .. }) => {
+                assert_eq!(budget, 2_500_000_000);
+                assert!(total > budget, "{total} > {budget}");
+            }
+            r => panic!("not over budget: {r:?}"),
+        }
     }
 
     /// Every alternative is a plan that passes its own check, and each is named with its

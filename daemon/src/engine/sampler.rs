@@ -5,6 +5,8 @@
 //! Everything the sampler needs is allocated in [`Sampler::new`] (candidate list, per-token
 //! counts, the window of recent tokens); [`Sampler::sample`] allocates nothing.
 
+use crate::rng::SplitMix64;
+
 /// How to sample. The defaults are Mistral's recommendation for Ministral 3 Instruct
 /// (temperature 0.15) with every other filter off.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,15 +110,8 @@ struct Rng([u64; 4]);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        let mut sm = seed;
-        let mut next = || {
-            sm = sm.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = sm;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        Rng([next(), next(), next(), next()])
+        let mut sm = SplitMix64::new(seed);
+        Rng([sm.next_u64(), sm.next_u64(), sm.next_u64(), sm.next_u64()])
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -397,37 +392,40 @@ mod tests {
     #[test]
     fn parameters_are_range_checked() {
         assert!(SamplingParams::default().validate().is_ok());
-        assert!(
+        let refused = |p: SamplingParams, field: &str| {
+            let r = p.validate();
+            assert!(
+                matches!(&r, Err(SamplingError::OutOfRange { name, .. }) if *name == field),
+                "{r:?} is not {field} out of range"
+            );
+        };
+        refused(
             SamplingParams {
                 temperature: -1.0,
                 ..params()
-            }
-            .validate()
-            .is_err()
+            },
+            "temperature",
         );
-        assert!(
+        refused(
             SamplingParams {
                 temperature: f32::NAN,
                 ..params()
-            }
-            .validate()
-            .is_err()
+            },
+            "temperature",
         );
-        assert!(
+        refused(
             SamplingParams {
                 top_p: 0.0,
                 ..params()
-            }
-            .validate()
-            .is_err()
+            },
+            "top_p",
         );
-        assert!(
+        refused(
             SamplingParams {
                 repeat_last_n: 1 << 20,
                 ..params()
-            }
-            .validate()
-            .is_err()
+            },
+            "repeat_last_n",
         );
     }
 }

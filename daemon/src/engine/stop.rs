@@ -162,8 +162,11 @@ mod tests {
     #[test]
     fn limits_are_enforced() {
         let many: Vec<String> = (0..5).map(|i| i.to_string()).collect();
-        assert!(StopMatcher::new(&many, 8).is_err());
-        assert!(StopMatcher::new(&[String::new()], 8).is_err());
-        assert!(StopMatcher::new(&["x".repeat(257)], 8).is_err());
+        let r = StopMatcher::new(&many, 8);
+        assert!(matches!(r, Err(StopError::TooMany(5))), "{r:?}");
+        let r = StopMatcher::new(&[String::new()], 8);
+        assert!(matches!(r, Err(StopError::Length)), "{r:?}");
+        let r = StopMatcher::new(&["x".repeat(MAX_STOP_LEN + 1)], 8);
+        assert!(matches!(r, Err(StopError::Length)), "{r:?}");
     }
 }

@@ -486,8 +486,28 @@ fn ewma_prior_first_sample_and_blending() {
     let mut last = Ewma::new(5.0, 1.0).unwrap();
     last.observe(4.0).unwrap();
     assert_eq!(last.observe(7.0), Ok(7.0));
-    assert!(Ewma::new(f64::NAN, 0.5).is_err());
-    assert!(Ewma::new(5.0, 0.0).is_err());
+    let r = Ewma::new(f64::NAN, 0.5);
+    assert!(
+        matches!(
+            r,
+            Err(PolicyError::InvalidConfig {
+                field: "rate_prior",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = Ewma::new(5.0, 0.0);
+    assert!(
+        matches!(
+            r,
+            Err(PolicyError::InvalidConfig {
+                field: "rate_alpha",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -554,9 +574,17 @@ fn averages_restore_across_restarts() {
     assert_eq!(policy.observe_completion(40), 100.0);
     assert_eq!(policy.observe_completion(0), 75.25, "0 counts as 1");
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        assert!(policy.restore_rate(bad).is_err(), "{bad}");
+        let r = policy.restore_rate(bad);
+        assert!(
+            matches!(r, Err(PolicyError::InvalidRate(v)) if v.to_bits() == bad.to_bits()),
+            "{bad}: {r:?}"
+        );
     }
-    assert!(policy.restore_completion(0.5).is_err());
+    let r = policy.restore_completion(0.5);
+    assert!(
+        matches!(r, Err(PolicyError::InvalidCompletion(v)) if v == 0.5),
+        "{r:?}"
+    );
     assert_eq!(policy.rate().value(), 6.5);
     assert_eq!(policy.expected_completion(0), 1);
     assert_eq!(thousands(0), "0");

@@ -259,8 +259,15 @@ mod tests {
         );
         let a = notify_addr(OsStr::new("@spillway/notify")).unwrap();
         assert_eq!(a.as_abstract_name(), Some(&b"spillway/notify"[..]));
-        assert!(notify_addr(OsStr::new("relative.sock")).is_err());
-        assert!(notify_addr(OsStr::new("")).is_err());
+        for bad in ["relative.sock", ""] {
+            let err = notify_addr(OsStr::new(bad)).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}: {err}");
+            assert!(
+                err.to_string()
+                    .contains("not an absolute path or an @abstract name"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -92,7 +92,9 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// SplitMix64: seeded, reproducible, no dependency.
+/// SplitMix64, the same stream as the daemon's `spillway::rng::SplitMix64`: seeded,
+/// reproducible. A copy, because this crate does not depend on the daemon's library (the
+/// daemon's tests depend on this one).
 struct Rng(u64);
 
 impl Rng {
