@@ -8,6 +8,7 @@ client library expects.
     http_clients.py openai BASE_URL MODEL [API_KEY]
     http_clients.py openai-errors BASE_URL MODEL [API_KEY]
     http_clients.py ollama HOST MODEL [API_KEY]
+    http_clients.py https BASE_URL MODEL CA_FILE     (the SDK over HTTPS, trusting CA_FILE)
 """
 import json
 import sys
@@ -148,12 +149,33 @@ def ollama_basic(host, model, key):
     return out
 
 
+def https(base_url, model, ca_file):
+    import httpx
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0,
+                           http_client=httpx.Client(verify=ca_file, timeout=60))
+    if model == "-":
+        model = client.models.list().data[0].id
+    c = client.chat.completions.create(model=model, max_tokens=3,
+                                       messages=[{"role": "user", "content": "hi"}])
+    check(c.object == "chat.completion", f"object {c.object}")
+    untrusted = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    try:
+        untrusted.models.list()
+        raise AssertionError("a client that does not trust the CA connected")
+    except openai.APIConnectionError:
+        pass
+    return {"finish_reason": c.choices[0].finish_reason, "models": [m.id for m in client.models.list().data]}
+
+
 def main():
     if len(sys.argv) < 4:
         sys.exit(__doc__)
     cmd, base, model = sys.argv[1:4]
     key = sys.argv[4] if len(sys.argv) > 4 else None
-    run = {"openai": openai_basic, "openai-errors": openai_errors, "ollama": ollama_basic}[cmd]
+    run = {"openai": openai_basic, "openai-errors": openai_errors, "ollama": ollama_basic,
+           "https": https}[cmd]
     try:
         print(json.dumps(run(base, model, key)))
     except AssertionError as e:

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use spillway_e2e::fake_router::{self as fr, FakeRouter};
+use spillway_e2e::pki::TestPki;
 use spillway_e2e::{
     Mosquitto, Serve, TempDir, free_port, python, tiny_tekken_model, workspace_root,
 };
@@ -41,6 +42,8 @@ struct Opts<'a> {
     router: &'a str,
     /// A cloud router to spill to.
     cloud: Option<&'a FakeRouter>,
+    /// Serve HTTPS with this PKI's server certificate.
+    tls: Option<&'a TestPki>,
 }
 
 fn start(o: Opts<'_>) -> Daemon {
@@ -58,6 +61,13 @@ fn start(o: Opts<'_>) -> Daemon {
         http.push_str(&format!(
             "api_key_file = {:?}\n",
             file.display().to_string()
+        ));
+    }
+    if let Some(pki) = o.tls {
+        http.push_str(&format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            pki.path("server.crt").display().to_string(),
+            pki.path("server.key").display().to_string()
         ));
     }
     let mut cloud = String::new();
@@ -105,7 +115,7 @@ rate_prior = 200.0
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let serve = Serve::start_with_args(&config, &args);
     assert!(
-        serve.wait_for_log("HTTP API on http://", WAIT),
+        serve.wait_for_log("HTTP API on http", WAIT),
         "no HTTP front end:\n{}",
         serve.log_text()
     );
@@ -720,4 +730,44 @@ fn two_hundred_connections_get_answers_or_retry_after() {
     );
     // Still serving.
     assert_eq!(http(d.port, "GET", "/health", &[], "").status, 200);
+}
+
+#[test]
+fn https_serves_clients_that_trust_its_certificate() {
+    let pki = TestPki::new();
+    let d = start(Opts {
+        tls: Some(&pki),
+        ..Opts::default()
+    });
+    assert!(d.serve.log_text().contains("HTTP API on https://"));
+    // The certificate names `localhost`.
+    let base = format!("https://localhost:{}/v1", d.port);
+    let out = clients(
+        "https",
+        &base,
+        "-",
+        Some(pki.path("ca.crt").to_str().unwrap()),
+    );
+    assert!(out["finish_reason"].is_string(), "{out}");
+}
+
+#[test]
+fn a_non_loopback_address_without_a_key_is_refused_at_start() {
+    let broker = Mosquitto::start();
+    let config = format!(
+        "[model]\npath = {:?}\n[mqtt]\nbroker = {:?}\ndevice = \"open\"\n[http]\nlisten = \"0.0.0.0:{}\"\napi_key_credential = \"\"\n",
+        tiny_tekken_model().display().to_string(),
+        broker.url(),
+        free_port()
+    );
+    let mut serve = Serve::start(&config);
+    let status = serve.wait();
+    assert!(!status.success());
+    let log = serve.log_text();
+    assert!(
+        log.contains("0.0.0.0")
+            && log.contains("not a loopback address")
+            && log.contains("api_key_file"),
+        "{log}"
+    );
 }

@@ -22,8 +22,13 @@ pub struct HttpSection {
     pub api_key_credential: String,
     /// Open connections at most; one more is answered 503 and closed.
     pub max_connections: usize,
-    /// Seconds a client has to send a request's headers, and then its body.
+    /// Seconds a client has to send a request's headers (and its TLS handshake), and then
+    /// its body.
     pub client_timeout_secs: u64,
+    /// HTTPS: the server's certificate chain (PEM, leaf first); with `tls_key`.
+    pub tls_cert: PathBuf,
+    /// HTTPS: the certificate's private key (PEM).
+    pub tls_key: PathBuf,
 }
 
 impl Default for HttpSection {
@@ -34,6 +39,8 @@ impl Default for HttpSection {
             api_key_credential: "http-api-key".into(),
             max_connections: 64,
             client_timeout_secs: 30,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }
@@ -56,6 +63,12 @@ impl HttpSection {
             return Err(invalid(
                 "http.client_timeout_secs",
                 "must be between 1 and 3600",
+            ));
+        }
+        if self.tls_cert.as_os_str().is_empty() != self.tls_key.as_os_str().is_empty() {
+            return Err(invalid(
+                "http.tls_cert",
+                "give both http.tls_cert and http.tls_key, or neither",
             ));
         }
         Ok(())
@@ -123,6 +136,7 @@ mod tests {
         };
         assert!(bad(|s| s.max_connections = 0).starts_with("http.max_connections:"));
         assert!(bad(|s| s.client_timeout_secs = 0).starts_with("http.client_timeout_secs:"));
+        assert!(bad(|s| s.tls_cert = "c.pem".into()).contains("http.tls_key"));
         HttpSection::default().validate().unwrap();
     }
 }

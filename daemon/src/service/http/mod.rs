@@ -8,7 +8,8 @@
 //! The server is hyper's HTTP/1.1 with axum's router, driven by an accept loop of our own
 //! for what a board needs: a connection limit (one more connection is answered 503 with
 //! `Retry-After` and closed), a time limit on each request's headers and on its body, a
-//! header size limit, the body limited to `service.max_request_bytes`. An API key, when
+//! header size limit, the body limited to `service.max_request_bytes`; HTTPS when
+//! `http.tls_cert` and `http.tls_key` are given. An API key, when
 //! configured, is required on every endpoint but `/health` and `/ready`; without one the
 //! front end listens on loopback only.
 
@@ -17,6 +18,7 @@ pub mod errors;
 mod ollama;
 mod openai;
 pub mod replies;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +67,8 @@ pub enum HttpSetupError {
     },
     #[error("the HTTP API key: {0}")]
     Key(#[from] crate::cloud::secrets::SecretError),
+    #[error("HTTPS: {0}")]
+    Tls(String),
 }
 
 /// The models the API offers.
@@ -422,6 +426,14 @@ impl HttpFront {
                 credential: config.section.api_key_credential.clone(),
             });
         }
+        let tls = if config.section.tls_cert.as_os_str().is_empty() {
+            None
+        } else {
+            Some(tls::acceptor(
+                &config.section.tls_cert,
+                &config.section.tls_key,
+            )?)
+        };
         let listener =
             TcpListener::bind(config.addr)
                 .await
@@ -435,12 +447,13 @@ impl HttpFront {
                 addr: config.addr,
                 source,
             })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         match &key {
             Some(k) => tracing::info!(
-                "HTTP API on http://{local_addr} (API key from {})",
+                "HTTP API on {scheme}://{local_addr} (API key from {})",
                 k.source
             ),
-            None => tracing::info!("HTTP API on http://{local_addr} (loopback, no API key)"),
+            None => tracing::info!("HTTP API on {scheme}://{local_addr} (loopback, no API key)"),
         }
         let st = AppState(Arc::new(Shared {
             intake,
@@ -455,6 +468,7 @@ impl HttpFront {
         let (stop, stop_rx) = watch::channel(false);
         let server = tokio::spawn(serve(
             listener,
+            tls,
             router(st),
             config.section.max_connections,
             Duration::from_secs(config.section.client_timeout_secs),
@@ -485,6 +499,7 @@ impl HttpFront {
 /// The accept loop.
 async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: Router,
     max_connections: usize,
     client_timeout: Duration,
@@ -512,8 +527,21 @@ async fn serve(
         };
         let app = app.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            serve_connection(stream, app, client_timeout, stop).await;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => serve_connection(stream, app, client_timeout, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(client_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, app, client_timeout, stop).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             tracing::trace!(%peer, "HTTP connection closed");
             drop(permit);
         });
@@ -524,13 +552,14 @@ async fn serve(
 
 /// Serves one connection until it closes, or, after `stop`, until its current request is
 /// answered.
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     app: Router,
     client_timeout: Duration,
     mut stop: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         app.clone().oneshot(req.map(Body::new))
     });
