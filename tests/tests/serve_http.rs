@@ -771,3 +771,52 @@ fn a_non_loopback_address_without_a_key_is_refused_at_start() {
         "{log}"
     );
 }
+
+#[test]
+fn a_client_that_disconnects_stops_its_cloud_request() {
+    let router = FakeRouter::start();
+    let d = start(Opts {
+        cloud: Some(&router),
+        ..Opts::default()
+    });
+    let model = model_id(d.port, &[]);
+    router.script([fr::stream(
+        "slow-provider",
+        vec![
+            fr::role(),
+            fr::Part::Sleep(Duration::from_secs(8)),
+            fr::delta("too late"),
+            fr::finish("stop"),
+            fr::done(),
+        ],
+    )]);
+    let body = chat_body(&model, json!({"max_tokens": 5, "route": "cloud"}));
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    assert!(
+        d.serve.wait_for_log("route=\"cloud-https\"", WAIT)
+            || d.serve.wait_for_log("cloud-https", WAIT),
+        "{}",
+        d.serve.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let hung_up = Instant::now();
+    drop(s);
+    assert!(
+        d.serve
+            .wait_for_log("the client went away before the cloud had answered", WAIT)
+            || d.serve.wait_for_log("cancelled", WAIT),
+        "{}",
+        d.serve.log_text()
+    );
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(6),
+        "the cloud request ran on for {:?} after the client left",
+        hung_up.elapsed()
+    );
+}

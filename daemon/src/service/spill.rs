@@ -76,6 +76,15 @@ pub async fn run(spill: Spill, to: CloudTarget) {
                     .into(),
             ))
         }
+        _ = client_gone(&spill.job.cancel) => {
+            spill
+                .stats
+                .count(Some(spill.job.served.route), Outcome::Failed(ErrorCode::Cancelled));
+            Ending::Final(spill.error(
+                ErrorCode::Cancelled,
+                "the client went away before the cloud had answered".into(),
+            ))
+        }
     };
     let out = spill.out.clone();
     let reply = match ending {
@@ -84,6 +93,15 @@ pub async fn run(spill: Spill, to: CloudTarget) {
     };
     if let Some(reply) = reply {
         let _ = out.send(reply).await;
+    }
+}
+
+/// Resolves once the job's client has gone away ([`super::intake::Intake::cancel`]): the
+/// cloud request is dropped (its connection closed) and the permit freed.
+async fn client_gone(cancel: &std::sync::atomic::AtomicBool) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    while !cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        tick.tick().await;
     }
 }
 

@@ -218,6 +218,7 @@ impl Shared {
         &self,
         mut chat: Chat,
         headers: &axum::http::HeaderMap,
+        gone: ClientGone,
     ) -> Result<(Exchange, String), ApiError> {
         if self.models.resolve(&chat.model)? && chat.route.is_none() {
             chat.route = Some(RouteHint::Cloud);
@@ -262,6 +263,7 @@ impl Shared {
                 payload,
                 idempotency_key,
                 deadline,
+                gone,
             },
         )
         .await?;
@@ -530,17 +532,27 @@ async fn serve(
         let tls = tls.clone();
         connections.spawn(async move {
             let _ = stream.set_nodelay(true);
+            let (stream, gone, watcher) = match watch_hang_up(stream) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::debug!(%peer, "HTTP connection lost at accept: {e}");
+                    return;
+                }
+            };
             match tls {
-                None => serve_connection(stream, app, client_timeout, stop).await,
+                None => serve_connection(stream, app, client_timeout, stop, gone).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(client_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            serve_connection(tls_stream, app, client_timeout, stop).await;
+                            serve_connection(tls_stream, app, client_timeout, stop, gone).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
+            }
+            if let Some(w) = watcher {
+                w.abort();
             }
             tracing::trace!(%peer, "HTTP connection closed");
             drop(permit);
@@ -557,11 +569,14 @@ async fn serve_connection<S>(
     app: Router,
     client_timeout: Duration,
     mut stop: watch::Receiver<bool>,
+    gone: ClientGone,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        app.clone().oneshot(req.map(Body::new))
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(gone.clone());
+        app.clone().oneshot(req)
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -580,6 +595,56 @@ async fn serve_connection<S>(
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// Turns true when the client has closed its connection. hyper notices a closed
+/// connection only when it reads or writes, and a handler waiting for a queued request's
+/// final does neither: this is how that handler learns that nobody waits for the answer.
+#[derive(Clone, Debug)]
+pub struct ClientGone(pub watch::Receiver<bool>);
+
+impl ClientGone {
+    /// Resolves once the client has hung up (never, for a connection not watched).
+    pub async fn wait(&mut self) {
+        if self.0.wait_for(|g| *g).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Watches `stream` for the client hanging up: a second handle on the same socket peeks
+/// at it, and end-of-file (nothing left to read, the peer closed) turns [`ClientGone`]
+/// true. Returns the stream to serve, the flag, and the watcher task (abort it when the
+/// connection ends). Without a second handle (a descriptor limit), nothing is watched.
+fn watch_hang_up(
+    stream: TcpStream,
+) -> std::io::Result<(TcpStream, ClientGone, Option<tokio::task::JoinHandle<()>>)> {
+    let (tx, rx) = watch::channel(false);
+    let gone = ClientGone(rx);
+    let std = stream.into_std()?;
+    let clone = std.try_clone();
+    let stream = TcpStream::from_std(std)?;
+    let watcher = match clone.and_then(TcpStream::from_std) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::debug!("cannot watch an HTTP connection for hang-ups: {e}");
+            return Ok((stream, gone, None));
+        }
+    };
+    let task = tokio::spawn(async move {
+        let mut byte = [0u8; 1];
+        loop {
+            match watcher.peek(&mut byte).await {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(true);
+                    return;
+                }
+                // Data hyper has not read yet (the next request): look again later.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    Ok((stream, gone, Some(task)))
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

@@ -10,7 +10,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use super::errors::ApiError;
 use super::openai::StopField;
 use super::replies::{Answer, Event, Exchange};
-use super::{AppState, Chat, ChatMessage, Models, read_json, unix_now};
+use super::{AppState, Chat, ChatMessage, ClientGone, Models, read_json, unix_now};
 use crate::router::{Privacy, RouteHint};
 
 /// The API version `/api/version` reports: the Ollama release whose API this follows.
@@ -172,7 +172,12 @@ enum Shape {
 }
 
 /// `POST /api/chat`.
-pub(super) async fn chat(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn chat(
+    State(st): State<AppState>,
+    Extension(gone): Extension<ClientGone>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let run = async {
         let b: ChatBody = read_json(&st, body).await.map_err(ApiError::ollama)?;
         let mut messages = Vec::with_capacity(b.messages.len());
@@ -197,7 +202,7 @@ pub(super) async fn chat(State(st): State<AppState>, headers: HeaderMap, body: B
             });
         }
         let chat = b.common.into_chat(messages)?;
-        respond(&st, chat, &headers, Shape::Chat).await
+        respond(&st, chat, &headers, Shape::Chat, gone).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -205,6 +210,7 @@ pub(super) async fn chat(State(st): State<AppState>, headers: HeaderMap, body: B
 /// `POST /api/generate`: the prompt as one user turn (after `system`, if given).
 pub(super) async fn generate(
     State(st): State<AppState>,
+    Extension(gone): Extension<ClientGone>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -246,7 +252,7 @@ pub(super) async fn generate(
             content: b.prompt,
         });
         let chat = b.common.into_chat(messages)?;
-        respond(&st, chat, &headers, Shape::Generate).await
+        respond(&st, chat, &headers, Shape::Generate, gone).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -256,10 +262,11 @@ async fn respond(
     chat: Chat,
     headers: &HeaderMap,
     shape: Shape,
+    gone: ClientGone,
 ) -> Result<Response, ApiError> {
     let stream = chat.stream;
     let (mut ex, model) = st
-        .submit_chat(chat, headers)
+        .submit_chat(chat, headers, gone)
         .await
         .map_err(ApiError::ollama)?;
     if !stream {

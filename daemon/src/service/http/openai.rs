@@ -14,7 +14,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::errors::ApiError;
 use super::replies::{Answer, Event, Exchange};
-use super::{AppState, Chat, ChatMessage, read_json, unix_now};
+use super::{AppState, Chat, ChatMessage, ClientGone, read_json, unix_now};
 use crate::router::{Privacy, RouteHint};
 
 /// `stop`: a string or a list of strings.
@@ -258,10 +258,11 @@ impl ChatRequest {
 /// `POST /v1/chat/completions`.
 pub(super) async fn chat_completions(
     State(st): State<AppState>,
+    Extension(gone): Extension<ClientGone>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match chat_completions_inner(&st, &headers, body).await {
+    match chat_completions_inner(&st, &headers, body, gone).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -271,12 +272,13 @@ async fn chat_completions_inner(
     st: &AppState,
     headers: &HeaderMap,
     body: Body,
+    gone: ClientGone,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = read_json(st, body).await?;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let chat = req.into_chat()?;
     let stream = chat.stream;
-    let (mut ex, model) = st.submit_chat(chat, headers).await?;
+    let (mut ex, model) = st.submit_chat(chat, headers, gone).await?;
     let created = unix_now();
     if !stream {
         return loop {

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::ClientGone;
 use super::errors::ApiError;
 use crate::service::intake::{Admission, Intake, Submission};
 use crate::service::sink::{Delivery, Outgoing, ReplyTarget};
@@ -237,6 +238,8 @@ pub struct Exchange {
     finished: bool,
     /// The latest the final may come: the request's deadline and a margin.
     give_up: tokio::time::Instant,
+    /// Turns true when the client hangs up.
+    gone: ClientGone,
 }
 
 /// What an HTTP front end submits.
@@ -248,6 +251,8 @@ pub struct HttpSubmission {
     pub payload: Vec<u8>,
     pub idempotency_key: Option<String>,
     pub deadline: Duration,
+    /// The connection's hang-up flag.
+    pub gone: ClientGone,
 }
 
 /// How long past its deadline an HTTP request waits for the final the intake owes it.
@@ -270,6 +275,7 @@ impl Exchange {
             intake: Arc::clone(intake),
             finished: false,
             give_up: tokio::time::Instant::now() + s.deadline + FINAL_MARGIN,
+            gone: s.gone,
         };
         let admission = intake
             .submit(Submission {
@@ -298,7 +304,17 @@ impl Exchange {
         if self.finished {
             return None;
         }
-        let msg = match tokio::time::timeout_at(self.give_up, self.rx.recv()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(self.give_up, self.rx.recv()) => next,
+            () = self.gone.wait() => {
+                // Not finished: dropping the exchange cancels the request.
+                return Some(Event::Failed(ApiError::from_code(
+                    "cancelled",
+                    "the client went away".into(),
+                )));
+            }
+        };
+        let msg = match next {
             Ok(Some(msg)) => msg,
             Ok(None) => {
                 self.finished = true;
