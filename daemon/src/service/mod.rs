@@ -20,6 +20,7 @@
 pub mod connection;
 pub mod intake;
 pub mod journal;
+pub mod metrics;
 pub mod mqtt;
 pub mod mqtt_front;
 pub mod notify;
@@ -45,6 +46,7 @@ use crate::engine::Engine;
 use connection::ConnectionState;
 use intake::{Intake, IntakeConfig};
 use journal::{Journal, JournalLimits};
+use metrics::Metrics;
 use mqtt_front::{FrontContext, MqttFront};
 use notify::Notifier;
 use route::Routing;
@@ -185,11 +187,17 @@ pub async fn run(
         "connecting to the broker {}:{}",
         v.broker.host, v.broker.port
     ));
+    // One registry over the stats and the routing: `GET /metrics` encodes it.
+    let metrics = Arc::new(Metrics::new(
+        Arc::clone(&stats),
+        Arc::clone(&routing) as Arc<dyn metrics::Source>,
+    ));
     let ctx = Arc::new(FrontContext {
         v,
         intake: Arc::clone(&intake),
         stats: Arc::clone(&stats),
         routing: Arc::clone(&routing),
+        metrics,
         notify,
         model_name,
         kernels,

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use super::connection::{BackoffConfig, ConnectionConfig, ConnectionEvent, ConnectionState, drive};
 use super::intake::{Intake, Submission};
 use super::journal::RequestKey;
+use super::metrics::Metrics;
 use super::notify::Notifier;
 use super::outbox::{DeliveryTracking, Message, Outbox, Settled};
 use super::route::Routing;
@@ -41,6 +42,9 @@ pub struct FrontContext {
     pub intake: Arc<Intake>,
     pub stats: Arc<Stats>,
     pub routing: Arc<Routing>,
+    /// The Prometheus registry (over `stats` and `routing`), for a front end that serves
+    /// `GET /metrics`: [`Metrics::encode`].
+    pub metrics: Arc<Metrics>,
     pub notify: Notifier,
     pub model_name: String,
     pub kernels: &'static str,
