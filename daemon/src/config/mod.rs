@@ -20,6 +20,7 @@
 
 mod engine;
 mod env;
+mod homeassistant;
 mod mqtt;
 mod resolve;
 mod router;
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use engine::{EngineSection, KvTypeSetting, ModelSection};
+pub use homeassistant::HomeAssistantSection;
 pub use mqtt::{BrokerAddr, MqttSection, Topics, parse_broker};
 pub use resolve::{Validated, hostname};
 pub use router::{BoardChoice, CloudRouteName, RouterSection};
@@ -50,6 +52,7 @@ pub struct Config {
     pub router: RouterSection,
     pub cloud: crate::cloud::CloudConfig,
     pub upstream: UpstreamSection,
+    pub homeassistant: HomeAssistantSection,
     /// The file this was read from (not a setting): board profile overrides are looked for
     /// beside it.
     #[serde(skip)]
@@ -179,6 +182,7 @@ impl Config {
         self.engine.validate()?;
         self.service.validate(self.mqtt.max_packet_bytes)?;
         self.router.validate()?;
+        self.homeassistant.validate(self.service.telemetry_secs)?;
         if self.router.has_route(CloudRouteName::Mqtt) {
             self.upstream.validate()?;
         }

@@ -18,6 +18,7 @@
 //! is healthy, `STOPPING=1` on shutdown.
 
 pub mod connection;
+pub mod discovery;
 pub mod intake;
 pub mod journal;
 pub mod metrics;
