@@ -34,21 +34,17 @@
 //! token on a Pi takes from a fraction of a second (short prompt, idle) to tens of seconds
 //! (a long prompt, a queue); an answer up to minutes.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::Arc;
 
 use super::route::Routing;
-use super::schema::ServedRoute;
 use super::stats::Stats;
+pub use super::stats::{LATENCY_BUCKETS, Latency};
 use crate::cloud::EndpointState;
 use crate::router::ThermalState;
 
@@ -56,67 +52,8 @@ use crate::router::ThermalState;
 /// scrapes natively).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Upper bounds of the latency histograms' buckets, in seconds (`+Inf` is added).
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
-];
-
-/// The routes an answer can come from, as the `route` label names them.
-const ROUTES: [ServedRoute; 3] = [
-    ServedRoute::Local,
-    ServedRoute::CloudHttps,
-    ServedRoute::CloudMqtt,
-];
-
 const THERMAL_STATES: [ThermalState; 3] =
     [ThermalState::Normal, ThermalState::Soft, ThermalState::Hard];
-
-type RouteLabel = [(&'static str, &'static str); 1];
-type Histograms = Family<RouteLabel, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
-
-/// Time to first token and request duration of answered requests, by route. Cheap to
-/// clone: clones share the histograms ([`Stats`] owns the one the daemon records into).
-#[derive(Clone, Debug)]
-pub struct Latency {
-    first_token: Histograms,
-    duration: Histograms,
-}
-
-impl Default for Latency {
-    fn default() -> Self {
-        let l = Latency {
-            first_token: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-        };
-        // Every route from the start, at zero: a dashboard sees the series before the
-        // first answer on it.
-        for route in ROUTES {
-            let labels = [("route", route.as_str())];
-            drop(l.first_token.get_or_create(&labels));
-            drop(l.duration.get_or_create(&labels));
-        }
-        l
-    }
-}
-
-impl Latency {
-    /// Records one answered request (see [`Stats::observe_answer`]).
-    pub fn observe(&self, route: ServedRoute, first_token: Option<Duration>, total: Duration) {
-        let labels = [("route", route.as_str())];
-        if let Some(t) = first_token {
-            self.first_token
-                .get_or_create(&labels)
-                .observe(t.as_secs_f64());
-        }
-        self.duration
-            .get_or_create(&labels)
-            .observe(total.as_secs_f64());
-    }
-}
 
 /// The board's and the routing's state at one scrape (see [`Source`]).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -148,7 +85,22 @@ pub trait Source: Send + Sync + 'static {
 
 impl Source for Routing {
     fn sample(&self) -> Sample {
-        self.metrics_sample()
+        let snap = self.snapshot();
+        Sample {
+            generation_tokens_per_s: self.generation_rate(),
+            temperature_c: snap.temperature_c,
+            thermal_state: self.thermal_state(),
+            memory_available_bytes: snap.mem_available,
+            resident_bytes: crate::engine::resident_bytes(),
+            spills: self.spill_decisions(),
+            cloud_endpoints: self.cloud().map_or_else(Vec::new, |c| {
+                c.endpoint_status()
+                    .into_iter()
+                    .map(|s| (s.endpoint.base_url, s.endpoint.model, s.state))
+                    .collect()
+            }),
+            cloud_broker_up: self.upstream().map(|u| u.availability().is_ok()),
+        }
     }
 }
 
@@ -168,18 +120,18 @@ impl Metrics {
     /// once, at start, and share it (`Arc<Metrics>`).
     pub fn new(stats: Arc<Stats>, source: Arc<dyn Source>) -> Metrics {
         let mut registry = Registry::with_prefix("spillway");
-        let latency = stats.latency().clone();
+        let latency = stats.latency();
         registry.register_with_unit(
             "time_to_first_token",
             "Time from a request's arrival to the first token of its answer, answered requests",
             Unit::Seconds,
-            latency.first_token,
+            latency.first_token().clone(),
         );
         registry.register_with_unit(
             "request_duration",
             "Time from a request's arrival to its final reply, answered requests",
             Unit::Seconds,
-            latency.duration,
+            latency.duration().clone(),
         );
         registry.register_collector(Box::new(Live { stats, source }));
         Metrics { registry }
@@ -426,11 +378,12 @@ impl Collector for Live {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::schema::ErrorCode;
+    use crate::service::schema::{ErrorCode, ServedRoute};
     use crate::service::stats::Outcome;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     /// A settable [`Source`].
     #[derive(Default)]

@@ -9,8 +9,7 @@
 //!
 //! It counts the decisions that send a request to a cloud route, by their stable reason
 //! ([`Routing::spill_decisions`]: telemetry's `routing.spills` and the metrics' spill
-//! counter), and gives the metrics their scrape-time readings
-//! ([`Routing::metrics_sample`]).
+//! counter).
 //!
 //! It also holds the model's tokenizer, shared with the engine: a request is routed on its
 //! exact prompt token count, the chat template encoded as the engine will run it
@@ -226,28 +225,9 @@ impl Routing {
             .collect()
     }
 
-    /// What the Prometheus gauges read at scrape time (see [`super::metrics`]).
-    pub fn metrics_sample(&self) -> super::metrics::Sample {
-        let snap = self.monitor.latest();
-        let (rate, thermal_state) = {
-            let policy = self.policy();
-            (policy.rate().measured(), policy.thermal().state())
-        };
-        super::metrics::Sample {
-            generation_tokens_per_s: rate,
-            temperature_c: snap.temperature_c,
-            thermal_state,
-            memory_available_bytes: snap.mem_available,
-            resident_bytes: crate::engine::resident_bytes(),
-            spills: self.spill_decisions(),
-            cloud_endpoints: self.cloud.as_ref().map_or_else(Vec::new, |c| {
-                c.endpoint_status()
-                    .into_iter()
-                    .map(|s| (s.endpoint.base_url, s.endpoint.model, s.state))
-                    .collect()
-            }),
-            cloud_broker_up: self.upstream.as_ref().map(|u| u.availability().is_ok()),
-        }
+    /// The thermal state, as [`Routing::follow_readings`] keeps it.
+    pub fn thermal_state(&self) -> ThermalState {
+        self.policy().thermal().state()
     }
 
     /// Whether each cloud route can take a request now, and why not.

@@ -3,18 +3,92 @@
 //! routing policy's (see [`super::route::Routing::generation_rate`]), the one average the
 //! daemon keeps.
 //!
-//! These are the only copy of these counts: the Prometheus exposition
-//! ([`super::metrics`]) reads them at scrape time, and the latency histograms it exposes
-//! live here too ([`Stats::observe_answer`]), so that every place that finishes a request
-//! records it in one call on the one `Stats` it already holds.
+//! These are the only copy of these counts: the Prometheus exposition (the `metrics`
+//! module) reads them at scrape time, and the latency histograms it exposes live here too
+//! ([`Latency`], fed by [`Stats::observe_answer`]), so that every place that finishes a
+//! request records it in one call on the one `Stats` it already holds.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::metrics::Latency;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+
 use super::schema::{ErrorCode, ServedRoute};
+
+/// Upper bounds of the latency histograms' buckets, in seconds (`+Inf` is added).
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+];
+
+/// The routes an answer can come from, as the `route` label names them.
+const ROUTES: [ServedRoute; 3] = [
+    ServedRoute::Local,
+    ServedRoute::CloudHttps,
+    ServedRoute::CloudMqtt,
+];
+
+/// A `route` label.
+pub type RouteLabel = [(&'static str, &'static str); 1];
+/// Histograms by `route` label.
+pub type LatencyFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Time to first token and request duration of answered requests, by route, as
+/// Prometheus histograms (the metrics registry registers clones: clones share the
+/// histograms). [`Stats`] owns the one the daemon records into.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    first_token: LatencyFamily,
+    duration: LatencyFamily,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        let l = Latency {
+            first_token: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        };
+        // Every route from the start, at zero: a dashboard sees the series before the
+        // first answer on it.
+        for route in ROUTES {
+            let labels = [("route", route.as_str())];
+            drop(l.first_token.get_or_create(&labels));
+            drop(l.duration.get_or_create(&labels));
+        }
+        l
+    }
+}
+
+impl Latency {
+    /// The time-to-first-token histograms.
+    pub fn first_token(&self) -> &LatencyFamily {
+        &self.first_token
+    }
+
+    /// The request-duration histograms.
+    pub fn duration(&self) -> &LatencyFamily {
+        &self.duration
+    }
+
+    /// Records one answered request (see [`Stats::observe_answer`]).
+    pub fn observe(&self, route: ServedRoute, first_token: Option<Duration>, total: Duration) {
+        let labels = [("route", route.as_str())];
+        if let Some(t) = first_token {
+            self.first_token
+                .get_or_create(&labels)
+                .observe(t.as_secs_f64());
+        }
+        self.duration
+            .get_or_create(&labels)
+            .observe(total.as_secs_f64());
+    }
+}
 
 /// How a request ended, as the counters name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
