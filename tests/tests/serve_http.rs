@@ -275,6 +275,32 @@ fn openai_sdk_gets_completions_streamed_and_not() {
     );
     assert!(stream["chunks"].as_u64().unwrap() >= 3, "{stream}");
     assert_eq!(out["models"], json!([model]));
+
+    // What the requests left in the metrics, as Prometheus scrapes them.
+    let m = http(d.port, "GET", "/metrics", &[], "");
+    assert_eq!(m.status, 200);
+    assert!(
+        m.header("content-type")
+            .is_some_and(|t| t.starts_with("application/openmetrics-text")),
+        "{:?}",
+        m.header("content-type")
+    );
+    let text = String::from_utf8(m.body).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let ok = text
+        .lines()
+        .find(|l| {
+            l.starts_with("spillway_requests_total{")
+                && l.contains("route=\"local\"")
+                && l.contains("outcome=\"ok\"")
+        })
+        .unwrap_or_else(|| panic!("no local ok counter in:\n{text}"));
+    let n: f64 = ok.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 2.0, "{ok}");
+    assert!(
+        text.contains("spillway_request_duration_seconds_bucket"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -580,8 +606,7 @@ fn a_client_that_disconnects_frees_the_engine() {
     drop(s);
     let hung_up = Instant::now();
     assert!(
-        d.serve.wait_for_log("outcome=\"cancelled\"", WAIT)
-            || d.serve.wait_for_log("cancelled", WAIT),
+        d.serve.wait_for_log("cancelled", WAIT),
         "{}",
         d.serve.log_text()
     );
@@ -808,9 +833,7 @@ fn a_client_that_disconnects_stops_its_cloud_request() {
     let hung_up = Instant::now();
     drop(s);
     assert!(
-        d.serve
-            .wait_for_log("the client went away before the cloud had answered", WAIT)
-            || d.serve.wait_for_log("cancelled", WAIT),
+        d.serve.wait_for_log("cancelled", WAIT),
         "{}",
         d.serve.log_text()
     );

@@ -475,6 +475,21 @@ fn a_cool_board_answers_here_and_a_hot_one_spills_over_https() {
         assert!(r.mentions(id), "{:?}", r.body);
         assert_eq!(r.headers["authorization"], format!("Bearer {TOKEN}"));
     }
+    // Telemetry counts the spills by their stable reason, and the requests by route.
+    let counted = rig.client.until(WAIT, |c| {
+        c.telemetry.borrow().as_ref().is_some_and(|t| {
+            t["routing"]["spills"] == json!({"thermal_soft": 1, "thermal_hard": 2})
+                && t["requests"] == json!({"local": {"ok": 1}, "cloud-https": {"ok": 3}})
+                && t["requests_served"] == 4
+                && t["last_route"] == "cloud-https"
+        })
+    });
+    assert!(
+        counted,
+        "telemetry: {:?}\n{}",
+        rig.client.telemetry.borrow(),
+        rig.log()
+    );
     rig.finish();
 }
 

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::config::{CloudConfig, CloudConfigError, EndpointConfig};
 use super::error::{CloudError, CloudErrorKind, MAX_SUMMARY_CHARS};
-use super::health::{Health, HealthPolicy};
+use super::health::{EndpointState, Health, HealthPolicy};
 use super::https::{Then, Transport};
 use super::openai;
 use super::redact::{Excerpt, Redactor};
@@ -55,6 +55,7 @@ pub struct CloudOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointStatus {
     pub endpoint: EndpointConfig,
+    pub state: EndpointState,
     pub blocked: Option<String>,
 }
 
@@ -158,8 +159,9 @@ impl CloudClient {
         self.targets
             .iter()
             .zip(blocked)
-            .map(|(t, blocked)| EndpointStatus {
+            .map(|(t, (state, blocked))| EndpointStatus {
                 endpoint: endpoint_config(t),
+                state,
                 blocked: blocked.map(|why| self.reason(&why).into_string()),
             })
             .collect()

@@ -20,6 +20,38 @@ use tokio::time::Instant;
 
 use super::redact::Excerpt;
 
+/// Whether an endpoint may be tried now, and if not, which of the two blocks it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum EndpointState {
+    /// It may be tried.
+    #[default]
+    Up,
+    /// It failed too often (or sent a long `Retry-After`) and is out of rotation for a
+    /// while.
+    CoolingDown,
+    /// Its base URL's circuit is open (token refused, credits exhausted): every endpoint
+    /// there is skipped.
+    CircuitOpen,
+}
+
+impl EndpointState {
+    /// `up`, `cooling_down`, `circuit_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Up => "up",
+            EndpointState::CoolingDown => "cooling_down",
+            EndpointState::CircuitOpen => "circuit_open",
+        }
+    }
+
+    /// Every state, in declaration order.
+    pub const ALL: [EndpointState; 3] = [
+        EndpointState::Up,
+        EndpointState::CoolingDown,
+        EndpointState::CircuitOpen,
+    ];
+}
+
 /// When endpoints cool down.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HealthPolicy {
@@ -174,10 +206,21 @@ impl Health {
         Err(reasons.join("; "))
     }
 
-    /// Each endpoint's reason for being skipped, if any.
-    pub(crate) fn status(&mut self, now: Instant) -> Vec<Option<String>> {
+    /// Each endpoint's state, with the reason for being skipped when it is.
+    pub(crate) fn status(&mut self, now: Instant) -> Vec<(EndpointState, Option<String>)> {
         (0..self.endpoints.len())
-            .map(|i| self.blocked(i, now))
+            .map(|i| {
+                // Clears what has expired first.
+                let why = self.blocked(i, now);
+                let state = if self.circuits[self.circuit_of[i]].is_some() {
+                    EndpointState::CircuitOpen
+                } else if self.endpoints[i].cooling.is_some() {
+                    EndpointState::CoolingDown
+                } else {
+                    EndpointState::Up
+                };
+                (state, why)
+            })
             .collect()
     }
 
@@ -279,11 +322,28 @@ mod tests {
         let why = h.availability(t0 + S).unwrap_err();
         assert!(why.contains("HTTP 402"), "{why}");
         assert!(why.contains("Retry-After 30 s"), "{why}");
-        assert_eq!(h.status(t0 + S).iter().filter(|s| s.is_some()).count(), 3);
+        let states: Vec<EndpointState> = h.status(t0 + S).into_iter().map(|s| s.0).collect();
+        assert_eq!(
+            states,
+            [
+                EndpointState::CircuitOpen,
+                EndpointState::CircuitOpen,
+                EndpointState::CoolingDown
+            ]
+        );
+        assert!(h.status(t0 + S).iter().all(|(_, why)| why.is_some()));
         // The LAN endpoint returns first, then the router.
         assert!(h.availability(t0 + 30 * S).is_ok());
         assert!(h.blocked(0, t0 + 599 * S).is_some());
         assert_eq!(h.blocked(0, t0 + 600 * S), None);
+        assert_eq!(
+            h.status(t0 + 600 * S),
+            [
+                (EndpointState::Up, None),
+                (EndpointState::Up, None),
+                (EndpointState::Up, None)
+            ]
+        );
     }
 
     #[test]

@@ -65,6 +65,7 @@ mod types;
 pub use client::{CloudClient, CloudOutcome, EndpointStatus};
 pub use config::{CloudConfig, CloudConfigError, DEFAULT_BASE_URL, DEFAULT_MODEL, EndpointConfig};
 pub use error::{CloudError, CloudErrorCode, CloudErrorKind, TimeoutPhase};
+pub use health::EndpointState;
 pub use redact::Excerpt;
 pub use secrets::{
     ApiToken, LoadedToken, SecretError, TokenSource, TokenSources, load_token, load_token_with,

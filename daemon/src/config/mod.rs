@@ -20,6 +20,7 @@
 
 mod engine;
 mod env;
+mod homeassistant;
 mod http;
 mod mqtt;
 mod resolve;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use engine::{EngineSection, KvTypeSetting, ModelSection};
+pub use homeassistant::HomeAssistantSection;
 pub use http::{HttpSection, parse_listen};
 pub use mqtt::{BrokerAddr, MqttSection, Topics, parse_broker};
 pub use resolve::{Validated, hostname};
@@ -53,6 +55,7 @@ pub struct Config {
     pub cloud: crate::cloud::CloudConfig,
     pub upstream: UpstreamSection,
     pub http: HttpSection,
+    pub homeassistant: HomeAssistantSection,
     /// The file this was read from (not a setting): board profile overrides are looked for
     /// beside it.
     #[serde(skip)]
@@ -188,6 +191,7 @@ impl Config {
         self.service.validate(self.mqtt.max_packet_bytes)?;
         self.router.validate()?;
         self.http.validate()?;
+        self.homeassistant.validate(self.service.telemetry_secs)?;
         if self.router.has_route(CloudRouteName::Mqtt) {
             self.upstream.validate()?;
         }

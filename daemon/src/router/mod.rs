@@ -5,7 +5,7 @@
 //! - [`policy`]: the [`Policy`] state machine and its configuration; it owns the thermal
 //!   state, the generation-rate and completion-length estimates, and decides.
 //! - [`rules`]: the decision table (findings, then ordered rules) and its outcomes
-//!   ([`Route`], [`Rule`], [`RejectCode`], [`Decision`]).
+//!   ([`Route`], [`Rule`], [`RejectCode`], [`Decision`], [`SpillCause`]).
 //! - [`thermal`]: the thermal state with hysteresis.
 //! - [`rate`]: the [`Ewma`] behind the wait estimate. The policy's generation rate is the
 //!   only one the daemon keeps: routing and telemetry both read it.
@@ -32,5 +32,5 @@ pub use inputs::{
 };
 pub use policy::{Policy, PolicyConfig};
 pub use rate::{COMPLETION_PRIOR_TOKENS, Ewma};
-pub use rules::{Decision, RejectCode, Route, Rule};
+pub use rules::{Decision, RejectCode, Route, Rule, SpillCause};
 pub use thermal::{Thermal, ThermalLimits, ThermalState};

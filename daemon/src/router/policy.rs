@@ -51,7 +51,7 @@ use std::time::Duration;
 use super::error::{PolicyError, invalid};
 use super::inputs::{CloudHealth, CloudRoute, Conditions, Privacy, RequestFacts, RouteHealth};
 use super::rate::Ewma;
-use super::rules::{CloudPick, Decision, Findings, seconds, thousands, walk};
+use super::rules::{CloudPick, Decision, Findings, Rule, seconds, thousands, walk};
 use super::thermal::{Thermal, ThermalLimits, ThermalState};
 use crate::units::human_bytes;
 
@@ -251,6 +251,9 @@ impl Policy {
             route,
             reason,
             rule,
+            spill_cause: (rule == Rule::Spill)
+                .then(|| f.spill_cause_kind())
+                .flatten(),
             thermal: f.thermal,
             local_threads: self.local_threads(),
             local_wait: Duration::try_from_secs_f64(f.wait_s).unwrap_or(Duration::MAX),

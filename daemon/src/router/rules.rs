@@ -22,7 +22,8 @@
 //!
 //! The *spill causes* of rule 5 are the conditions of rules 6 to 11, and the first that
 //! holds, in this order, becomes the reason: context too long,
-//! thermal `Hard`, thermal `Soft`, memory short now, queue full, wait beyond the deadline.
+//! thermal `Hard`, thermal `Soft`, memory short now, queue full, wait beyond the deadline
+//! ([`Decision::spill_cause`] names it, for counters: [`SpillCause`]).
 //! So by route hint:
 //!
 //! - `auto`: rule 1; then the cloud whenever the board is not `Normal` or the request does
@@ -147,6 +148,39 @@ impl Rule {
     }
 }
 
+/// Which *spill cause* of rule 5 held first (module documentation): the stable name of a
+/// spill's reason, for counters, where [`Decision::reason`] is prose with numbers in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SpillCause {
+    /// Prompt + `max_tokens` exceed the local context.
+    ContextTooLong,
+    /// Thermal state `Hard`.
+    ThermalHard,
+    /// Thermal state `Soft`.
+    ThermalSoft,
+    /// The KV cache does not fit the memory headroom less the margin.
+    MemoryShort,
+    /// The local queue is full.
+    QueueFull,
+    /// The measured local wait exceeds the deadline.
+    DeadlineUnmet,
+}
+
+impl SpillCause {
+    /// `context_too_long`, `thermal_hard`, `thermal_soft`, `memory_short`, `queue_full`,
+    /// `deadline_unmet`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpillCause::ContextTooLong => "context_too_long",
+            SpillCause::ThermalHard => "thermal_hard",
+            SpillCause::ThermalSoft => "thermal_soft",
+            SpillCause::MemoryShort => "memory_short",
+            SpillCause::QueueFull => "queue_full",
+            SpillCause::DeadlineUnmet => "deadline_unmet",
+        }
+    }
+}
+
 /// One decision.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
@@ -155,6 +189,8 @@ pub struct Decision {
     /// `soc 83.1 °C above hard limit 82 °C`.
     pub reason: String,
     pub rule: Rule,
+    /// For rule 5 (`Spill`), the cause that made it spill; `None` for every other rule.
+    pub spill_cause: Option<SpillCause>,
     /// The thermal state after this decision's reading.
     pub thermal: ThermalState,
     /// Threads local generation should use now (meaningful for `Local`; also what running
@@ -166,6 +202,19 @@ pub struct Decision {
     pub local_wait: Duration,
     /// Whether `local_wait` rests on a measured rate (only then may it refuse or spill).
     pub rate_measured: bool,
+}
+
+impl Decision {
+    /// Why the request goes to a cloud route, as a short stable label: `route_cloud` (rule
+    /// 3: the client asked), or the [`SpillCause`] of rule 5; `None` when it stays here or
+    /// is refused.
+    pub fn spill_label(&self) -> Option<&'static str> {
+        match self.rule {
+            Rule::CloudForced => Some("route_cloud"),
+            Rule::Spill => Some(self.spill_cause.map_or("spill", SpillCause::as_str)),
+            _ => None,
+        }
+    }
 }
 
 /// The outcome of looking for a cloud route that is up.
@@ -197,15 +246,32 @@ impl Findings {
     /// The first reason the board should not take an `auto` request, in the order of the
     /// module documentation.
     fn spill_cause(&self) -> Option<&str> {
+        self.spill_causes()
+            .into_iter()
+            .find_map(|(_, why)| why.as_deref())
+    }
+
+    /// The kind of [`Findings::spill_cause`].
+    pub(super) fn spill_cause_kind(&self) -> Option<SpillCause> {
+        self.spill_causes()
+            .into_iter()
+            .find_map(|(kind, why)| why.as_ref().map(|_| kind))
+    }
+
+    /// The spill causes in order, each with its explanation when it holds.
+    fn spill_causes(&self) -> [(SpillCause, &Option<String>); 5] {
+        let thermal = if self.thermal == ThermalState::Hard {
+            SpillCause::ThermalHard
+        } else {
+            SpillCause::ThermalSoft
+        };
         [
-            &self.context_too_long,
-            &self.thermal_reason,
-            &self.memory_short,
-            &self.queue_full,
-            &self.too_slow,
+            (SpillCause::ContextTooLong, &self.context_too_long),
+            (thermal, &self.thermal_reason),
+            (SpillCause::MemoryShort, &self.memory_short),
+            (SpillCause::QueueFull, &self.queue_full),
+            (SpillCause::DeadlineUnmet, &self.too_slow),
         ]
-        .into_iter()
-        .find_map(Option::as_deref)
     }
 }
 

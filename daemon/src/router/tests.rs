@@ -290,6 +290,48 @@ fn decision_table() {
 }
 
 #[test]
+fn spills_name_their_cause() {
+    let label = |name: &str| {
+        let row = ROWS.iter().find(|r| r.name == name).expect(name);
+        run(row).spill_label()
+    };
+    for (row, want) in [
+        ("auto hard spills", Some("thermal_hard")),
+        ("auto hard band hysteresis", Some("thermal_hard")),
+        ("auto soft spills", Some("thermal_soft")),
+        ("auto soft band hysteresis", Some("thermal_soft")),
+        ("auto context spills", Some("context_too_long")),
+        // The first cause in the documented order, as in the reason.
+        (
+            "auto context is the first cause even when hot",
+            Some("context_too_long"),
+        ),
+        ("auto headroom short spills", Some("memory_short")),
+        ("auto queue full spills", Some("queue_full")),
+        ("auto slow spills", Some("deadline_unmet")),
+        ("auto https down uses mqtt", Some("thermal_soft")),
+        ("cloud normal", Some("route_cloud")),
+        ("cloud https down uses mqtt", Some("route_cloud")),
+        // Not a spill: no label, and no cause.
+        ("auto soft cloud down runs on fewer threads", None),
+        ("auto hard cloud down waits", None),
+        ("cloud all down", None),
+        ("private soft", None),
+    ] {
+        assert_eq!(label(row), want, "{row}");
+    }
+    for row in ROWS {
+        let d = run(row);
+        assert_eq!(
+            d.spill_cause.is_some(),
+            d.rule == Rule::Spill,
+            "{}",
+            row.name
+        );
+    }
+}
+
+#[test]
 fn rule_numbers_match_the_table() {
     assert_eq!(Rule::Expired.number(), 1);
     assert_eq!(Rule::Spill.number(), 5);

@@ -18,9 +18,11 @@
 //! is healthy, `STOPPING=1` on shutdown.
 
 pub mod connection;
+pub mod discovery;
 pub mod http;
 pub mod intake;
 pub mod journal;
+pub mod metrics;
 pub mod mqtt;
 pub mod mqtt_front;
 pub mod notify;
@@ -46,6 +48,7 @@ use crate::engine::Engine;
 use connection::ConnectionState;
 use intake::{Intake, IntakeConfig};
 use journal::{Journal, JournalLimits};
+use metrics::Metrics;
 use mqtt_front::{FrontContext, MqttFront};
 use notify::Notifier;
 use route::Routing;
@@ -191,11 +194,17 @@ pub async fn run(
         "connecting to the broker {}:{}",
         v.broker.host, v.broker.port
     ));
+    // One registry over the stats and the routing: `GET /metrics` encodes it.
+    let metrics = Arc::new(Metrics::new(
+        Arc::clone(&stats),
+        Arc::clone(&routing) as Arc<dyn metrics::Source>,
+    ));
     let ctx = Arc::new(FrontContext {
         v,
         intake: Arc::clone(&intake),
         stats: Arc::clone(&stats),
         routing: Arc::clone(&routing),
+        metrics,
         notify,
         model_name,
         kernels,
@@ -210,7 +219,10 @@ pub async fn run(
             let state = Arc::clone(front.state());
             let probes = http::Probes {
                 broker_connected: Arc::new(move || state.is_connected()),
-                metrics: Arc::new(|| String::from("# EOF\n")),
+                metrics: {
+                    let metrics = Arc::clone(&ctx.metrics);
+                    Arc::new(move || metrics.encode())
+                },
             };
             let config = http::HttpConfig {
                 addr,

@@ -10,6 +10,11 @@
 //! acknowledged a final; the *telemetry* task reports the board's state. The persistent
 //! session (clean start off) keeps the subscription and the requests sent while the
 //! daemon restarts.
+//!
+//! With Home Assistant discovery on (`[homeassistant]`, see [`super::discovery`]) the
+//! dispatcher also publishes the discovery configs after every connection, and again
+//! whenever Home Assistant's status topic (`<prefix>/status`, subscribed then) says
+//! `online`; a message on that topic is never taken for a request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,8 +28,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::connection::{BackoffConfig, ConnectionConfig, ConnectionEvent, ConnectionState, drive};
+use super::discovery;
 use super::intake::{Intake, Submission};
 use super::journal::RequestKey;
+use super::metrics::Metrics;
 use super::notify::Notifier;
 use super::outbox::{DeliveryTracking, Message, Outbox, Settled};
 use super::route::Routing;
@@ -41,6 +48,9 @@ pub struct FrontContext {
     pub intake: Arc<Intake>,
     pub stats: Arc<Stats>,
     pub routing: Arc<Routing>,
+    /// The Prometheus registry (over `stats` and `routing`), for a front end that serves
+    /// `GET /metrics`: [`Metrics::encode`].
+    pub metrics: Arc<Metrics>,
     pub notify: Notifier,
     pub model_name: String,
     pub kernels: &'static str,
@@ -84,6 +94,16 @@ impl MqttFront {
         if let Some(shared) = &v.topics.shared_request {
             subscriptions.push((shared.clone(), QoS::AtLeastOnce));
         }
+        let ha = &v.config.homeassistant;
+        let home_assistant = HomeAssistant {
+            status_topic: ha.status_topic(),
+            configs: if ha.discovery {
+                subscriptions.push((ha.status_topic(), QoS::AtLeastOnce));
+                discovery_messages(&ctx)
+            } else {
+                Vec::new()
+            },
+        };
         let config = ConnectionConfig {
             label: format!("{}:{}", v.broker.host, v.broker.port),
             client_id: v.client_id.clone(),
@@ -105,7 +125,13 @@ impl MqttFront {
             stop_rx.clone(),
             Some(tracking),
         ));
-        let dispatcher = tokio::spawn(dispatch(events_rx, client, Arc::clone(&ctx)));
+        let dispatcher = tokio::spawn(dispatch(
+            events_rx,
+            client,
+            Arc::clone(&ctx),
+            Arc::clone(&outbox),
+            home_assistant,
+        ));
         let publisher = tokio::spawn(publish(
             replies,
             settled,
@@ -222,11 +248,68 @@ fn idempotency_key(p: &Publish) -> Option<String> {
 /// The user property naming a request's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// Hands incoming requests to the intake and acknowledges them as it says.
+/// Home Assistant's side of the front end.
+#[derive(Debug)]
+struct HomeAssistant {
+    /// Where Home Assistant says `online` (kept apart from requests even with discovery
+    /// off: a session from a run with it on may still hold the subscription).
+    status_topic: String,
+    /// The discovery configs; empty with discovery off.
+    configs: Vec<Message>,
+}
+
+/// The discovery configs of this board, as retained QoS 1 messages.
+fn discovery_messages(ctx: &FrontContext) -> Vec<Message> {
+    let v = &ctx.v;
+    let board = discovery::Board {
+        prefix: v.config.homeassistant.prefix.clone(),
+        device: v.device.clone(),
+        telemetry_topic: v.topics.telemetry.clone(),
+        status_topic: v.topics.status.clone(),
+        model: v
+            .host
+            .device_tree
+            .model
+            .clone()
+            .filter(|m| !m.trim().is_empty())
+            .unwrap_or_else(|| v.board.profile.description.clone()),
+        sw_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    discovery::configs(&board)
+        .into_iter()
+        .map(|c| {
+            let payload = serde_json::to_vec(&c.payload).unwrap_or_default();
+            message(&c.topic, Bytes::from(payload), true, None)
+        })
+        .collect()
+}
+
+/// Publishes the discovery configs (none with discovery off).
+async fn publish_discovery(outbox: &Replies, ha: &HomeAssistant) {
+    if ha.configs.is_empty() {
+        return;
+    }
+    for m in &ha.configs {
+        if let Err(e) = outbox.publish(m.clone(), None).await {
+            tracing::warn!("cannot publish the discovery config {}: {e}", m.topic);
+            return;
+        }
+    }
+    tracing::debug!(
+        "published {} Home Assistant discovery configs",
+        ha.configs.len()
+    );
+}
+
+/// Hands incoming requests to the intake and acknowledges them as it says; publishes
+/// Home Assistant's discovery configs after each connection and when Home Assistant
+/// comes online.
 async fn dispatch(
     mut events: mpsc::UnboundedReceiver<ConnectionEvent>,
     client: AsyncClient,
     ctx: Arc<FrontContext>,
+    outbox: Arc<Replies>,
+    ha: HomeAssistant,
 ) {
     let ready = AtomicBool::new(false);
     while let Some(event) = events.recv().await {
@@ -240,10 +323,23 @@ async fn dispatch(
                         ctx.stats.running.load(Ordering::SeqCst)
                     ));
                 }
+                publish_discovery(&outbox, &ha).await;
                 continue;
             }
             ConnectionEvent::Publish(p) => p,
         };
+        if p.topic == ha.status_topic.as_bytes() {
+            if p.qos != QoS::AtMostOnce
+                && let Err(e) = client.ack(&p).await
+            {
+                tracing::warn!("cannot acknowledge Home Assistant's status: {e}");
+            }
+            if p.payload.as_ref() == b"online" && !ha.configs.is_empty() {
+                tracing::info!("Home Assistant is online: publishing the discovery configs again");
+                publish_discovery(&outbox, &ha).await;
+            }
+            continue;
+        }
         let submission = Submission {
             payload: p.payload.clone(),
             reply: reply_target(&p),

@@ -7,6 +7,10 @@
 //! the policy needs that only the service knows: the tokens the work admitted to the local
 //! engine and not yet finished is expected to generate, for the queue-wait estimate.
 //!
+//! It counts the decisions that send a request to a cloud route, by their stable reason
+//! ([`Routing::spill_decisions`]: telemetry's `routing.spills` and the metrics' spill
+//! counter).
+//!
 //! It also holds the model's tokenizer, shared with the engine: a request is routed on its
 //! exact prompt token count, the chat template encoded as the engine will run it
 //! ([`Routing::encode`]), and the ids go with the job so the engine does not encode again.
@@ -18,6 +22,7 @@
 //! [`Routing::completion_tokens`] read them for persisting, and the `restore_*` methods put
 //! them back after a restart.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -66,6 +71,8 @@ pub struct Routing {
     board: String,
     /// The engine's tokenizer, shared.
     tokenizer: Arc<Tokenizer>,
+    /// Cloud decisions so far, by [`Decision::spill_label`].
+    spills: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl std::fmt::Debug for Routing {
@@ -155,6 +162,7 @@ impl Routing {
             local_tokens: AtomicU64::new(0),
             board: v.board.profile.name.clone(),
             tokenizer,
+            spills: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -193,7 +201,33 @@ impl Routing {
             privacy: req.privacy,
             deadline: deadline_left,
         };
-        self.policy().decide(&now, &facts)
+        let decision = self.policy().decide(&now, &facts);
+        if let Some(label) = decision.spill_label() {
+            *self
+                .spills
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(label)
+                .or_default() += 1;
+        }
+        decision
+    }
+
+    /// Decisions that sent a request to a cloud route so far, by
+    /// [`Decision::spill_label`] (`route_cloud`, or the spill cause). Counted at the
+    /// decision: a request whose cloud permits were all taken is served here all the same.
+    pub fn spill_decisions(&self) -> Vec<(&'static str, u64)> {
+        self.spills
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    /// The thermal state, as [`Routing::follow_readings`] keeps it.
+    pub fn thermal_state(&self) -> ThermalState {
+        self.policy().thermal().state()
     }
 
     /// Whether each cloud route can take a request now, and why not.
@@ -335,6 +369,12 @@ impl Routing {
             "expected_completion_tokens": policy.completion().value(),
             "cloud_https": status(self.cloud.is_some(), cloud.https),
             "cloud_mqtt": status(self.upstream.is_some(), cloud.mqtt),
+            "spills": serde_json::Value::Object(
+                self.spill_decisions()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                    .collect()
+            ),
         })
     }
 

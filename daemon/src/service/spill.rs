@@ -10,7 +10,7 @@
 //! cloud does (a trickling stream, a stall).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
@@ -175,6 +175,8 @@ async fn forward_mqtt(up: &Upstream, payload: Vec<u8>, s: &Spill) -> Ending {
         }
     };
     let until = tokio::time::Instant::now() + wait;
+    // The first streamed piece of the answer (a worker streams only when the client asked).
+    let mut first_token = None;
     loop {
         let msg = match tokio::time::timeout_at(until, forward.replies.recv()).await {
             Err(_) => {
@@ -205,6 +207,9 @@ async fn forward_mqtt(up: &Upstream, payload: Vec<u8>, s: &Spill) -> Ending {
             continue;
         };
         if v["done"] != true {
+            if v.get("delta").is_some() {
+                first_token.get_or_insert_with(|| s.job.received.elapsed());
+            }
             if s.job.request.stream && v.get("delta").is_some() {
                 let _ = s
                     .out
@@ -227,6 +232,8 @@ async fn forward_mqtt(up: &Upstream, payload: Vec<u8>, s: &Spill) -> Ending {
                 s.job.served.reason
             ));
             s.stats.count(Some(s.job.served.route), Outcome::Ok);
+            s.stats
+                .observe_answer(s.job.served.route, first_token, s.job.received.elapsed());
             Finished::Answer {
                 route: s.job.served.route,
                 finish_reason: v["finish_reason"].as_str().unwrap_or("?").to_string(),
@@ -304,6 +311,11 @@ async fn forward_https(client: &CloudClient, s: &Spill) -> Ending {
     match result {
         Some(Ok(outcome)) => {
             s.stats.count(Some(s.job.served.route), Outcome::Ok);
+            s.stats.observe_answer(
+                s.job.served.route,
+                first_token_ms.map(|ms| Duration::from_secs_f64(ms / 1e3)),
+                Duration::from_secs_f64(total_ms / 1e3),
+            );
             tracing::debug!(
                 id = %s.job.request.id,
                 provider = outcome.provider.as_deref().unwrap_or("?"),

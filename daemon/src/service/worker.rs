@@ -175,8 +175,10 @@ fn serve(
     };
     // The whole text goes in the final reply; reserve what a typical answer needs up front.
     let mut text = String::with_capacity(req.max_tokens * 4);
+    let mut first_token: Option<Instant> = None;
     let result = engine.generate(&job_request, &job.cancel, |ev| {
         control.heartbeat.beat();
+        first_token.get_or_insert_with(Instant::now);
         text.push_str(ev.text);
         if req.stream {
             sink.chunk(ev.text);
@@ -207,6 +209,11 @@ fn serve(
         ),
         Ok(done) => {
             stats.generated(done.completion_tokens);
+            stats.observe_answer(
+                ServedRoute::Local,
+                first_token.map(|t| t.saturating_duration_since(job.received)),
+                job.received.elapsed(),
+            );
             routing.observe_completion(done.completion_tokens);
             // A handful of tokens measures the prompt's tail more than the decode speed.
             if done.completion_tokens >= 8 {
