@@ -59,7 +59,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     cloud_token_file: Option<PathBuf>,
     /// Also serve the OpenAI- and Ollama-compatible HTTP API (and /metrics) on ADDR: a
-    /// PORT (on loopback), IP:PORT or [IPv6]:PORT (http.listen). Any address but loopback
+    /// PORT (on loopback), IP:PORT or `[IPv6]:PORT` (http.listen). Any address but loopback
     /// needs an API key (http.api_key_file or the systemd credential http-api-key).
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
