@@ -384,6 +384,17 @@ fn every_error_has_openai_status_and_shape() {
         "{code}"
     );
     assert_eq!(running.join().unwrap().status, 200);
+    // A declared body over the limit: 413 at once, without waiting for the body.
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 99999999999\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("an answer before the body");
+    assert_eq!(&head, b"HTTP/1.1 413");
     // Malformed JSON: 400 naming the problem.
     let r = http(d.port, "POST", "/v1/chat/completions", &h, "{\"model\": ");
     assert_eq!(r.status, 400);

@@ -273,6 +273,10 @@ impl Shared {
 
 /// Reads a JSON body within the size and time limits.
 pub(crate) async fn read_json<T: DeserializeOwned>(st: &Shared, body: Body) -> Result<T, ApiError> {
+    // A declared length over the limit is refused before anything is read.
+    if axum::body::HttpBody::size_hint(&body).lower() > st.max_body as u64 {
+        return Err(ApiError::too_large(st.max_body));
+    }
     let bytes = tokio::time::timeout(st.client_timeout, axum::body::to_bytes(body, st.max_body))
         .await
         .map_err(|_| {
