@@ -22,6 +22,22 @@ pub struct ReplyTarget {
     pub correlation: Option<Bytes>,
 }
 
+/// Reply addresses a front end makes for one client connection (an HTTP request's) start
+/// with this: no MQTT client can name them (reply topics may not start with `$`), and they
+/// are gone with the connection, so a request pending on one after a restart has nobody
+/// to answer.
+pub const CONNECTION_PREFIX: &str = "$http";
+
+impl ReplyTarget {
+    /// Whether the address lives only as long as a client's connection (see
+    /// [`CONNECTION_PREFIX`]).
+    pub fn is_connection_bound(topic: &str) -> bool {
+        topic
+            .strip_prefix(CONNECTION_PREFIX)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+}
+
 /// How a message is delivered.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Delivery {

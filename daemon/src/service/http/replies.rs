@@ -21,15 +21,15 @@ use tokio::sync::mpsc;
 use super::ClientGone;
 use super::errors::ApiError;
 use crate::service::intake::{Admission, Intake, Submission};
-use crate::service::sink::{Delivery, Outgoing, ReplyTarget};
+use crate::service::sink::{CONNECTION_PREFIX, Delivery, Outgoing, ReplyTarget};
 
-/// Reply topics of HTTP requests start with this; the journal's client of an HTTP request
-/// is this alone.
-pub const HTTP_PREFIX: &str = "$http";
+/// Reply topics of HTTP requests start with this (the connection-bound addresses of
+/// [`crate::service::sink`]); the journal's client of an HTTP request is this alone.
+pub const HTTP_PREFIX: &str = CONNECTION_PREFIX;
 
 /// Whether a reply address belongs to the HTTP front end.
 pub fn is_http(topic: &str) -> bool {
-    topic == HTTP_PREFIX || topic.starts_with("$http/")
+    ReplyTarget::is_connection_bound(topic)
 }
 
 /// The HTTP requests waiting for replies, by reply topic.

@@ -11,7 +11,7 @@ use super::{InFlight, Intake, Placement, Recovery, blocking, unix_ms};
 use crate::service::journal::JournalError;
 use crate::service::queue::Job;
 use crate::service::schema::{ErrorCode, RequestError, parse_request, salvage_id};
-use crate::service::sink::{Delivery, Outgoing};
+use crate::service::sink::{Delivery, Outgoing, ReplyTarget};
 use crate::service::stats::Outcome;
 
 impl Intake {
@@ -58,7 +58,7 @@ impl Intake {
             };
             // An HTTP request without an idempotency key waited on a connection the restart
             // closed: nobody can ask for its answer again, so it is not run again.
-            let orphan = crate::service::http::replies::is_http(&a.key.reply_to);
+            let orphan = ReplyTarget::is_connection_bound(&a.key.reply_to);
             if orphan {
                 report.interrupted += 1;
                 self.stats
