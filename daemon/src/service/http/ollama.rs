@@ -14,6 +14,7 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 
 use super::errors::ApiError;
@@ -74,12 +75,10 @@ struct Common {
     options: Option<Options>,
     #[serde(default)]
     tools: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    keep_alive: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    think: Option<Value>,
+    #[serde(default, rename = "keep_alive")]
+    _keep_alive: Option<IgnoredAny>,
+    #[serde(default, rename = "think")]
+    _think: Option<IgnoredAny>,
     // Spillway's own.
     #[serde(default)]
     route: Option<RouteHint>,

@@ -18,6 +18,7 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use super::errors::ApiError;
@@ -64,9 +65,8 @@ struct MessageIn {
     #[serde(default)]
     content: Option<Content>,
     /// A participant's name: accepted, not used.
-    #[serde(default)]
-    #[allow(dead_code)]
-    name: Option<String>,
+    #[serde(default, rename = "name")]
+    _name: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,18 +121,14 @@ struct ChatRequest {
     tool_choice: Option<Value>,
     #[serde(default)]
     parallel_tool_calls: Option<bool>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    user: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    metadata: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    store: Option<bool>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    service_tier: Option<String>,
+    #[serde(default, rename = "user")]
+    _user: Option<IgnoredAny>,
+    #[serde(default, rename = "metadata")]
+    _metadata: Option<IgnoredAny>,
+    #[serde(default, rename = "store")]
+    _store: Option<IgnoredAny>,
+    #[serde(default, rename = "service_tier")]
+    _service_tier: Option<IgnoredAny>,
     // Spillway's own (`extra_body`).
     #[serde(default)]
     route: Option<RouteHint>,
