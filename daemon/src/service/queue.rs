@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use super::journal::RequestKey;
 use super::route::Routing;
-use super::schema::{Request, Served};
-use super::sink::ReplyTarget;
+use super::schema::{Request, RequestError, Served};
+use super::sink::{Outgoing, ReplyTarget};
 use super::stats::Stats;
 
 /// An accepted request waiting for the engine.
@@ -51,6 +51,11 @@ pub struct Job {
 pub const EXPIRED_WHILE_WAITING: &str = "the request's message expiry passed while it waited";
 
 impl Job {
+    /// Its final error reply, journaled under its key, carrying its id, to its client.
+    pub fn error_reply(&self, err: &RequestError) -> Outgoing {
+        Outgoing::journaled_error(&self.key, &self.request.id, &self.target, err)
+    }
+
     /// Whether its deadline is `now` or past.
     pub fn expired_at(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| d <= now)

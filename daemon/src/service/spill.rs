@@ -108,12 +108,7 @@ async fn client_gone(cancel: &std::sync::atomic::AtomicBool) {
 impl Spill {
     /// A final error reply of this request.
     fn error(&self, code: ErrorCode, message: String) -> Outgoing {
-        Outgoing::journaled_error(
-            &self.job.key,
-            &self.job.request.id,
-            &self.job.target,
-            &RequestError::new(code, message),
-        )
+        self.job.error_reply(&RequestError::new(code, message))
     }
 }
 
@@ -145,12 +140,7 @@ fn fallback_local(s: Spill, reason: String) -> Option<Outgoing> {
     };
     stats.count(None, Outcome::Failed(code));
     let err = RequestError::new(code, message);
-    Some(Outgoing::journaled_error(
-        &job.key,
-        &job.request.id,
-        &job.target,
-        &err,
-    ))
+    Some(job.error_reply(&err))
 }
 
 /// Serves a request through the MQTT cloud route: publishes it to the cloud broker and

@@ -41,14 +41,7 @@ pub(super) async fn answer_expired(intake: std::sync::Weak<Intake>) {
             intake
                 .stats
                 .count(Some(ServedRoute::Local), Outcome::Failed(err.code));
-            intake
-                .send(Outgoing::journaled_error(
-                    &job.key,
-                    &job.request.id,
-                    &job.target,
-                    &err,
-                ))
-                .await;
+            intake.send(job.error_reply(&err)).await;
         }
     }
 }

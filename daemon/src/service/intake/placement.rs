@@ -12,7 +12,6 @@ use crate::service::journal::RequestKey;
 use crate::service::queue::{Job, Refused};
 use crate::service::route;
 use crate::service::schema::{ErrorCode, Request, RequestError, RouteHint, Served, ServedRoute};
-use crate::service::sink::Outgoing;
 use crate::service::spill::{self, CloudTarget, Spill};
 use crate::service::stats::Outcome;
 use crate::service::upstream::upstream_payload;
@@ -137,14 +136,7 @@ impl Intake {
                 };
                 self.stats.count(None, Outcome::Failed(code));
                 let err = RequestError::new(code, message);
-                let _ = out
-                    .send(Outgoing::journaled_error(
-                        &job.key,
-                        &job.request.id,
-                        &job.target,
-                        &err,
-                    ))
-                    .await;
+                let _ = out.send(job.error_reply(&err)).await;
             }
             Some((to, permit)) => {
                 let spill = Spill {
