@@ -148,24 +148,40 @@ impl std::fmt::Debug for Probes {
     }
 }
 
-/// A chat request in neither API's shape: what both translate into.
-#[derive(Debug, Default)]
+/// A chat request in neither API's shape: what both translate into. It serializes as the
+/// intake's request schema (see [`crate::service::schema`]) without its id
+/// ([`IntakeRequest`] adds it); `model` and `deadline_ms` are the front end's.
+#[derive(Debug, Default, Serialize)]
 pub(crate) struct Chat {
+    #[serde(skip)]
     pub model: String,
     pub messages: Vec<ChatMessage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub presence_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop: Option<Vec<String>>,
     pub stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteHint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub privacy: Option<Privacy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    #[serde(skip)]
     pub deadline_ms: Option<u64>,
 }
 
@@ -175,36 +191,12 @@ pub(crate) struct ChatMessage {
     pub content: String,
 }
 
-/// The intake's request schema (see [`crate::service::schema`]).
+/// The intake's request: a [`Chat`] with the id the front end gave it.
 #[derive(Serialize)]
 struct IntakeRequest<'a> {
     id: &'a str,
-    messages: &'a [ChatMessage],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_k: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    min_p: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    presence_penalty: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    frequency_penalty: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stop: Option<&'a [String]>,
-    stream: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    route: Option<RouteHint>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    privacy: Option<Privacy>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    session: Option<&'a str>,
+    #[serde(flatten)]
+    chat: &'a Chat,
 }
 
 /// Longest deadline a request may ask for.
@@ -239,20 +231,7 @@ impl Shared {
         let request_id = random_hex(12);
         let payload = serde_json::to_vec(&IntakeRequest {
             id: &request_id,
-            messages: &chat.messages,
-            max_tokens: chat.max_tokens,
-            temperature: chat.temperature,
-            top_p: chat.top_p,
-            top_k: chat.top_k,
-            min_p: chat.min_p,
-            presence_penalty: chat.presence_penalty,
-            frequency_penalty: chat.frequency_penalty,
-            seed: chat.seed,
-            stop: chat.stop.as_deref(),
-            stream: chat.stream,
-            route: chat.route,
-            privacy: chat.privacy,
-            session: chat.session.as_deref(),
+            chat: &chat,
         })
         .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
         let ex = Exchange::submit(
@@ -528,6 +507,41 @@ mod tests {
             (404, "model_not_found")
         );
         assert!(e.message.contains("ministral-3-3b"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_chat_serializes_as_the_intakes_request() {
+        let chat = Chat {
+            model: "m".into(),
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            }],
+            max_tokens: Some(7),
+            stop: Some(vec!["x".into()]),
+            route: Some(RouteHint::Local),
+            deadline_ms: Some(500),
+            ..Chat::default()
+        };
+        let payload = serde_json::to_vec(&IntakeRequest {
+            id: "q1",
+            chat: &chat,
+        })
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "q1", "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 7, "stop": ["x"], "stream": false, "route": "local"}),
+            "unset options left out; model and deadline_ms are not the intake's"
+        );
+        let limits = crate::service::schema::Limits {
+            max_request_bytes: 4096,
+            default_max_tokens: 16,
+            max_tokens_limit: 64,
+        };
+        let req = crate::service::schema::parse_request(&payload, &limits).unwrap();
+        assert_eq!((req.id.as_str(), req.max_tokens), ("q1", 7));
     }
 
     #[test]
