@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use spillway_e2e::fake_router::{self as fr, FakeRouter};
+use spillway_e2e::cloud_rig::CloudRig;
+use spillway_e2e::fake_router as fr;
 use spillway_e2e::pki::TestPki;
 use spillway_e2e::{
     Mosquitto, Serve, TempDir, free_port, python, tiny_tekken_model, workspace_root,
@@ -40,8 +41,8 @@ struct Opts<'a> {
     http: &'a str,
     /// Extra TOML for `[router]`.
     router: &'a str,
-    /// A cloud router to spill to.
-    cloud: Option<&'a FakeRouter>,
+    /// A cloud router to spill to (and the fake board the rig comes with).
+    cloud: Option<&'a CloudRig>,
     /// Serve HTTPS with this PKI's server certificate.
     tls: Option<&'a TestPki>,
 }
@@ -70,25 +71,16 @@ fn start(o: Opts<'_>) -> Daemon {
             pki.path("server.key").display().to_string()
         ));
     }
-    let mut cloud = String::new();
-    let mut args: Vec<String> = Vec::new();
-    if let Some(r) = o.cloud {
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, r.ca_pem()).unwrap();
-        let token = dir.path().join("token");
-        std::fs::write(&token, "hf_HttpE2eToken_93f1").unwrap();
-        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-        cloud = format!(
-            "[cloud]\nca_file = {:?}\ntoken_credential = \"\"\ntoken_env = \"\"\nretries = 0\n",
-            ca.display().to_string()
-        );
-        args.extend([
-            "--cloud-base-url".into(),
-            r.base_url().into(),
-            "--cloud-token-file".into(),
-            token.display().to_string(),
-        ]);
-    }
+    let (cloud, args) = match o.cloud {
+        None => (String::new(), Vec::new()),
+        Some(rig) => (
+            format!(
+                "[cloud]\nca_file = {:?}\ntoken_credential = \"\"\ntoken_env = \"\"\nretries = 0\n",
+                rig.ca_file.display().to_string()
+            ),
+            rig.serve_args().to_vec(),
+        ),
+    };
     let config = format!(
         r#"[model]
 path = {model:?}
@@ -112,7 +104,6 @@ rate_prior = 200.0
         service = o.service,
         router = o.router,
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let serve = Serve::start_with_args(&config, &args);
     assert!(
         serve.wait_for_log("HTTP API on http", WAIT),
@@ -148,8 +139,9 @@ impl Reply {
     }
 }
 
-/// Sends one request (`Connection: close`) and reads the whole reply, de-chunked.
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+/// Opens a connection and sends one request (`Connection: close`); reading the reply, or
+/// hanging up, is the caller's.
+fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut req = format!(
@@ -162,6 +154,12 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &st
     req.push_str("\r\n");
     req.push_str(body);
     s.write_all(req.as_bytes()).expect("send");
+    s
+}
+
+/// Sends one request and reads the whole reply, de-chunked.
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut s = send(port, method, path, headers, body);
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read");
     parse_reply(&raw)
@@ -549,9 +547,11 @@ fn sse_and_ndjson_framing_is_exact() {
 
 #[test]
 fn a_spilled_request_has_the_same_shape_as_a_local_one() {
-    let router = FakeRouter::start();
+    let rig_dir = TempDir::new("rig");
+    let rig = CloudRig::start(&rig_dir, "hf_HttpE2eToken_93f1");
+    let router = &rig.router;
     let d = start(Opts {
-        cloud: Some(&router),
+        cloud: Some(&rig),
         ..Opts::default()
     });
     let model = model_id(d.port, &[]);
@@ -599,13 +599,7 @@ fn a_client_that_disconnects_frees_the_engine() {
     let d = start(Opts::default());
     let model = model_id(d.port, &[]);
     let body = chat_body(&model, json!({"max_tokens": 900, "stream": true}));
-    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let mut s = send(d.port, "POST", "/v1/chat/completions", &[], &body);
     // Wait for the stream to start, then hang up.
     let mut buf = [0u8; 4096];
     let mut got = Vec::new();
@@ -810,9 +804,11 @@ fn a_non_loopback_address_without_a_key_is_refused_at_start() {
 
 #[test]
 fn a_client_that_disconnects_stops_its_cloud_request() {
-    let router = FakeRouter::start();
+    let rig_dir = TempDir::new("rig");
+    let rig = CloudRig::start(&rig_dir, "hf_HttpE2eToken_93f1");
+    let router = &rig.router;
     let d = start(Opts {
-        cloud: Some(&router),
+        cloud: Some(&rig),
         ..Opts::default()
     });
     let model = model_id(d.port, &[]);
@@ -827,16 +823,9 @@ fn a_client_that_disconnects_stops_its_cloud_request() {
         ],
     )]);
     let body = chat_body(&model, json!({"max_tokens": 5, "route": "cloud"}));
-    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let s = send(d.port, "POST", "/v1/chat/completions", &[], &body);
     assert!(
-        d.serve.wait_for_log("route=\"cloud-https\"", WAIT)
-            || d.serve.wait_for_log("cloud-https", WAIT),
+        d.serve.wait_for_log("route=\"cloud-https\"", WAIT),
         "{}",
         d.serve.log_text()
     );
