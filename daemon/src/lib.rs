@@ -39,6 +39,7 @@ pub mod board;
 pub mod cli;
 pub mod cloud;
 pub mod config;
+pub mod constrain;
 pub mod engine;
 pub mod model;
 pub mod monitor;

@@ -133,6 +133,7 @@ fn tools_tool_calls_and_results() {
         .assistant_tool_calls(
             "",
             [ToolCall {
+                id: None,
                 name: "get_weather".into(),
                 arguments: json!({"city": "Paris", "days": [1, 2]}),
             }],
@@ -205,6 +206,7 @@ fn tool_calls_need_the_args_control_token() {
         .assistant_tool_calls(
             "",
             [ToolCall {
+                id: None,
                 name: "f".into(),
                 arguments: json!({}),
             }],
@@ -274,4 +276,30 @@ fn role_order_errors_name_the_message() {
             .to_string();
         assert!(err.contains(want), "{json}: {err:?} does not say {want:?}");
     }
+}
+
+/// mistral-common's v13 instruct tokenizer on OpenAI-shaped requests (tools after the
+/// system prompt, calls, results in order, several rounds): the same ids, case by case, with
+/// the tools' position taken from the tokenizer's own version.
+#[test]
+fn v13_tool_chats_match_mistral_common() {
+    let tok = Tokenizer::from_tekken_json(fixtures().join("tekken_v13.json")).unwrap();
+    assert_eq!(tok.version(), Some("v13"));
+    assert_eq!(tok.tools_position(), ToolsPosition::BeforeFirstUser);
+    let golden = std::fs::read_to_string(fixtures().join("tool-chat-golden.jsonl")).unwrap();
+    let mut cases = 0;
+    for line in golden.lines().filter(|l| !l.trim().is_empty()) {
+        let case: serde_json::Value = serde_json::from_str(line).unwrap();
+        let name = case["name"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let got = ChatPrompt::from_json(&case["request"].to_string())
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .encode(&tok)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got, want, "{name}");
+        cases += 1;
+    }
+    assert!(cases >= 5, "only {cases} golden cases");
+    // The 2024 vocabulary (v3) keeps the older position.
+    assert_eq!(tekken().tools_position(), ToolsPosition::BeforeLastUser);
 }

@@ -112,6 +112,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..SamplingParams::default()
         },
         stop: args.stop.clone(),
+        constraint: None,
     };
     let mut out = std::io::stdout().lock();
     let mut write_err = None;

@@ -22,6 +22,7 @@ use spillway_gguf::{Advice, GgufError, GgufFile};
 use spillway_kernels::dispatch::{self, DispatchError};
 use spillway_kernels::{PoolConfig, ThreadPool};
 
+use crate::constrain::{Constraint, ConstraintError};
 use crate::model::{
     Compute, Forward, ForwardError, KvCache, KvType, LoadError, LogitsFor, MemoryEstimate,
     ModelWeights,
@@ -98,6 +99,8 @@ pub enum EngineError {
     ContextLength(String),
     #[error("this model has no tokenizer (tokenizer.ggml.model = no_vocab): give token ids")]
     NoTokenizer,
+    #[error(transparent)]
+    Constraint(#[from] ConstraintError),
 }
 
 /// The memory plan of `cfg` for the model at `cfg.model`, without loading it: the file is
@@ -171,6 +174,8 @@ pub struct GenerateRequest {
     pub max_tokens: Option<usize>,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// What may be generated (a grammar, banned control tokens); `None`: anything.
+    pub constraint: Option<Constraint>,
 }
 
 /// Why generation ended.
@@ -389,6 +394,8 @@ impl Engine {
         req.sampling.validate()?;
         let mut stop = StopMatcher::new(&req.stop, self.max_token_bytes.max(64))?;
         let mut sampler = Sampler::new(req.sampling.clone(), self.weights.config.n_vocab);
+        // The request's copy is left as compiled, so a rerun starts from the same state.
+        let mut constraint = req.constraint.clone();
 
         // Reuse the session's cached prefix; evaluate at least the last prompt token.
         self.clock += 1;
@@ -424,6 +431,9 @@ impl Engine {
             &self.compute,
         )?;
         slot.tokens.extend_from_slice(&prompt[cached..]);
+        if let Some(c) = constraint.as_mut() {
+            c.mask(logits)?;
+        }
         let mut next = sampler.sample(logits);
         let prompt_time = started.elapsed();
         let mut timings = Timings {
@@ -439,6 +449,9 @@ impl Engine {
         let finish = loop {
             produced += 1;
             sampler.accept(next);
+            if let Some(c) = constraint.as_mut() {
+                c.accept(next)?;
+            }
             if next == self.eos {
                 break FinishReason::Stop;
             }
@@ -475,6 +488,9 @@ impl Engine {
                 &self.compute,
             )?;
             slot.tokens.push(next);
+            if let Some(c) = constraint.as_mut() {
+                c.mask(logits)?;
+            }
             next = sampler.sample(logits);
         };
         // At the natural end (EOS or max_tokens) text held back (a partial character, a

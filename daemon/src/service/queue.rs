@@ -10,6 +10,7 @@
 //! thread finishes what is queued and returns, and a late admission (a cloud request
 //! falling back to the engine) is refused, never lost.
 
+use crate::constrain::Constraint;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -29,6 +30,8 @@ pub struct Job {
     /// The prompt's ids as the engine runs them ([`Routing::encode`]): counted for routing,
     /// encoded once.
     pub prompt: Vec<u32>,
+    /// The answer's grammar, compiled with the prompt ([`Routing::prepare`]).
+    pub constraint: Constraint,
     /// Its idempotency key, under which the journal holds it.
     pub key: RequestKey,
     pub target: ReplyTarget,

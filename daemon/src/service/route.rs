@@ -30,16 +30,17 @@ use std::time::Duration;
 use crate::cloud::secrets::SecretError;
 use crate::cloud::{CloudClient, CloudConfigError, CloudMessage, CloudRequest, load_token};
 use crate::config::Validated;
+use crate::constrain::{Constraint, Grammars, OutputRules};
 use crate::engine::Engine;
 use crate::monitor::{Monitor, MonitorError, Sampler};
 use crate::router::{
     COMPLETION_PRIOR_TOKENS, CloudHealth, CloudRoute, Conditions, Decision, Policy, PolicyConfig,
     PolicyError, RejectCode, RequestFacts, RouteHealth, Thermal, ThermalState,
 };
-use crate::tokenizer::chat::{ChatError, Message};
+use crate::tokenizer::chat::Message;
 use crate::tokenizer::{ChatPrompt, Tokenizer};
 
-use super::schema::{ErrorCode, Request};
+use super::schema::{ErrorCode, Request, RequestError};
 use super::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,8 @@ pub enum RoutingSetupError {
     Token(String),
     #[error("cloud broker: {0}")]
     Upstream(#[from] super::mqtt::MqttSetupError),
+    #[error("the tool-call grammar cannot be set up for this vocabulary: {0}")]
+    Grammar(String),
     #[error("the model has no tokenizer: requests cannot be counted or run")]
     NoTokenizer,
 }
@@ -71,6 +74,8 @@ pub struct Routing {
     board: String,
     /// The engine's tokenizer, shared.
     tokenizer: Arc<Tokenizer>,
+    /// Compiles requests' grammars over the tokenizer's vocabulary.
+    grammars: Grammars,
     /// Cloud decisions so far, by [`Decision::spill_label`].
     spills: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -161,6 +166,8 @@ impl Routing {
             upstream,
             local_tokens: AtomicU64::new(0),
             board: v.board.profile.name.clone(),
+            grammars: Grammars::new(Arc::clone(&tokenizer))
+                .map_err(|e| RoutingSetupError::Grammar(e.to_string()))?,
             tokenizer,
             spills: Mutex::new(BTreeMap::new()),
         })
@@ -170,10 +177,23 @@ impl Routing {
         self.policy.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The prompt's ids as the engine runs them: the chat template, encoded by the model's
-    /// tokenizer. CPU work in proportion to the prompt: call it off the async runtime.
-    pub fn encode(&self, chat: &ChatPrompt) -> Result<Vec<u32>, ChatError> {
-        chat.encode(&self.tokenizer)
+    /// The prompt's ids as the engine runs them (the chat template, encoded by the model's
+    /// tokenizer) and the answer's grammar, compiled. CPU work in proportion to the prompt
+    /// and the schemas: call it off the async runtime.
+    pub fn prepare(
+        &self,
+        chat: &ChatPrompt,
+        output: &OutputRules,
+    ) -> Result<(Vec<u32>, Constraint), RequestError> {
+        let invalid = |m: String| RequestError::new(ErrorCode::InvalidRequest, m);
+        let prompt = chat
+            .encode(&self.tokenizer)
+            .map_err(|e| invalid(e.to_string()))?;
+        let constraint = self
+            .grammars
+            .compile(&chat.tools, output)
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok((prompt, constraint))
     }
 
     /// Decides where `req`, of `prompt_tokens` tokens ([`Routing::encode`]), goes.
@@ -395,7 +415,7 @@ pub fn cloud_request(req: &Request) -> CloudRequest {
                 Message::System(t) => ("system", t.clone()),
                 Message::User(t) => ("user", t.clone()),
                 Message::Assistant { content, .. } => ("assistant", content.clone()),
-                Message::Tool(t) => ("tool", t.clone()),
+                Message::Tool { content, .. } => ("tool", content.clone()),
             };
             CloudMessage {
                 role: role.into(),

@@ -9,10 +9,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::constrain::{self, OutputRules};
 use crate::engine::{Completion, SamplingParams};
 /// The request's `route` and `privacy` fields are the routing policy's inputs.
 pub use crate::router::{Privacy, RouteHint};
-use crate::tokenizer::ChatPrompt;
+use crate::tokenizer::{AssistantReply, ChatPrompt, ReplyPiece};
 
 /// Longest request id.
 pub const MAX_ID_LEN: usize = 128;
@@ -112,13 +113,6 @@ impl RequestError {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MessageJson {
-    role: String,
-    content: String,
-}
-
 /// `stop` is a string or an array of strings, as in OpenAI's API.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
@@ -131,7 +125,9 @@ enum StopJson {
 #[serde(deny_unknown_fields)]
 struct RequestJson {
     id: String,
-    messages: Option<Vec<MessageJson>>,
+    /// OpenAI's message objects (tool calls and results included); see
+    /// [`ChatPrompt::from_messages`].
+    messages: Option<Vec<Value>>,
     prompt: Option<String>,
     max_tokens: Option<u32>,
     temperature: Option<f32>,
@@ -147,13 +143,20 @@ struct RequestJson {
     privacy: Option<Privacy>,
     reply_to: Option<String>,
     session: Option<String>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<Value>,
+    response_format: Option<Value>,
 }
 
 /// A validated request.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub id: String,
+    /// The conversation and the tools it declares.
     pub chat: ChatPrompt,
+    /// `tool_choice`, `parallel_tool_calls`, `response_format`.
+    pub output: OutputRules,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
@@ -229,22 +232,20 @@ pub fn parse_request(payload: &[u8], limits: &Limits) -> Result<Request, Request
             if msgs.is_empty() {
                 return bad("messages is empty".into());
             }
-            let mut chat = ChatPrompt::new();
-            for (i, m) in msgs.into_iter().enumerate() {
-                chat = match m.role.as_str() {
-                    "system" => chat.system(m.content),
-                    "user" => chat.user(m.content),
-                    "assistant" => chat.assistant(m.content),
-                    other => {
-                        return bad(format!(
-                            "messages[{i}].role {other:?} is not system, user or assistant"
-                        ));
-                    }
-                };
-            }
-            chat
+            ChatPrompt::from_messages(&msgs)
+                .map_err(|e| RequestError::new(ErrorCode::InvalidRequest, e.to_string()))?
         }
     };
+    let tools = constrain::parse_tools(r.tools.as_ref())
+        .map_err(|e| RequestError::new(ErrorCode::InvalidRequest, e))?;
+    let output = OutputRules::parse(
+        &tools,
+        r.tool_choice.as_ref(),
+        r.parallel_tool_calls.as_ref(),
+        r.response_format.as_ref(),
+    )
+    .map_err(|e| RequestError::new(ErrorCode::InvalidRequest, e))?;
+    let chat = chat.tools(tools);
     chat.validate()
         .map_err(|e| RequestError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     let max_tokens = r
@@ -299,6 +300,7 @@ pub fn parse_request(payload: &[u8], limits: &Limits) -> Result<Request, Request
     Ok(Request {
         id: r.id,
         chat,
+        output,
         max_tokens,
         sampling,
         stop,
@@ -322,9 +324,59 @@ fn rand_seed() -> u64 {
     h.finish()
 }
 
-/// A streamed piece of the answer.
+/// A streamed piece of the answer: `{"id","seq"}` and one of `"delta"` (text),
+/// `"reasoning"` (thinking text) or `"tool_calls"` (OpenAI's delta form: a call's `index`,
+/// `id`, `type` and name first, then pieces of its `arguments`).
+pub fn piece_json(id: &str, seq: u64, piece: &ReplyPiece<'_>) -> Vec<u8> {
+    let v = match *piece {
+        ReplyPiece::Content(text) => json!({"id": id, "seq": seq, "delta": text}),
+        ReplyPiece::Reasoning(text) => json!({"id": id, "seq": seq, "reasoning": text}),
+        ReplyPiece::CallStart {
+            index,
+            id: call_id,
+            name,
+        } => json!({"id": id, "seq": seq, "tool_calls": [{
+            "index": index, "id": call_id, "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }]}),
+        ReplyPiece::CallArguments { index, text } => json!({"id": id, "seq": seq, "tool_calls": [{
+            "index": index, "function": {"arguments": text},
+        }]}),
+    };
+    serde_json::to_vec(&v).expect("plain JSON")
+}
+
+/// A streamed piece of text.
 pub fn chunk_json(id: &str, seq: u64, delta: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"id": id, "seq": seq, "delta": delta})).expect("plain JSON")
+    piece_json(id, seq, &ReplyPiece::Content(delta))
+}
+
+/// The finish reason a final reply gives: `tool_calls` when the answer ended with calls.
+pub fn finish_reason(reply: &AssistantReply, ended: &str) -> String {
+    if ended == "stop" && !reply.tool_calls.is_empty() {
+        "tool_calls".into()
+    } else {
+        ended.into()
+    }
+}
+
+/// The answer's fields of a final reply: `text`, and `reasoning_content` and
+/// `tool_calls` (OpenAI's message form) when there are any.
+pub(crate) fn reply_fields(out: &mut Value, reply: &AssistantReply) {
+    out["text"] = reply.content.clone().into();
+    if !reply.reasoning.is_empty() {
+        out["reasoning_content"] = reply.reasoning.clone().into();
+    }
+    if !reply.tool_calls.is_empty() {
+        out["tool_calls"] = reply
+            .tool_calls
+            .iter()
+            .map(|c| {
+                json!({"id": c.id, "type": "function",
+                       "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+    }
 }
 
 /// Where a request was served: the final reply's `route` and the telemetry's key.
@@ -376,17 +428,16 @@ pub struct Served {
 /// The final reply of a successful request.
 pub fn final_json(
     id: &str,
-    text: &str,
+    reply: &AssistantReply,
     done: &Completion,
     served: &Served,
     queue_ms: f64,
 ) -> Vec<u8> {
     let t = &done.timings;
-    serde_json::to_vec(&json!({
+    let mut v = json!({
         "id": id,
         "done": true,
-        "text": text,
-        "finish_reason": done.finish_reason.as_str(),
+        "finish_reason": finish_reason(reply, done.finish_reason.as_str()),
         "usage": {
             "prompt_tokens": done.prompt_tokens,
             "completion_tokens": done.completion_tokens,
@@ -402,8 +453,9 @@ pub fn final_json(
             "prompt_tokens_per_s": t.prompt_tokens_per_s(),
             "generation_tokens_per_s": done.generation_tokens_per_s(),
         },
-    }))
-    .expect("plain JSON")
+    });
+    reply_fields(&mut v, reply);
+    serde_json::to_vec(&v).expect("plain JSON")
 }
 
 /// The final reply of a request the cloud answered.

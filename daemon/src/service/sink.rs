@@ -12,7 +12,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::journal::RequestKey;
-use super::schema::{ErrorCode, RequestError, ServedRoute, chunk_json, error_json};
+use super::schema::{ErrorCode, RequestError, ServedRoute, error_json, piece_json};
+use crate::tokenizer::ReplyPiece;
 
 /// Where replies go: a topic and the request's correlation data (MQTT 5's response topic
 /// and correlation data, or an MQTT 3.1.1 client's `reply_to`).
@@ -163,12 +164,22 @@ impl ReplySink {
         self.send(payload, delivery);
     }
 
-    /// Sends the next piece of the answer (empty pieces are skipped).
+    /// Sends the next piece of text (empty pieces are skipped).
     pub fn chunk(&mut self, delta: &str) {
-        if delta.is_empty() {
+        self.piece(&ReplyPiece::Content(delta));
+    }
+
+    /// Sends the next piece of the answer (empty text is skipped).
+    pub fn piece(&mut self, piece: &ReplyPiece<'_>) {
+        if matches!(
+            piece,
+            ReplyPiece::Content("")
+                | ReplyPiece::Reasoning("")
+                | ReplyPiece::CallArguments { text: "", .. }
+        ) {
             return;
         }
-        let payload = chunk_json(&self.id, self.seq, delta);
+        let payload = piece_json(&self.id, self.seq, piece);
         self.seq += 1;
         self.send(payload, Delivery::Chunk);
     }

@@ -16,10 +16,11 @@ use tokio::sync::mpsc;
 use super::notify::Heartbeat;
 use super::queue::{EXPIRED_WHILE_WAITING, Job, JobReceiver};
 use super::route::Routing;
-use super::schema::{ErrorCode, RequestError, ServedRoute, final_json};
+use super::schema::{ErrorCode, RequestError, ServedRoute, final_json, finish_reason};
 use super::sink::{Finished, Outgoing, ReplySink};
 use super::stats::{Outcome, Stats};
 use crate::engine::{Engine, EngineError, FinishReason, GenerateRequest};
+use crate::tokenizer::ReplyParser;
 
 /// Flags the service sets to stop the engine thread.
 #[derive(Debug, Default)]
@@ -172,18 +173,31 @@ fn serve(
         max_tokens: Some(req.max_tokens),
         sampling: req.sampling.clone(),
         stop: req.stop.clone(),
+        constraint: Some(job.constraint),
     };
-    // The whole text goes in the final reply; reserve what a typical answer needs up front.
-    let mut text = String::with_capacity(req.max_tokens * 4);
+    let Some(tokenizer) = engine.shared_tokenizer() else {
+        return fail(
+            sink,
+            ErrorCode::Internal,
+            "the model has no tokenizer".into(),
+        );
+    };
+    let mut reply = ReplyParser::new(&tokenizer, req.sampling.seed);
     let mut first_token: Option<Instant> = None;
     let result = engine.generate(&job_request, &job.cancel, |ev| {
         control.heartbeat.beat();
         first_token.get_or_insert_with(Instant::now);
-        text.push_str(ev.text);
-        if req.stream {
-            sink.chunk(ev.text);
-        }
+        reply.push(ev.id, ev.text, &mut |piece| {
+            if req.stream {
+                sink.piece(&piece);
+            }
+        });
         ControlFlow::Continue(())
+    });
+    let reply = reply.finish(&mut |piece| {
+        if req.stream {
+            sink.piece(&piece);
+        }
     });
     match result {
         Ok(done)
@@ -221,17 +235,17 @@ fn serve(
             }
             let answer = Finished::Answer {
                 route: job.served.route,
-                finish_reason: done.finish_reason.as_str().to_string(),
+                finish_reason: finish_reason(&reply, done.finish_reason.as_str()),
                 completion_tokens: u64::try_from(done.completion_tokens).unwrap_or(u64::MAX),
             };
             sink.finish(
-                final_json(&req.id, &text, &done, &job.served, queue_ms),
+                final_json(&req.id, &reply, &done, &job.served, queue_ms),
                 answer,
             );
             Outcome::Ok
         }
         Err(EngineError::ContextLength(m)) => fail(sink, ErrorCode::ContextLength, m),
-        Err(e @ (EngineError::Sampling(_) | EngineError::Stop(_))) => {
+        Err(e @ (EngineError::Sampling(_) | EngineError::Stop(_) | EngineError::Constraint(_))) => {
             fail(sink, ErrorCode::InvalidRequest, e.to_string())
         }
         Err(e) => {

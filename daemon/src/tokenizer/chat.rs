@@ -33,8 +33,13 @@ pub enum Message {
         content: String,
         tool_calls: Vec<ToolCall>,
     },
-    /// The result of a tool call.
-    Tool(String),
+    /// The result of a tool call. The call's id is not tokenized (the v13 format pairs
+    /// results with calls by order); it is kept for a cloud route, whose API pairs them by
+    /// id.
+    Tool {
+        content: String,
+        call_id: Option<String>,
+    },
 }
 
 impl Message {
@@ -44,7 +49,7 @@ impl Message {
             Message::System(_) => "system",
             Message::User(_) => "user",
             Message::Assistant { .. } => "assistant",
-            Message::Tool(_) => "tool",
+            Message::Tool { .. } => "tool",
         }
     }
 }
@@ -52,6 +57,8 @@ impl Message {
 /// A function call made by the assistant.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ToolCall {
+    /// The call's id as the client gave it (not tokenized; kept for a cloud route).
+    pub id: Option<String>,
     pub name: String,
     /// The arguments object (any JSON value).
     pub arguments: Value,
@@ -60,8 +67,10 @@ pub struct ToolCall {
 /// Where `[AVAILABLE_TOOLS]` goes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ToolsPosition {
-    /// Before the last user turn (mistral-common up to tokenizer v11).
+    /// Where the tokenizer's own format puts them ([`Tokenizer::tools_position`]).
     #[default]
+    Tokenizer,
+    /// Before the last user turn (mistral-common up to tokenizer v11).
     BeforeLastUser,
     /// Before the first user turn (mistral-common's tokenizer v13).
     BeforeFirstUser,
@@ -149,7 +158,10 @@ impl ChatPrompt {
     }
 
     pub fn tool_result(mut self, content: impl Into<String>) -> ChatPrompt {
-        self.messages.push(Message::Tool(content.into()));
+        self.messages.push(Message::Tool {
+            content: content.into(),
+            call_id: None,
+        });
         self
     }
 
@@ -194,6 +206,11 @@ impl ChatPrompt {
                 ));
             }
         };
+        Ok(ChatPrompt::from_messages(&messages)?.tools(tools))
+    }
+
+    /// Messages in their JSON form (see [`ChatPrompt::from_json`]), without tools.
+    pub fn from_messages(messages: &[Value]) -> Result<ChatPrompt, ChatError> {
         let messages = messages
             .iter()
             .enumerate()
@@ -201,7 +218,7 @@ impl ChatPrompt {
             .collect::<Result<_, _>>()?;
         Ok(ChatPrompt {
             messages,
-            tools,
+            tools: Vec::new(),
             tools_position: ToolsPosition::default(),
         })
     }
@@ -251,7 +268,9 @@ impl ChatPrompt {
                         Prev::AssistantCalls
                     }
                 }
-                Message::Tool(_) if matches!(prev, Prev::AssistantCalls | Prev::Tool) => Prev::Tool,
+                Message::Tool { .. } if matches!(prev, Prev::AssistantCalls | Prev::Tool) => {
+                    Prev::Tool
+                }
                 _ => {
                     return Err(ChatError::Order {
                         index,
@@ -283,9 +302,13 @@ impl ChatPrompt {
                 .enumerate()
                 .filter(|(_, m)| matches!(m, Message::User(_)))
                 .map(|(i, _)| i);
-            match self.tools_position {
-                ToolsPosition::BeforeLastUser => users.next_back(),
+            let position = match self.tools_position {
+                ToolsPosition::Tokenizer => tok.tools_position(),
+                given => given,
+            };
+            match position {
                 ToolsPosition::BeforeFirstUser => users.next(),
+                ToolsPosition::BeforeLastUser | ToolsPosition::Tokenizer => users.next_back(),
             }
         };
 
@@ -320,9 +343,9 @@ impl ChatPrompt {
                     }
                     ids.push(tok.eos_id());
                 }
-                Message::Tool(text) => {
+                Message::Tool { content, .. } => {
                     ids.push(ctl("[TOOL_RESULTS]")?);
-                    tok.encode_into(text, &mut ids);
+                    tok.encode_into(content, &mut ids);
                     ids.push(ctl("[/TOOL_RESULTS]")?);
                 }
             }
@@ -355,7 +378,14 @@ fn message_from_json(index: usize, v: &Value) -> Result<Message, ChatError> {
     match role {
         "system" => Ok(Message::System(text(content)?)),
         "user" => Ok(Message::User(text(content)?)),
-        "tool" => Ok(Message::Tool(text(content)?)),
+        "tool" => Ok(Message::Tool {
+            content: text(content)?,
+            call_id: match obj.get("tool_call_id") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(id)) => Some(id.clone()),
+                Some(_) => return Err(bad("\"tool_call_id\" must be a string".into())),
+            },
+        }),
         "assistant" => {
             let tool_calls = match obj.get("tool_calls") {
                 None | Some(Value::Null) => Vec::new(),
@@ -394,7 +424,13 @@ fn tool_call_from_json(v: &Value) -> Result<ToolCall, String> {
         }
         Some(other) => other.clone(),
     };
+    let id = match v.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(_) => return Err("\"id\" must be a string".into()),
+    };
     Ok(ToolCall {
+        id,
         name: name.to_owned(),
         arguments,
     })

@@ -19,6 +19,7 @@ mod decode;
 mod demo_vocab;
 mod gguf_vocab;
 pub mod pretokenize;
+pub mod reply;
 mod tekken_json;
 mod vocab;
 
@@ -30,6 +31,7 @@ use spillway_gguf::{Gguf, MetaValue};
 pub use chat::{ChatError, ChatPrompt, Message, ToolCall, ToolsPosition};
 pub use decode::Detokenizer;
 pub use pretokenize::TEKKEN_PATTERN;
+pub use reply::{AssistantReply, GeneratedCall, ReplyParser, ReplyPiece};
 pub use vocab::{AddSpecial, DEFAULT_CONTROL_NAMES, MAX_VOCAB, SpecialIds, Vocab};
 
 /// Why a vocabulary could not be loaded, or an id not decoded.
@@ -104,6 +106,25 @@ impl Tokenizer {
     /// mistral-common's version of this tokenizer (e.g. `v3`, `v13`), when the source said.
     pub fn version(&self) -> Option<&str> {
         self.version.as_deref()
+    }
+
+    /// Where this tokenizer's chat format puts the tool definitions: before the first user
+    /// turn from mistral-common's v13 on (Ministral 3), before the last one earlier. A GGUF
+    /// does not record the version; there, a vocabulary with `[THINK]` (added with v13's
+    /// table, which Ministral 3 ships) is taken as v13.
+    pub fn tools_position(&self) -> ToolsPosition {
+        let v13 = match self.version.as_deref() {
+            Some(v) => v
+                .strip_prefix('v')
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n >= 13),
+            None => self.control_id("[THINK]").is_some(),
+        };
+        if v13 {
+            ToolsPosition::BeforeFirstUser
+        } else {
+            ToolsPosition::BeforeLastUser
+        }
     }
 
     /// Number of ids.

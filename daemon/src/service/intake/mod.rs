@@ -28,6 +28,7 @@ mod finals;
 mod placement;
 mod recover;
 
+use crate::constrain::Constraint;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -387,8 +388,8 @@ impl Intake {
             self.refuse(Some(target), Some(&req.id), &err).await;
             return Admission::Answered;
         }
-        let prompt = match self.encode(&req).await {
-            Ok(prompt) => prompt,
+        let (prompt, constraint) = match self.prepare(&req).await {
+            Ok(prepared) => prepared,
             Err(err) => {
                 self.refuse(Some(target), Some(&req.id), &err).await;
                 return Admission::Answered;
@@ -451,6 +452,7 @@ impl Intake {
         let job = Job {
             request: req,
             prompt,
+            constraint,
             key,
             client,
             target,
@@ -464,15 +466,15 @@ impl Intake {
         Admission::Accepted
     }
 
-    /// The prompt's ids as the engine will run them (the chat template, encoded), off the
-    /// async runtime; a prompt the tokenizer cannot encode is an invalid request.
-    async fn encode(&self, req: &Request) -> Result<Vec<u32>, RequestError> {
+    /// The prompt's ids as the engine will run them (the chat template, encoded) and the
+    /// answer's grammar, off the async runtime; a prompt the tokenizer cannot encode or a
+    /// schema that cannot be enforced is an invalid request.
+    async fn prepare(&self, req: &Request) -> Result<(Vec<u32>, Constraint), RequestError> {
         let routing = Arc::clone(&self.routing);
         let chat = req.chat.clone();
-        match tokio::task::spawn_blocking(move || routing.encode(&chat)).await {
-            Ok(encoded) => {
-                encoded.map_err(|e| RequestError::new(ErrorCode::InvalidRequest, e.to_string()))
-            }
+        let output = req.output.clone();
+        match tokio::task::spawn_blocking(move || routing.prepare(&chat, &output)).await {
+            Ok(prepared) => prepared,
             // A bug in the tokenizer: fail here as an inline call would have.
             Err(e) => match e.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),

@@ -101,8 +101,8 @@ impl Intake {
             // Chunks from the interrupted run may have gone out: the re-run answers with
             // its final only, whose text is whole.
             req.stream = false;
-            let prompt = match self.encode(&req).await {
-                Ok(prompt) => prompt,
+            let (prompt, constraint) = match self.prepare(&req).await {
+                Ok(prepared) => prepared,
                 Err(err) => {
                     self.send(Outgoing::journaled_error(&a.key, &id, &target, &err))
                         .await;
@@ -125,6 +125,7 @@ impl Intake {
             let job = Job {
                 request: req,
                 prompt,
+                constraint,
                 key: a.key,
                 target,
                 client: a.client,
