@@ -49,8 +49,6 @@ pub enum ConstraintError {
 struct Controls {
     tool_calls: Option<u32>,
     args: Option<u32>,
-    /// `[THINK]` and `[/THINK]`, when the vocabulary has both.
-    think: Option<(u32, u32)>,
 }
 
 /// Compiles requests' grammars for one model.
@@ -84,9 +82,6 @@ impl Grammars {
         let controls = Controls {
             tool_calls: tokenizer.control_id("[TOOL_CALLS]"),
             args: tokenizer.control_id("[ARGS]"),
-            think: tokenizer
-                .control_id("[THINK]")
-                .zip(tokenizer.control_id("[/THINK]")),
         };
         let env: TokEnv = Arc::new(VocabEnv::new(tokenizer));
         let mut factory =
@@ -115,7 +110,7 @@ impl Grammars {
         }
         let lark = self.lark(tools, rules)?;
         let matcher = self.matcher(&lark);
-        if let Some(message) = matcher.get_error() {
+        if let Some(message) = matcher.get_error().map(|m| without_position(&m)) {
             // Find the schema at fault, to name it; else report the whole grammar.
             return Err(self.blame(tools, rules).unwrap_or(ConstraintError::Schema {
                 field: "tools".into(),
@@ -188,14 +183,9 @@ impl Grammars {
         } else {
             text
         };
-        match self.controls.think {
-            // The reasoning variant may think first, whatever the answer must be.
-            Some((open, close)) => {
-                g.push_str(&format!("start: think? ({body})\n"));
-                g.push_str(&format!("think: <[{open}]> TEXT <[{close}]>\n"));
-            }
-            None => g.push_str(&format!("start: {body}\n")),
-        }
+        // No `[THINK]` here: a constrained answer starts with what it must be (a model
+        // that may think first may also think until the token limit, and never answer).
+        g.push_str(&format!("start: {body}\n"));
         g.push_str("TEXT: /(?s:.*)/\n");
         Ok(g)
     }
@@ -205,6 +195,7 @@ impl Grammars {
         let fails = |schema: &Value| {
             self.matcher(&format!("start: {}\n", json_rule(schema)))
                 .get_error()
+                .map(|m| without_position(&m))
         };
         if let ResponseFormat::JsonSchema { schema, .. } = &rules.response_format
             && let Some(message) = fails(schema)
@@ -220,6 +211,18 @@ impl Grammars {
                 message,
             })
         })
+    }
+}
+
+/// An llguidance error without its position in our generated grammar (`at 1(8): `), which
+/// means nothing to the client.
+fn without_position(message: &str) -> String {
+    match message
+        .strip_prefix("at ")
+        .and_then(|m| m.split_once("): "))
+    {
+        Some((pos, rest)) if pos.bytes().all(|b| b.is_ascii_digit() || b == b'(') => rest.into(),
+        _ => message.into(),
     }
 }
 
