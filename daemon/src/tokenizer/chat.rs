@@ -500,6 +500,7 @@ mod tests {
             .assistant_tool_calls(
                 "",
                 [ToolCall {
+                    id: None,
                     name: "f".into(),
                     arguments: json!({}),
                 }],

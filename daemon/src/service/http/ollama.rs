@@ -3,8 +3,10 @@
 //! streams, the default, or one object), `GET /api/tags`, `POST /api/show`,
 //! `GET /api/ps`, `GET /api/version`. Requests go through the same intake as every other;
 //! the local model is listed as `<id>:latest`. Unknown `options` are ignored, as Ollama
-//! does; what would change the answer's shape and cannot be honoured yet (`tools`,
-//! `format`, images) is refused by name.
+//! does. `tools` go to the intake as OpenAI's (Ollama uses the same definitions) and calls
+//! come back in Ollama's form (`message.tool_calls[].function.arguments` an object);
+//! `format` (`"json"` or a JSON Schema) becomes the intake's `response_format`; thinking
+//! comes back as `message.thinking`. Images are refused by name.
 
 use std::convert::Infallible;
 
@@ -33,8 +35,16 @@ struct MessageIn {
     content: String,
     #[serde(default)]
     images: Option<Vec<Value>>,
+    /// An assistant's calls: `[{"function": {"name", "arguments": {...}}}]`.
     #[serde(default)]
-    tool_calls: Option<Value>,
+    tool_calls: Option<Vec<Value>>,
+    /// The tool a `tool` message's result comes from: accepted, not needed (results are
+    /// matched to calls by order).
+    #[serde(default, rename = "tool_name")]
+    _tool_name: Option<IgnoredAny>,
+    /// Earlier thinking: accepted, not sent to the model.
+    #[serde(default, rename = "thinking")]
+    _thinking: Option<IgnoredAny>,
 }
 
 /// `options`: the ones that change generation; others (num_ctx, num_thread, ...) are
@@ -114,26 +124,24 @@ struct GenerateBody {
 
 impl Common {
     fn into_chat(self, messages: Vec<ChatMessage>) -> Result<Chat, ApiError> {
-        if self
+        // `format`: "json" for any JSON object, or a JSON Schema the answer must match.
+        let response_format = match self.format {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) if s == "json" => Some(json!({"type": "json_object"})),
+            Some(schema @ Value::Object(_)) => Some(json!({"type": "json_schema",
+                "json_schema": {"name": "format", "schema": schema, "strict": true}})),
+            Some(_) => {
+                return Err(ApiError::invalid_param(
+                    "format",
+                    "format must be \"json\" or a JSON Schema object",
+                )
+                .ollama());
+            }
+        };
+        let tools = self
             .tools
-            .as_ref()
-            .is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()))
-        {
-            return Err(
-                ApiError::invalid_param("tools", "tool calls are not supported yet").ollama(),
-            );
-        }
-        if self
-            .format
-            .as_ref()
-            .is_some_and(|f| !(f.is_null() || f == ""))
-        {
-            return Err(ApiError::invalid_param(
-                "format",
-                "structured output is not supported yet",
-            )
-            .ollama());
-        }
+            .filter(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()));
         let o = self.options.unwrap_or_default();
         // -1: until the model stops; -2: fill the context. Both: the service's default.
         let max_tokens = match o.num_predict {
@@ -157,6 +165,10 @@ impl Common {
             privacy: self.privacy,
             session: self.session,
             deadline_ms: self.deadline_ms,
+            tools,
+            tool_choice: None,
+            parallel_tool_calls: None,
+            response_format,
         })
     }
 }
@@ -188,16 +200,11 @@ pub(super) async fn chat(
                 )
                 .ollama());
             }
-            if m.tool_calls.as_ref().is_some_and(|v| !v.is_null()) || m.role == "tool" {
-                return Err(ApiError::invalid_param(
-                    &format!("messages[{i}]"),
-                    "tool calls are not supported yet",
-                )
-                .ollama());
-            }
             messages.push(ChatMessage {
                 role: m.role,
                 content: m.content,
+                tool_calls: m.tool_calls.unwrap_or_default(),
+                tool_call_id: None,
             });
         }
         let chat = b.common.into_chat(messages)?;
@@ -244,11 +251,13 @@ pub(super) async fn generate(
             messages.push(ChatMessage {
                 role: "system".into(),
                 content: system,
+                ..ChatMessage::default()
             });
         }
         messages.push(ChatMessage {
             role: "user".into(),
             content: b.prompt,
+            ..ChatMessage::default()
         });
         let chat = b.common.into_chat(messages)?;
         respond(&st, chat, &headers, Shape::Generate, gone).await
@@ -271,9 +280,12 @@ async fn respond(
     if !stream {
         return loop {
             match ex.next().await {
-                Some(Event::Delta(_)) => {}
+                Some(Event::Delta(_) | Event::Reasoning(_) | Event::ToolCalls(_)) => {}
                 Some(Event::Done(a)) => {
                     let mut body = piece(shape, &model, &a.text);
+                    if let Some(r) = a.reasoning_content.as_deref() {
+                        think(shape, &mut body, r);
+                    }
                     finish(&mut body, &a);
                     let mut r = Json(body).into_response();
                     if let Some(route) = a
@@ -327,14 +339,49 @@ fn piece(shape: Shape, model: &str, text: &str) -> Value {
     v
 }
 
-/// Makes `v` the last object: `done`, why, and Ollama's counts and durations (ns).
+/// Adds thinking text to a reply object (`message.thinking`; `thinking` for generate).
+fn think(shape: Shape, v: &mut Value, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    match shape {
+        Shape::Chat => v["message"]["thinking"] = json!(text),
+        Shape::Generate => v["thinking"] = json!(text),
+    }
+}
+
+/// The answer's calls in Ollama's form: `{"function": {"name", "arguments": {...}}}`, the
+/// arguments an object (OpenAI's are a JSON string).
+fn ollama_calls(a: &Answer) -> Vec<Value> {
+    a.tool_calls
+        .iter()
+        .map(|c| {
+            let f = &c["function"];
+            let arguments = f["arguments"]
+                .as_str()
+                .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                .unwrap_or_else(|| json!({}));
+            json!({"function": {"name": f["name"], "arguments": arguments}})
+        })
+        .collect()
+}
+
+/// Makes `v` the last object: `done`, why, the calls, and Ollama's counts and durations
+/// (ns).
 fn finish(v: &mut Value, a: &Answer) {
     let ns = |ms: Option<f64>| ms.map_or(0, |ms| (ms * 1e6).max(0.0) as u64);
     let total = a.timing_ms("total_ms").or_else(|| {
         Some(a.timing_ms("queue_ms")? + a.timing_ms("prompt_ms")? + a.timing_ms("generation_ms")?)
     });
     v["done"] = json!(true);
-    v["done_reason"] = json!(a.openai_finish_reason());
+    // Ollama says `stop` for an answer of calls too.
+    v["done_reason"] = json!(match a.openai_finish_reason() {
+        "length" => "length",
+        _ => "stop",
+    });
+    if !a.tool_calls.is_empty() && v.get("message").is_some() {
+        v["message"]["tool_calls"] = ollama_calls(a).into();
+    }
     v["total_duration"] = json!(ns(total));
     v["load_duration"] = json!(0);
     v["prompt_eval_count"] = json!(a.usage.prompt_tokens.unwrap_or(0));
@@ -368,19 +415,39 @@ impl Lines {
         if self.done {
             return None;
         }
-        let event = match self.pending.take() {
+        let mut event = match self.pending.take() {
             Some(e) => Some(e),
             None => self.ex.next().await,
         };
-        self.done = !matches!(event, Some(Event::Delta(_)));
+        // Ollama sends a call whole: calls go with the last object, from the final.
+        while let Some(Event::ToolCalls(_)) = event {
+            self.sent_text = true;
+            event = self.ex.next().await;
+        }
+        self.done = !matches!(
+            event,
+            Some(Event::Delta(_) | Event::Reasoning(_) | Event::ToolCalls(_))
+        );
         Some(match event {
             Some(Event::Delta(d)) => {
                 self.sent_text = true;
                 Lines::line(&piece(self.shape, &self.model, &d))
             }
+            Some(Event::Reasoning(r)) => {
+                self.sent_text = true;
+                let mut v = piece(self.shape, &self.model, "");
+                think(self.shape, &mut v, &r);
+                Lines::line(&v)
+            }
+            Some(Event::ToolCalls(_)) => unreachable!("skipped above"),
             Some(Event::Done(a)) => {
                 let text = if self.sent_text { "" } else { a.text.as_str() };
                 let mut last = piece(self.shape, &self.model, text);
+                if !self.sent_text
+                    && let Some(r) = a.reasoning_content.as_deref()
+                {
+                    think(self.shape, &mut last, r);
+                }
                 finish(&mut last, &a);
                 Lines::line(&last)
             }
@@ -538,9 +605,23 @@ mod tests {
             serde_json::from_str(r#"{"model":"m","messages":[],"options":{"num_predict":-1}}"#)
                 .unwrap();
         assert_eq!(b.common.into_chat(Vec::new()).unwrap().max_tokens, None);
-        let b: ChatBody = serde_json::from_str(r#"{"model":"m","format":"json"}"#).unwrap();
+        let format = |f: &str| {
+            let b: ChatBody =
+                serde_json::from_str(&format!(r#"{{"model":"m","format":{f}}}"#)).unwrap();
+            b.common.into_chat(Vec::new())
+        };
         assert_eq!(
-            b.common.into_chat(Vec::new()).unwrap_err().param.as_deref(),
+            format(r#""json""#).unwrap().response_format,
+            Some(json!({"type": "json_object"}))
+        );
+        let schema = format(r#"{"type":"object"}"#)
+            .unwrap()
+            .response_format
+            .unwrap();
+        assert_eq!(schema["json_schema"]["schema"], json!({"type": "object"}));
+        assert_eq!(format("\"\"").unwrap().response_format, None);
+        assert_eq!(
+            format(r#""yaml""#).unwrap_err().param.as_deref(),
             Some("format")
         );
     }

@@ -6,9 +6,11 @@
 //! intake's. Spillway's own fields come as extra body fields (`route`, `privacy`,
 //! `session`, `deadline_ms`: what the SDKs send through `extra_body`) and its answer's
 //! facts go back in a `spillway` object (`route`, `reason`, `provider`, `timings`) and the
-//! `x-spillway-route` header. Fields Spillway cannot honour yet (`tools`,
-//! `response_format` other than text, `logprobs`, `n` > 1) are refused by name rather
-//! than ignored.
+//! `x-spillway-route` header. `tools`, `tool_choice`, `parallel_tool_calls` and
+//! `response_format` go to the intake as given (it checks them and compiles their grammar);
+//! calls come back as OpenAI's `tool_calls` (streamed: name first, arguments in pieces),
+//! thinking as `reasoning_content`. Fields Spillway cannot honour (`logprobs`, `n` > 1) are
+//! refused by name rather than ignored.
 
 use std::convert::Infallible;
 
@@ -64,6 +66,16 @@ struct MessageIn {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    /// An assistant's calls, in OpenAI's form (checked by the intake).
+    #[serde(default)]
+    tool_calls: Option<Vec<Value>>,
+    /// The call a `tool` message answers.
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    /// A reasoning model's thinking in an earlier turn: accepted, not sent to the model
+    /// (as Mistral's templates drop it).
+    #[serde(default, rename = "reasoning_content")]
+    _reasoning_content: Option<IgnoredAny>,
     /// A participant's name: accepted, not used.
     #[serde(default, rename = "name")]
     _name: Option<IgnoredAny>,
@@ -152,38 +164,6 @@ impl ChatRequest {
                 "log probabilities are not supported",
             ));
         }
-        if self.tools.as_ref().is_some_and(|t| !t.is_null()) {
-            return Err(ApiError::invalid_param(
-                "tools",
-                "tool calls are not supported yet",
-            ));
-        }
-        match &self.tool_choice {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s == "none" => {}
-            Some(_) => {
-                return Err(ApiError::invalid_param(
-                    "tool_choice",
-                    "tool calls are not supported yet; only \"none\" is accepted",
-                ));
-            }
-        }
-        if self.parallel_tool_calls == Some(true) && self.tools.is_some() {
-            return Err(ApiError::invalid_param(
-                "parallel_tool_calls",
-                "tool calls are not supported yet",
-            ));
-        }
-        match &self.response_format {
-            None | Some(Value::Null) => {}
-            Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => {}
-            Some(_) => {
-                return Err(ApiError::invalid_param(
-                    "response_format",
-                    "structured output is not supported yet; only {\"type\": \"text\"}",
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -195,11 +175,12 @@ impl ChatRequest {
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
+                "tool" => "tool",
                 other => {
                     return Err(ApiError::invalid_param(
                         &format!("messages[{i}].role"),
                         format!(
-                            "role {other:?} is not supported (system, developer, user, assistant)"
+                            "role {other:?} is not supported (system, developer, user, assistant, tool)"
                         ),
                     ));
                 }
@@ -228,6 +209,8 @@ impl ChatRequest {
             messages.push(ChatMessage {
                 role: role.into(),
                 content,
+                tool_calls: m.tool_calls.unwrap_or_default(),
+                tool_call_id: m.tool_call_id,
             });
         }
         Ok(Chat {
@@ -247,6 +230,10 @@ impl ChatRequest {
             privacy: self.privacy,
             session: self.session,
             deadline_ms: self.deadline_ms,
+            tools: self.tools,
+            tool_choice: self.tool_choice,
+            parallel_tool_calls: self.parallel_tool_calls,
+            response_format: self.response_format,
         })
     }
 }
@@ -279,7 +266,7 @@ async fn chat_completions_inner(
     if !stream {
         return loop {
             match ex.next().await {
-                Some(Event::Delta(_)) => {}
+                Some(Event::Delta(_) | Event::Reasoning(_) | Event::ToolCalls(_)) => {}
                 Some(Event::Done(a)) => break Ok(completion_response(&a, &model, created)),
                 Some(Event::Failed(e)) => break Err(e),
                 None => break Err(ApiError::internal("the request ended without a final")),
@@ -343,7 +330,7 @@ fn completion_response(a: &Answer, model: &str, created: u64) -> Response {
         "model": answered_by(a, model),
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": a.text, "refusal": null},
+            "message": message_json(a),
             "logprobs": null,
             "finish_reason": a.openai_finish_reason(),
         }],
@@ -360,6 +347,31 @@ fn completion_response(a: &Answer, model: &str, created: u64) -> Response {
         response.headers_mut().insert("x-spillway-route", route);
     }
     response
+}
+
+/// The answer as OpenAI's assistant message: `content` (null when the answer is only
+/// calls), `tool_calls` and `reasoning_content` when there are any.
+fn message_json(a: &Answer) -> Value {
+    let content = if a.text.is_empty() && !a.tool_calls.is_empty() {
+        Value::Null
+    } else {
+        a.text.clone().into()
+    };
+    let mut m = json!({"role": "assistant", "content": content, "refusal": null});
+    if !a.tool_calls.is_empty() {
+        m["tool_calls"] = a.tool_calls.clone().into();
+    }
+    if let Some(r) = a.reasoning_content.as_deref().filter(|r| !r.is_empty()) {
+        m["reasoning_content"] = r.into();
+    }
+    m
+}
+
+/// A whole call (message form) as one streamed delta: `index` added, arguments whole.
+fn call_delta(index: usize, call: &Value) -> Value {
+    let mut d = call.clone();
+    d["index"] = index.into();
+    d
 }
 
 /// A stream of server-sent events in OpenAI's chunk shape.
@@ -433,14 +445,36 @@ impl Sse {
                 self.sent_text = true;
                 out.push(self.chunk(json!({"content": d}), None, None));
             }
+            Some(Event::Reasoning(r)) => {
+                self.sent_text = true;
+                out.push(self.chunk(json!({"reasoning_content": r}), None, None));
+            }
+            Some(Event::ToolCalls(calls)) => {
+                self.sent_text = true;
+                out.push(self.chunk(json!({"tool_calls": calls}), None, None));
+            }
             Some(Event::Done(a)) => {
                 self.id = Some(completion_id(&a.id));
                 if let Some(m) = &a.model {
                     self.model = m.clone();
                 }
-                if !self.sent_text && !a.text.is_empty() {
+                if !self.sent_text {
                     // A final without chunks (a replay, a resumed or attached request).
-                    out.push(self.chunk(json!({"content": a.text}), None, None));
+                    if let Some(r) = a.reasoning_content.as_deref().filter(|r| !r.is_empty()) {
+                        out.push(self.chunk(json!({"reasoning_content": r}), None, None));
+                    }
+                    if !a.text.is_empty() {
+                        out.push(self.chunk(json!({"content": a.text}), None, None));
+                    }
+                    if !a.tool_calls.is_empty() {
+                        let calls: Vec<Value> = a
+                            .tool_calls
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| call_delta(i, c))
+                            .collect();
+                        out.push(self.chunk(json!({"tool_calls": calls}), None, None));
+                    }
                 }
                 out.push(self.chunk(
                     json!({}),
@@ -535,22 +569,11 @@ mod tests {
         let m = r#""model":"m","messages":[{"role":"user","content":"x"}]"#;
         assert_eq!(param(&format!("{{{m},\"n\":2}}")).as_deref(), Some("n"));
         assert_eq!(
-            param(&format!("{{{m},\"tools\":[]}}")).as_deref(),
-            Some("tools")
-        );
-        assert_eq!(
-            param(&format!(
-                "{{{m},\"response_format\":{{\"type\":\"json_object\"}}}}"
-            ))
-            .as_deref(),
-            Some("response_format")
-        );
-        assert_eq!(
             param(&format!("{{{m},\"logprobs\":true}}")).as_deref(),
             Some("logprobs")
         );
         assert_eq!(
-            param(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#).as_deref(),
+            param(r#"{"model":"m","messages":[{"role":"function","content":"x"}]}"#).as_deref(),
             Some("messages[0].role")
         );
         assert_eq!(
@@ -560,11 +583,27 @@ mod tests {
         );
         let unknown = parse(&format!("{{{m},\"max_token\":3}}")).unwrap_err();
         assert!(unknown.message.contains("max_token"), "{}", unknown.message);
-        assert!(
-            parse(&format!(
-                "{{{m},\"tool_choice\":\"none\",\"response_format\":{{\"type\":\"text\"}}}}"
-            ))
-            .is_ok()
+        // Tools and formats go to the intake as given; it checks them.
+        let c = parse(&format!(
+            "{{{m},\"tools\":[{{\"type\":\"function\",\"function\":{{\"name\":\"f\"}}}}],\
+             \"tool_choice\":\"required\",\"parallel_tool_calls\":false,\
+             \"response_format\":{{\"type\":\"json_object\"}}}}"
+        ))
+        .unwrap();
+        assert_eq!(c.tools.unwrap()[0]["function"]["name"], "f");
+        assert_eq!(
+            (c.tool_choice, c.parallel_tool_calls),
+            (Some(json!("required")), Some(false))
         );
+        assert_eq!(c.response_format, Some(json!({"type": "json_object"})));
+        let c = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"x"},
+               {"role":"assistant","content":null,"tool_calls":[{"id":"abcdefghi","type":"function",
+                 "function":{"name":"f","arguments":"{}"}}]},
+               {"role":"tool","tool_call_id":"abcdefghi","content":"ok"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.messages[1].tool_calls.len(), 1);
+        assert_eq!(c.messages[2].tool_call_id.as_deref(), Some("abcdefghi"));
     }
 }

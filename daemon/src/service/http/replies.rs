@@ -138,6 +138,12 @@ pub struct Answer {
     pub id: String,
     #[serde(default)]
     pub text: String,
+    /// Thinking text (`[THINK]`), when the model reasoned.
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    /// The calls, in OpenAI's message form (`id`, `type`, `function: {name, arguments}`).
+    #[serde(default)]
+    pub tool_calls: Vec<serde_json::Value>,
     #[serde(default)]
     pub finish_reason: Option<String>,
     #[serde(default)]
@@ -168,10 +174,12 @@ pub struct Usage {
 }
 
 impl Answer {
-    /// OpenAI's `finish_reason`: `length` when `max_tokens` ended it, else `stop`.
+    /// OpenAI's `finish_reason`: `length` when `max_tokens` ended it, `tool_calls` when it
+    /// ended with calls, else `stop`.
     pub fn openai_finish_reason(&self) -> &'static str {
         match self.finish_reason.as_deref() {
             Some("length") => "length",
+            _ if !self.tool_calls.is_empty() => "tool_calls",
             _ => "stop",
         }
     }
@@ -202,17 +210,39 @@ impl Answer {
 /// What an [`Exchange`] receives.
 #[derive(Debug)]
 pub enum Event {
-    /// A piece of the answer.
+    /// A piece of the answer's text.
     Delta(String),
+    /// A piece of its thinking.
+    Reasoning(String),
+    /// Tool-call deltas in OpenAI's streamed form: `[{"index", "id"?, "type"?,
+    /// "function": {"name"?, "arguments"}}]`.
+    ToolCalls(serde_json::Value),
     /// The answer, whole.
     Done(Box<Answer>),
     /// The request's error final.
     Failed(ApiError),
 }
 
+/// A chunk: one of text, thinking or tool-call deltas (`schema::piece_json`).
 #[derive(Deserialize)]
 struct ChunkJson {
-    delta: String,
+    #[serde(default)]
+    delta: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<serde_json::Value>,
+}
+
+impl ChunkJson {
+    fn into_event(self) -> Event {
+        match (self.delta, self.reasoning, self.tool_calls) {
+            (Some(d), _, _) => Event::Delta(d),
+            (None, Some(r), _) => Event::Reasoning(r),
+            (None, None, Some(t)) => Event::ToolCalls(t),
+            (None, None, None) => Event::Delta(String::new()),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -333,7 +363,7 @@ impl Exchange {
         };
         if !msg.is_final() {
             return match serde_json::from_slice::<ChunkJson>(&msg.payload) {
-                Ok(c) => Some(Event::Delta(c.delta)),
+                Ok(c) => Some(c.into_event()),
                 Err(e) => Some(Event::Failed(ApiError::internal(format!(
                     "an unreadable chunk: {e}"
                 )))),
