@@ -274,30 +274,38 @@ impl Drop for Mosquitto {
 /// synthesized once per test process.
 pub fn tiny_tekken_model() -> &'static Path {
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!(
-            "spillway-e2e-tiny-tekken-{}.gguf",
-            std::process::id()
-        ));
-        let out = run_spillway(
-            &[
-                "synth",
-                "--shape",
-                "tiny",
-                "--quant",
-                "q4_k_m",
-                "--tekken",
-                fixtures().join("tekken_240911.json").to_str().unwrap(),
-                "--seed",
-                "3",
-                "--out",
-                path.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert!(out.status.success(), "synth failed: {}", stderr(&out));
-        path
-    })
+    MODEL.get_or_init(|| synth_tiny("tekken_240911.json", "tiny-tekken"))
+}
+
+/// A tiny random-weight model with Ministral 3's own vocabulary (`tekken_v13.json`: the
+/// control tokens of its tool-call format, `[ARGS]` and `[THINK]` among them), made once
+/// per test binary.
+pub fn tiny_tekken_v13_model() -> &'static Path {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL.get_or_init(|| synth_tiny("tekken_v13.json", "tiny-tekken-v13"))
+}
+
+fn synth_tiny(vocab: &str, name: &str) -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("spillway-e2e-{name}-{}.gguf", std::process::id()));
+    let out = run_spillway(
+        &[
+            "synth",
+            "--shape",
+            "tiny",
+            "--quant",
+            "q4_k_m",
+            "--tekken",
+            fixtures().join(vocab).to_str().unwrap(),
+            "--seed",
+            "3",
+            "--out",
+            path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "synth failed: {}", stderr(&out));
+    path
 }
 
 /// A running `spillway serve`, stopped (SIGKILL) on drop unless stopped before.

@@ -217,6 +217,8 @@ impl Grammars {
 /// An llguidance error without its position in our generated grammar (`at 1(8): `), which
 /// means nothing to the client.
 fn without_position(message: &str) -> String {
+    // Later lines quote our grammar's source, with our layout options: not the client's.
+    let message = message.lines().next().unwrap_or_default();
     match message
         .strip_prefix("at ")
         .and_then(|m| m.split_once("): "))
