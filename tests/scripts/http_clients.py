@@ -92,15 +92,19 @@ def openai_errors(base_url, model, key):
             client.chat.completions.create(**kw)
         except exc as e:
             body = e.body if isinstance(e.body, dict) else {}
-            seen[name] = {"status": e.status_code, "code": body.get("code"), "param": body.get("param")}
+            seen[name] = {"status": e.status_code, "code": body.get("code"), "param": body.get("param"),
+                          "message": body.get("message")}
             return
         raise AssertionError(f"{name}: no {exc.__name__}")
 
     msgs = [{"role": "user", "content": "hi"}]
     expect("model_not_found", openai.NotFoundError, model="gpt-4o", messages=msgs)
     expect("n", openai.BadRequestError, model=model, messages=msgs, n=2)
+    # This model's vocabulary (tekken v3) has no [ARGS]: it cannot call tools.
     expect("tools", openai.BadRequestError, model=model, messages=msgs,
            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    expect("tool_name", openai.BadRequestError, model=model, messages=msgs,
+           tools=[{"type": "function", "function": {"name": "no spaces", "parameters": {}}}])
     expect("max_tokens", openai.BadRequestError, model=model, messages=msgs, max_tokens=10**6)
     expect("too_large", openai.APIStatusError, model=model,
            messages=[{"role": "user", "content": "x" * (300 << 10)}])

@@ -320,9 +320,15 @@ fn every_error_has_openai_status_and_shape() {
     assert_eq!(status("model_not_found"), 404, "{seen}");
     assert_eq!(seen["model_not_found"]["code"], "model_not_found");
     assert_eq!((status("n"), seen["n"]["param"].as_str()), (400, Some("n")));
-    assert_eq!(
-        (status("tools"), seen["tools"]["param"].as_str()),
-        (400, Some("tools"))
+    assert_eq!(status("tools"), 400, "{seen}");
+    assert!(
+        seen["tools"]["message"].as_str().unwrap().contains("[ARGS]"),
+        "a model without the tool-call tokens says so: {seen}"
+    );
+    assert_eq!(status("tool_name"), 400, "{seen}");
+    assert!(
+        seen["tool_name"]["message"].as_str().unwrap().contains("tools[0]"),
+        "{seen}"
     );
     assert_eq!(status("max_tokens"), 400);
     assert_eq!(status("too_large"), 413);
