@@ -22,8 +22,9 @@ use spillway::cloud::{
 use spillway::tokenizer::ReplyPiece;
 use spillway_e2e::TempDir;
 use spillway_e2e::fake_router::{
-    Echo, FakeRouter, Gate, Part, Reply, bare_stream, chunk_json, delta, done, echo, finish,
-    json_escaped, ok_stream, percent_encoded, role, status, stream, stream_error, usage,
+    Echo, FakeRouter, Gate, Part, RESPOND_CALL_ID, Reply, bare_stream, chunk_json, delta, done,
+    echo, finish, json_escaped, ok_stream, percent_encoded, respond, role, status, stream,
+    stream_error, usage,
 };
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -133,6 +134,7 @@ fn request() -> CloudRequest {
         top_p: Some(0.5),
         seed: Some(42),
         stop: vec!["\n\n".into()],
+        ..CloudRequest::default()
     }
 }
 
@@ -800,6 +802,50 @@ async fn a_plain_http_lan_router_is_accepted_with_a_warning() {
     let reqs = lan.requests();
     assert_eq!(reqs[0].headers["authorization"], format!("Bearer {TOKEN}"));
     assert!(!reqs[1].headers.contains_key("authorization"));
+    logs.assert_no_token(&[]);
+}
+
+/// A tool call streamed as OpenAI streams it (the name first, then the arguments in
+/// pieces) is handed over piece by piece and put together in the outcome; the tools went
+/// in the request as given.
+#[tokio::test]
+async fn a_tool_call_is_streamed_in_pieces_and_put_together() {
+    let (logs, router, s) = one_router(vec![respond("together")]);
+    let tool = json!({"type": "function", "function": {"name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"},
+                                                        "n": {"type": "integer"}},
+                       "required": ["q", "n"]}}});
+    let req = CloudRequest {
+        tools: vec![tool.clone()],
+        tool_choice: Some(json!("required")),
+        parallel_tool_calls: Some(true),
+        ..request()
+    };
+    let mut pieces: Vec<String> = Vec::new();
+    let out = s
+        .client()
+        .complete(&req, |p| pieces.push(format!("{p:?}")))
+        .await
+        .unwrap();
+    assert_eq!(out.finish_reason.as_deref(), Some("tool_calls"));
+    assert_eq!(out.reply.content, "");
+    assert_eq!(out.reply.tool_calls.len(), 1);
+    let call = &out.reply.tool_calls[0];
+    assert_eq!(
+        (call.id.as_str(), call.name.as_str()),
+        (RESPOND_CALL_ID, "lookup")
+    );
+    let args: Value = serde_json::from_str(&call.arguments).unwrap();
+    assert_eq!(args, json!({"q": "example", "n": 1}));
+    assert_eq!(
+        pieces[0],
+        format!("CallStart {{ index: 0, id: {RESPOND_CALL_ID:?}, name: \"lookup\" }}")
+    );
+    assert!(pieces.len() > 3, "arguments in pieces: {pieces:?}");
+    let body = &router.requests()[0].body;
+    assert_eq!(body["tools"], json!([tool]));
+    assert_eq!(body["tool_choice"], "required");
+    assert_eq!(body["parallel_tool_calls"], true);
     logs.assert_no_token(&[]);
 }
 
