@@ -19,10 +19,12 @@ use spillway::cloud::{
     ApiToken, CloudClient, CloudConfig, CloudError, CloudErrorKind, CloudMessage, CloudOutcome,
     CloudRequest, EndpointConfig, TimeoutPhase, Usage,
 };
+use spillway::tokenizer::ReplyPiece;
 use spillway_e2e::TempDir;
 use spillway_e2e::fake_router::{
-    Echo, FakeRouter, Gate, Part, Reply, bare_stream, chunk_json, delta, done, echo, finish,
-    json_escaped, ok_stream, percent_encoded, role, status, stream, stream_error, usage,
+    Echo, FakeRouter, Gate, Part, RESPOND_CALL_ID, Reply, bare_stream, chunk_json, delta, done,
+    echo, finish, json_escaped, ok_stream, percent_encoded, respond, role, status, stream,
+    stream_error, usage,
 };
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -132,6 +134,7 @@ fn request() -> CloudRequest {
         top_p: Some(0.5),
         seed: Some(42),
         stop: vec!["\n\n".into()],
+        ..CloudRequest::default()
     }
 }
 
@@ -139,7 +142,11 @@ fn request() -> CloudRequest {
 async fn run(client: &CloudClient) -> (Result<CloudOutcome, CloudError>, Vec<String>) {
     let mut deltas = Vec::new();
     let r = client
-        .complete(&request(), |d| deltas.push(d.to_string()))
+        .complete(&request(), |p| {
+            if let ReplyPiece::Content(d) = p {
+                deltas.push(d.to_string());
+            }
+        })
         .await;
     (r, deltas)
 }
@@ -180,7 +187,10 @@ async fn a_stream_is_forwarded_delta_by_delta_as_it_arrives() {
     let client = s.client();
     let req = request();
     let mut deltas: Vec<String> = Vec::new();
-    let fut = client.complete(&req, |d| {
+    let fut = client.complete(&req, |p| {
+        let ReplyPiece::Content(d) = p else {
+            panic!("only text: {p:?}");
+        };
         if deltas.is_empty() {
             gate.open();
         }
@@ -191,7 +201,7 @@ async fn a_stream_is_forwarded_delta_by_delta_as_it_arrives() {
     let out = fut.await.unwrap();
 
     assert_eq!(deltas, ["Hel", "lo", ", world"]);
-    assert_eq!(out.text, "Hello, world");
+    assert_eq!(out.reply.content, "Hello, world");
     assert_eq!(out.finish_reason.as_deref(), Some("stop"));
     assert_eq!(
         out.usage,
@@ -245,7 +255,7 @@ async fn a_429_with_retry_after_is_retried_after_that_delay() {
     let client = s.client();
     let (r, deltas) = run(&client).await;
     let out = r.unwrap();
-    assert_eq!(out.text, "Hi!");
+    assert_eq!(out.reply.content, "Hi!");
     assert_eq!(deltas, ["Hi", "!"]);
     assert_eq!(out.attempts, 2);
     assert_eq!(out.provider.as_deref(), Some("together"));
@@ -275,7 +285,7 @@ async fn a_429_without_retry_after_backs_off_exponentially() {
     s.config.backoff_max_ms = 1000;
     let (r, deltas) = run(&s.client()).await;
     let out = r.unwrap();
-    assert_eq!((out.text.as_str(), out.attempts), ("ok", 3));
+    assert_eq!((out.reply.content.as_str(), out.attempts), ("ok", 3));
     assert_eq!(deltas, ["ok"]);
     let reqs = router.requests();
     assert_eq!(reqs.len(), 3);
@@ -300,7 +310,7 @@ async fn a_503_is_retried_and_the_retry_serves() {
     ]);
     let (r, deltas) = run(&s.client()).await;
     let out = r.unwrap();
-    assert_eq!((out.text.as_str(), out.attempts), ("AB", 2));
+    assert_eq!((out.reply.content.as_str(), out.attempts), ("AB", 2));
     assert_eq!(deltas, ["A", "B"]);
     assert_eq!(router.requests().len(), 2);
     logs.assert_no_token(&[]);
@@ -394,7 +404,7 @@ async fn a_401_opens_the_circuit_for_that_router_only_and_the_token_stays_secret
     let client = s.client();
     let (r, deltas) = run(&client).await;
     let out = r.unwrap();
-    assert_eq!(out.text, "from the LAN");
+    assert_eq!(out.reply.content, "from the LAN");
     assert_eq!(deltas.concat(), "from the LAN");
     assert_eq!(out.endpoint.base_url, lan.base_url());
     assert_eq!(out.attempts, 2);
@@ -496,7 +506,10 @@ async fn a_stall_before_the_first_token_is_retried() {
     let (r, deltas) = run(&s.client()).await;
     let out = r.unwrap();
     assert_eq!(deltas, ["late", " but", " once"]);
-    assert_eq!((out.text.as_str(), out.attempts), ("late but once", 2));
+    assert_eq!(
+        (out.reply.content.as_str(), out.attempts),
+        ("late but once", 2)
+    );
     assert!(
         logs.text()
             .contains("timed out waiting for the first token"),
@@ -545,7 +558,7 @@ async fn an_error_event_before_any_text_is_retried() {
     ]);
     let (r, deltas) = run(&s.client()).await;
     let out = r.unwrap();
-    assert_eq!((out.text.as_str(), out.attempts), ("fine", 2));
+    assert_eq!((out.reply.content.as_str(), out.attempts), ("fine", 2));
     assert_eq!(deltas, ["fine"]);
     logs.assert_no_token(&[]);
 }
@@ -571,7 +584,7 @@ async fn a_failing_endpoint_cools_down_and_the_next_one_serves() {
     let client = s.client();
     let (r, _) = run(&client).await;
     let out = r.unwrap();
-    assert_eq!(out.text, "b1");
+    assert_eq!(out.reply.content, "b1");
     assert_eq!(out.endpoint.model, "model-b:cheapest");
     // Two failures cooled model-a before its retries were used up.
     assert_eq!(out.attempts, 3);
@@ -588,7 +601,7 @@ async fn a_failing_endpoint_cools_down_and_the_next_one_serves() {
     // The next request goes straight to model-b.
     let (r, _) = run(&client).await;
     let out = r.unwrap();
-    assert_eq!((out.text.as_str(), out.attempts), ("b2", 1));
+    assert_eq!((out.reply.content.as_str(), out.attempts), ("b2", 1));
     assert_eq!(router.count_model("model-a"), 2);
     assert_eq!(router.count_model("model-b:cheapest"), 2);
     logs.assert_no_token(&[]);
@@ -609,7 +622,7 @@ async fn a_long_retry_after_cools_the_endpoint_instead_of_waiting() {
     let client = s.client();
     let t0 = Instant::now();
     let (r, _) = run(&client).await;
-    assert_eq!(r.unwrap().text, "spare");
+    assert_eq!(r.unwrap().reply.content, "spare");
     // Generous bounds: a loaded machine may take seconds, never the hour.
     assert!(
         t0.elapsed() < Duration::from_secs(60),
@@ -667,7 +680,7 @@ async fn chunks_split_at_awkward_byte_boundaries_are_reassembled() {
     let (r, deltas) = run(&s.client()).await;
     let out = r.unwrap();
     assert_eq!(deltas, ["Grüße ", "🦀 crabs"]);
-    assert_eq!(out.text, "Grüße 🦀 crabs");
+    assert_eq!(out.reply.content, "Grüße 🦀 crabs");
     assert_eq!(out.finish_reason.as_deref(), Some("length"));
     assert_eq!(out.usage, None);
     logs.assert_no_token(&[]);
@@ -735,7 +748,7 @@ async fn connection_failures_fail_over_to_the_next_endpoint() {
     let t0 = Instant::now();
     let (r, _) = run(&s.client()).await;
     let out = r.unwrap();
-    assert_eq!(out.text, "third time");
+    assert_eq!(out.reply.content, "third time");
     assert_eq!(out.endpoint.base_url, router.base_url());
     // Two tries on each dead endpoint, then one that works.
     assert_eq!(out.attempts, 5);
@@ -780,15 +793,59 @@ async fn a_plain_http_lan_router_is_accepted_with_a_warning() {
     assert!(text.contains("plain http://"), "{text}");
     assert!(text.contains("API token travel unencrypted"), "{text}");
     let (r, _) = run(&client).await;
-    assert_eq!(r.unwrap().text, "plain");
+    assert_eq!(r.unwrap().reply.content, "plain");
     // Without a token no Authorization header is sent at all.
     let anon = CloudClient::new(s.config.clone(), None).unwrap();
     lan.script_model("ministral-3b", vec![ok_stream("llama.cpp", &["anon"])]);
     let (r, _) = run(&anon).await;
-    assert_eq!(r.unwrap().text, "anon");
+    assert_eq!(r.unwrap().reply.content, "anon");
     let reqs = lan.requests();
     assert_eq!(reqs[0].headers["authorization"], format!("Bearer {TOKEN}"));
     assert!(!reqs[1].headers.contains_key("authorization"));
+    logs.assert_no_token(&[]);
+}
+
+/// A tool call streamed as OpenAI streams it (the name first, then the arguments in
+/// pieces) is handed over piece by piece and put together in the outcome; the tools went
+/// in the request as given.
+#[tokio::test]
+async fn a_tool_call_is_streamed_in_pieces_and_put_together() {
+    let (logs, router, s) = one_router(vec![respond("together")]);
+    let tool = json!({"type": "function", "function": {"name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"},
+                                                        "n": {"type": "integer"}},
+                       "required": ["q", "n"]}}});
+    let req = CloudRequest {
+        tools: vec![tool.clone()],
+        tool_choice: Some(json!("required")),
+        parallel_tool_calls: Some(true),
+        ..request()
+    };
+    let mut pieces: Vec<String> = Vec::new();
+    let out = s
+        .client()
+        .complete(&req, |p| pieces.push(format!("{p:?}")))
+        .await
+        .unwrap();
+    assert_eq!(out.finish_reason.as_deref(), Some("tool_calls"));
+    assert_eq!(out.reply.content, "");
+    assert_eq!(out.reply.tool_calls.len(), 1);
+    let call = &out.reply.tool_calls[0];
+    assert_eq!(
+        (call.id.as_str(), call.name.as_str()),
+        (RESPOND_CALL_ID, "lookup")
+    );
+    let args: Value = serde_json::from_str(&call.arguments).unwrap();
+    assert_eq!(args, json!({"q": "example", "n": 1}));
+    assert_eq!(
+        pieces[0],
+        format!("CallStart {{ index: 0, id: {RESPOND_CALL_ID:?}, name: \"lookup\" }}")
+    );
+    assert!(pieces.len() > 3, "arguments in pieces: {pieces:?}");
+    let body = &router.requests()[0].body;
+    assert_eq!(body["tools"], json!([tool]));
+    assert_eq!(body["tool_choice"], "required");
+    assert_eq!(body["parallel_tool_calls"], true);
     logs.assert_no_token(&[]);
 }
 
@@ -809,7 +866,7 @@ async fn a_stream_cut_before_done_is_an_error_unless_finished() {
     let (r, _) = run(&client).await;
     let out = r.unwrap();
     assert_eq!(
-        (out.text.as_str(), out.finish_reason.as_deref()),
+        (out.reply.content.as_str(), out.finish_reason.as_deref()),
         ("whole", Some("stop"))
     );
     assert_eq!(router.requests().len(), 2);
@@ -856,9 +913,15 @@ async fn whatever_the_router_echoes_the_token_shows_nowhere() {
         let shown = match r {
             Ok(out) => {
                 assert_eq!(want, "ok", "{how:?}");
-                assert_eq!(out.text, "Your key is [redacted] and encoded [redacted].");
-                assert_eq!(out.text, streamed, "the answer is what was streamed");
-                out.text
+                assert_eq!(
+                    out.reply.content,
+                    "Your key is [redacted] and encoded [redacted]."
+                );
+                assert_eq!(
+                    out.reply.content, streamed,
+                    "the answer is what was streamed"
+                );
+                out.reply.content
             }
             Err(e) => {
                 assert_eq!(e.code().as_str(), want, "{how:?}: {e}");

@@ -6,6 +6,13 @@
 //! any request or per model: streams that stall, break or report errors, 429 with and
 //! without `Retry-After`, 402, 503.
 //!
+//! [`Reply::Respond`] answers from the request itself, as a model would: when it declares
+//! tools and `tool_choice` is not `"none"`, with a tool call streamed the way OpenAI streams
+//! one (a first delta with the call's index, id, type and name and empty arguments, then
+//! the arguments' JSON in several pieces, `finish_reason: "tool_calls"`), of the named
+//! function or else the first tool, with arguments made from its parameters' schema
+//! ([`arguments_for`]); otherwise with a short text.
+//!
 //! [`Reply::Echo`] plays a router that quotes the credentials back ([`Echo`]): the token
 //! from the request's `Authorization` header in an error body (JSON-escaped or
 //! percent-encoded), in an `error` event, or in the answer's text split across chunks. The
@@ -98,6 +105,115 @@ pub enum Reply {
     },
     /// A reply quoting the request's bearer token back, as `echo` says.
     Echo(Echo),
+    /// 200 with `text/event-stream`: the answer [`respond_parts`] makes of the request.
+    Respond { provider: Option<String> },
+}
+
+/// A reply made from the request: a tool call when it asks for one, else text (see the
+/// module documentation).
+pub fn respond(provider: &str) -> Reply {
+    Reply::Respond {
+        provider: Some(provider.to_string()),
+    }
+}
+
+/// The id of the call [`respond_parts`] makes.
+pub const RESPOND_CALL_ID: &str = "call_e2eFakeRouter01";
+/// The text [`respond_parts`] answers a request without tools with, in two deltas.
+pub const RESPOND_TEXT: [&str; 2] = ["Nothing ", "to call."];
+
+/// The function the request's `tool_choice` names, else its first tool's; `None` when it
+/// declares no tools or says `"none"`.
+pub fn called_tool(body: &Value) -> Option<&Value> {
+    let tools = body["tools"].as_array().filter(|t| !t.is_empty())?;
+    let choice = &body["tool_choice"];
+    if choice == "none" {
+        return None;
+    }
+    match choice["function"]["name"].as_str() {
+        Some(name) => tools.iter().find(|t| t["function"]["name"] == name),
+        None => tools.first(),
+    }
+}
+
+/// Arguments valid against a simple JSON schema, made deterministically: for an object,
+/// each required property (every property when none is marked required) with a value of
+/// its own schema; the first `enum` value; `"example"`, `1`, `1.5`, `true`, an empty array
+/// for the other types (the first type that is not `null`, when several are given).
+pub fn arguments_for(schema: &Value) -> Value {
+    if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
+        return first.clone();
+    }
+    let ty = match &schema["type"] {
+        Value::String(t) => t.as_str(),
+        Value::Array(ts) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "string",
+    };
+    match ty {
+        "object" => {
+            let props = schema["properties"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let required: Vec<&str> = match schema["required"].as_array() {
+                Some(r) => r.iter().filter_map(Value::as_str).collect(),
+                None => props.keys().map(String::as_str).collect(),
+            };
+            let obj = required
+                .iter()
+                .map(|k| {
+                    let sub = props.get(*k).cloned().unwrap_or(Value::Null);
+                    (k.to_string(), arguments_for(&sub))
+                })
+                .collect();
+            Value::Object(obj)
+        }
+        "integer" => json!(1),
+        "number" => json!(1.5),
+        "boolean" => json!(true),
+        "array" => json!([]),
+        "null" => Value::Null,
+        _ => json!("example"),
+    }
+}
+
+/// The stream [`Reply::Respond`] answers `body` with.
+pub fn respond_parts(body: &Value) -> Vec<Part> {
+    let Some(tool) = called_tool(body) else {
+        let mut parts = vec![role()];
+        parts.extend(RESPOND_TEXT.iter().map(|t| delta(t)));
+        parts.extend([finish("stop"), usage(9, 2), done()]);
+        return parts;
+    };
+    let name = tool["function"]["name"].as_str().unwrap_or_default();
+    let args = arguments_for(&tool["function"]["parameters"]).to_string();
+    let mut parts = vec![
+        sse(chunk_json(
+            json!({"role": "assistant", "content": null}),
+            Value::Null,
+        )),
+        sse(chunk_json(
+            json!({"tool_calls": [{"index": 0, "id": RESPOND_CALL_ID, "type": "function",
+                                   "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        )),
+    ];
+    // OpenAI cuts the arguments anywhere, a few characters at a time.
+    let chars: Vec<char> = args.chars().collect();
+    for piece in chars.chunks(5) {
+        let piece: String = piece.iter().collect();
+        parts.push(sse(chunk_json(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            Value::Null,
+        )));
+    }
+    parts.extend([finish("tool_calls"), usage(20, 12), done()]);
+    parts
 }
 
 /// How a [`Reply::Echo`] quotes the token it was sent.
@@ -433,6 +549,11 @@ impl FakeRouter {
         self.state.script.lock().unwrap().len() + by_model
     }
 
+    /// The JSON body of the last request received.
+    pub fn last_body(&self) -> Option<Value> {
+        (self.state.requests.lock().unwrap().last()).map(|r| r.body.clone())
+    }
+
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
@@ -496,6 +617,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         at: Instant::now(),
     };
     let model = rec.model().to_string();
+    let body = rec.body.clone();
     let token = (rec.headers.get("authorization"))
         .and_then(|a| a.strip_prefix("Bearer "))
         .unwrap_or_default()
@@ -505,8 +627,15 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         .get_mut(&model)
         .and_then(VecDeque::pop_front);
     let mut reply = for_model.or_else(|| state.script.lock().unwrap().pop_front());
-    if let Some(Reply::Echo(how)) = reply {
-        reply = Some(echo_reply(how, &token));
+    match reply {
+        Some(Reply::Echo(how)) => reply = Some(echo_reply(how, &token)),
+        Some(Reply::Respond { provider }) => {
+            reply = Some(Reply::Stream {
+                provider,
+                parts: respond_parts(&body),
+            })
+        }
+        _ => {}
     }
     let resp = match reply {
         None => {
@@ -532,9 +661,9 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             b.body(Either::Left(Full::from(body)))
         }
         // Resolved into a status or a stream above.
-        Some(Reply::Echo(_)) => Response::builder()
+        Some(Reply::Echo(_) | Reply::Respond { .. }) => Response::builder()
             .status(500)
-            .body(Either::Left(Full::from("unresolved echo"))),
+            .body(Either::Left(Full::from("unresolved reply"))),
         Some(Reply::Stream { provider, parts }) => {
             let (mut tx, body) = Channel::new(1);
             tokio::spawn(async move {

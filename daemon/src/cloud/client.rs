@@ -31,6 +31,8 @@ use super::redact::{Excerpt, Redactor};
 use super::secrets::ApiToken;
 use super::target::Target;
 use super::types::{CloudRequest, Usage};
+use crate::rng::SplitMix64;
+use crate::tokenizer::{AssistantReply, ReplyPiece};
 
 /// Longest availability reason handed out (it lists every endpoint's).
 const MAX_REASON_CHARS: usize = 4000;
@@ -38,8 +40,9 @@ const MAX_REASON_CHARS: usize = 4000;
 /// A completed cloud request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloudOutcome {
-    /// The whole answer (the deltas concatenated).
-    pub text: String,
+    /// The whole answer: its text, reasoning and tool calls (the pieces handed out,
+    /// concatenated).
+    pub reply: AssistantReply,
     /// `stop`, `length`, ... as the server said; `None` if it did not.
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
@@ -167,17 +170,21 @@ impl CloudClient {
             .collect()
     }
 
-    /// Runs `req` on the first endpoint that can serve it, calling `on_delta` with each
-    /// piece of text as it arrives. Dropping the future aborts the request.
+    /// Runs `req` on the first endpoint that can serve it, calling `on_piece` with each
+    /// piece of the answer (text, reasoning, a call's start, a piece of its arguments) as
+    /// it arrives. Dropping the future aborts the request.
     pub async fn complete(
         &self,
         req: &CloudRequest,
-        mut on_delta: impl FnMut(&str),
+        mut on_piece: impl FnMut(ReplyPiece<'_>),
     ) -> Result<CloudOutcome, CloudError> {
         req.validate().map_err(|m| {
             let m = self.redactor().excerpt(&m, MAX_SUMMARY_CHARS);
             CloudError::new(CloudErrorKind::InvalidRequest(m), 0, false)
         })?;
+        // Ids for calls the server gives none: from the request's seed, so that a rerun of
+        // the request gets the same ones, as a local rerun does.
+        let call_ids = SplitMix64::new(req.seed.unwrap_or_else(random_u64) ^ CALL_ID_STREAM);
         let mut attempts = 0u32;
         let mut last: Option<CloudErrorKind> = None;
         let mut skipped: Vec<Excerpt> = Vec::new();
@@ -195,7 +202,7 @@ impl CloudClient {
                 attempts += 1;
                 let failure = match self
                     .transport
-                    .attempt(target, body.clone(), &mut on_delta)
+                    .attempt(target, body.clone(), call_ids.clone(), &mut on_piece)
                     .await
                 {
                     Ok(answer) => {
@@ -207,7 +214,7 @@ impl CloudClient {
                             "cloud request served"
                         );
                         return Ok(CloudOutcome {
-                            text: answer.text,
+                            reply: answer.reply,
                             finish_reason: answer.finish_reason,
                             usage: answer.usage,
                             provider: answer.provider,
@@ -323,12 +330,20 @@ fn endpoint_config(t: &Target) -> EndpointConfig {
     }
 }
 
-/// A uniform number in [0, 1), from std's randomly keyed hasher: jitter needs no more than
-/// that, and it spares a dependency on a random-number crate.
-fn jitter() -> f64 {
+/// Set apart the stream of made-up call ids from other uses of a request's seed (the
+/// sampler's, the local engine's call ids).
+const CALL_ID_STREAM: u64 = 0x636c_6f75_645f_6964;
+
+/// 64 random bits from std's randomly keyed hasher: jitter and made-up call ids need no
+/// more than that, and it spares a dependency on a random-number crate.
+fn random_u64() -> u64 {
     use std::hash::BuildHasher;
-    let r = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
-    (r >> 11) as f64 / (1u64 << 53) as f64
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// A uniform number in [0, 1).
+fn jitter() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! One HTTP attempt against one endpoint: connect (TCP, then TLS with rustls and the `ring`
 //! provider), `POST .../chat/completions` over HTTP/1.1 with hyper's connection API, and
-//! either stream the event stream, forwarding deltas as they are parsed, or turn the error
+//! either stream the event stream, forwarding the answer's pieces as they are parsed (put
+//! together by `assemble`), or turn the error
 //! status into a failure that says what the caller should do next.
 //!
 //! A new connection per attempt: spill-over requests are occasional and last seconds, so
@@ -14,8 +15,9 @@
 //!
 //! Nothing the server sends is shown or forwarded as it came: messages (error bodies, error
 //! events, header values, even hyper's and rustls's errors) become [`Excerpt`]s through the
-//! [`Redactor`], and the answer's text goes through a [`super::redact::StreamRedactor`], so
-//! the token cannot come back out, however the server encodes or splits it.
+//! [`Redactor`], and the answer's text, reasoning and call arguments go through
+//! [`super::redact::StreamRedactor`]s, so the token cannot come back out, however the
+//! server encodes or splits it.
 
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +34,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
 
+use super::assemble::Assembler;
 use super::config::{CloudConfig, CloudConfigError};
 use super::error::{CloudErrorKind, TimeoutPhase};
 use super::openai::{self, MAX_MESSAGE_CHARS, StreamEvent};
@@ -41,6 +44,8 @@ use super::sse::{SseLimits, SseParser};
 use super::target::Target;
 use super::tls::tls_connector;
 use super::types::Usage;
+use crate::rng::SplitMix64;
+use crate::tokenizer::{AssistantReply, ReplyPiece};
 
 const USER_AGENT: &str = concat!("spillway/", env!("CARGO_PKG_VERSION"));
 /// Largest response head (status line and headers).
@@ -55,7 +60,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 /// A completed stream.
 #[derive(Debug)]
 pub(crate) struct Answer {
-    pub(crate) text: String,
+    pub(crate) reply: AssistantReply,
     pub(crate) finish_reason: Option<String>,
     pub(crate) usage: Option<Usage>,
     pub(crate) provider: Option<String>,
@@ -187,12 +192,14 @@ impl Transport {
         self.redactor.excerpt(text, MAX_MESSAGE_CHARS)
     }
 
-    /// One attempt: connect, send `body`, stream the answer into `on_delta`.
-    pub(crate) async fn attempt<F: FnMut(&str)>(
+    /// One attempt: connect, send `body`, stream the answer's pieces into `on_piece`.
+    /// Calls that come without an id get one drawn from `call_ids`.
+    pub(crate) async fn attempt<F: FnMut(ReplyPiece<'_>)>(
         &self,
         target: &Target,
         body: Bytes,
-        on_delta: &mut F,
+        call_ids: SplitMix64,
+        on_piece: &mut F,
     ) -> Result<Answer, Failure> {
         let conn = match timeout(self.connect_timeout, self.connect(target)).await {
             Err(_) => {
@@ -207,8 +214,8 @@ impl Transport {
             Ok(r) => r?,
         };
         match conn {
-            Conn::Plain(tcp) => self.exchange(target, tcp, body, on_delta).await,
-            Conn::Tls(tls) => self.exchange(target, *tls, body, on_delta).await,
+            Conn::Plain(tcp) => self.exchange(target, tcp, body, call_ids, on_piece).await,
+            Conn::Tls(tls) => self.exchange(target, *tls, body, call_ids, on_piece).await,
         }
     }
 
@@ -245,12 +252,13 @@ impl Transport {
         }
     }
 
-    async fn exchange<IO, F: FnMut(&str)>(
+    async fn exchange<IO, F: FnMut(ReplyPiece<'_>)>(
         &self,
         t: &Target,
         io: IO,
         body: Bytes,
-        on_delta: &mut F,
+        call_ids: SplitMix64,
+        on_piece: &mut F,
     ) -> Result<Answer, Failure>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -355,29 +363,33 @@ impl Transport {
                     .into_string()
             })
             .filter(|p| !p.is_empty());
-        self.stream(t, resp.into_body(), first_deadline, provider, on_delta)
-            .await
+        let assembler = Assembler::new(&self.redactor, self.max_body_bytes, call_ids);
+        self.stream(
+            t,
+            resp.into_body(),
+            first_deadline,
+            provider,
+            assembler,
+            on_piece,
+        )
+        .await
     }
 
-    /// Reads the event stream to `[DONE]`, forwarding each non-empty text delta once the
-    /// stream redactor has passed it (so `emitted` means text the caller really received).
-    async fn stream<F: FnMut(&str)>(
+    /// Reads the event stream to `[DONE]`, forwarding each piece of the answer once the
+    /// assembler has passed it (so `emitted` means something the caller really received).
+    async fn stream<F: FnMut(ReplyPiece<'_>)>(
         &self,
         t: &Target,
         mut body: Incoming,
         first_deadline: Instant,
         provider: Option<String>,
-        on_delta: &mut F,
+        mut assembler: Assembler<'_>,
+        on_piece: &mut F,
     ) -> Result<Answer, Failure> {
         let mut parser = SseParser::new(self.sse_limits);
-        let mut redacted = self.redactor.stream();
         let mut events = Vec::new();
-        let mut answer = Answer {
-            text: String::new(),
-            finish_reason: None,
-            usage: None,
-            provider,
-        };
+        let mut finish_reason = None;
+        let mut usage = None;
         let mut received = 0usize;
         let mut emitted = false;
         let fail = |kind: CloudErrorKind, next: Then, emitted: bool| Failure {
@@ -389,14 +401,12 @@ impl Transport {
             endpoint: t.label.clone(),
             message,
         };
-        // Hands text to the caller and into the answer: the final text is exactly what was
-        // streamed.
-        let mut forward = |text: &str, answer: &mut Answer, emitted: &mut bool| {
-            if !text.is_empty() {
-                answer.text.push_str(text);
-                *emitted = true;
-                on_delta(text);
-            }
+        // The answer is exactly what was streamed: the assembler keeps what it hands out.
+        let answer = |reply: AssistantReply, finish_reason, usage| Answer {
+            reply,
+            finish_reason,
+            usage,
+            provider: provider.clone(),
         };
         loop {
             // Before the first delta the provider may be queueing or reading the prompt;
@@ -448,8 +458,10 @@ impl Transport {
                 match openai::interpret(&ev, &self.redactor) {
                     Err(m) => return Err(fail(protocol(m), Then::NextEndpoint, emitted)),
                     Ok(StreamEvent::Done) => {
-                        forward(&redacted.finish(), &mut answer, &mut emitted);
-                        return Ok(answer);
+                        return match assembler.finish(on_piece) {
+                            Ok(reply) => Ok(answer(reply, finish_reason, usage)),
+                            Err(m) => Err(fail(protocol(m), Then::NextEndpoint, emitted)),
+                        };
                     }
                     Ok(StreamEvent::Error(message)) => {
                         let kind = CloudErrorKind::Stream {
@@ -460,17 +472,33 @@ impl Transport {
                     }
                     Ok(StreamEvent::Chunk {
                         content,
-                        finish_reason,
-                        usage,
+                        reasoning,
+                        calls,
+                        finish_reason: reason,
+                        usage: counts,
                     }) => {
-                        if usage.is_some() {
-                            answer.usage = usage;
+                        if counts.is_some() {
+                            usage = counts;
                         }
-                        if finish_reason.is_some() {
-                            answer.finish_reason = finish_reason;
+                        if reason.is_some() {
+                            finish_reason = reason;
                         }
-                        if let Some(c) = content {
-                            forward(&redacted.push(&c), &mut answer, &mut emitted);
+                        let pieces = || -> Result<(), Excerpt> {
+                            if let Some(r) = reasoning {
+                                assembler.reasoning(&r, on_piece)?;
+                            }
+                            if let Some(c) = content {
+                                assembler.content(&c, on_piece)?;
+                            }
+                            for call in calls {
+                                assembler.call(call, on_piece)?;
+                            }
+                            Ok(())
+                        };
+                        let result = pieces();
+                        emitted = assembler.emitted();
+                        if let Err(m) = result {
+                            return Err(fail(protocol(m), Then::NextEndpoint, emitted));
                         }
                     }
                 }
@@ -478,9 +506,11 @@ impl Transport {
         }
         // The connection closed without `[DONE]`. Some servers do that after the final
         // chunk; without a finish reason, though, the answer was cut short.
-        if answer.finish_reason.is_some() && !parser.has_partial_event() {
-            forward(&redacted.finish(), &mut answer, &mut emitted);
-            return Ok(answer);
+        if finish_reason.is_some() && !parser.has_partial_event() {
+            return match assembler.finish(on_piece) {
+                Ok(reply) => Ok(answer(reply, finish_reason, usage)),
+                Err(m) => Err(fail(protocol(m), Then::NextEndpoint, emitted)),
+            };
         }
         let kind = CloudErrorKind::Stream {
             endpoint: t.label.clone(),

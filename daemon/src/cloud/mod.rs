@@ -3,20 +3,25 @@
 //! LiteLLM proxy, llama.cpp's server on the LAN).
 //!
 //! - [`CloudClient`] sends `POST {base}/chat/completions` with `stream: true` to an ordered
-//!   list of endpoints, forwards each text delta to the caller as it arrives, retries
-//!   429/5xx with jittered backoff (honouring `Retry-After`) only while nothing has been
-//!   forwarded, cools endpoints down after repeated failures and opens a circuit on
+//!   list of endpoints, forwards each piece of the answer (text, reasoning, tool calls: the
+//!   local engine's [`crate::tokenizer::ReplyPiece`]s) to the caller as it arrives,
+//!   retries 429/5xx with jittered backoff (honouring `Retry-After`) only while nothing has
+//!   been forwarded, cools endpoints down after repeated failures and opens a circuit on
 //!   401/403/402. [`CloudClient::availability`] tells the routing policy whether a request
 //!   sent now could be served, and why not.
 //! - [`sse`]: the incremental server-sent-events parser, bounded in line and event size.
+//! - `openai`: the wire format (the request body with its tools, the chunks' deltas);
+//!   `assemble`: the deltas put together into an [`crate::tokenizer::AssistantReply`],
+//!   bounded (calls, names, size), with ids made up for calls that came without one.
 //! - [`secrets`]: the API token from a systemd credential, a private file or the
 //!   environment, held in a zeroizing type that never prints.
 //! - `redact`: the one place server text becomes showable ([`Excerpt`]: decoded, token
 //!   removed, cleaned, bounded), and the stream redactor that keeps the token out of the
 //!   answer even when it is split across chunks.
 //! - [`CloudConfig`]: the `[cloud]` settings with their defaults.
-//! - `types`: [`CloudRequest`], [`CloudMessage`] and [`Usage`], which the client, the wire
-//!   format (`openai`) and the transport (`https`) all speak.
+//! - `types`: [`CloudRequest`], [`CloudMessage`] (with its [`CloudToolCall`]s) and
+//!   [`Usage`], which the client, the wire format (`openai`) and the transport (`https`)
+//!   all speak.
 //! - `target`: one endpoint's base URL parsed into what a connection needs; `tls`: the
 //!   rustls client configuration (CA file or system roots).
 //!
@@ -38,7 +43,13 @@
 //!     max_tokens: Some(64),
 //!     ..CloudRequest::default()
 //! };
-//! let out = client.complete(&req, |delta| print!("{delta}")).await?;
+//! let out = client
+//!     .complete(&req, |piece| {
+//!         if let spillway::tokenizer::ReplyPiece::Content(text) = piece {
+//!             print!("{text}");
+//!         }
+//!     })
+//!     .await?;
 //! println!("\n{} via {:?} in {} attempt(s)", out.endpoint.model, out.provider, out.attempts);
 //! # Ok(())
 //! # }
@@ -49,6 +60,7 @@
 //! the token is scrubbed from anything the server echoes back, escaped, percent-encoded or
 //! split across chunks.
 
+mod assemble;
 mod client;
 mod config;
 mod error;
@@ -70,4 +82,4 @@ pub use redact::Excerpt;
 pub use secrets::{
     ApiToken, LoadedToken, SecretError, TokenSource, TokenSources, load_token, load_token_with,
 };
-pub use types::{CloudMessage, CloudRequest, Usage};
+pub use types::{CloudFunctionCall, CloudMessage, CloudRequest, CloudToolCall, Usage, new_call_id};

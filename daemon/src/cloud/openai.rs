@@ -4,9 +4,11 @@
 //!
 //! Chunks are parsed leniently (unknown fields, `null`s and missing fields are normal:
 //! providers differ), but each is an untrusted JSON document: only the first choice's text,
-//! the finish reason and the token counts are kept, and server text that may be shown (error
-//! messages, the finish reason) leaves this module only as an [`Excerpt`] made by the
-//! redactor. The answer's text is left to the caller's stream redactor.
+//! reasoning and tool-call deltas, the finish reason and the token counts are kept, and
+//! server text that may be shown (error messages, the finish reason) leaves this module
+//! only as an [`Excerpt`] made by the redactor. The answer's text, reasoning and calls are
+//! left to the caller, which bounds them and passes them through its stream redactors
+//! (`assemble`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -41,11 +43,21 @@ struct RequestBody<'a> {
     seed: Option<u64>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     stop: &'a [String],
+    #[serde(skip_serializing_if = "<[Value]>::is_empty")]
+    tools: &'a [Value],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'a Value>,
 }
 
 /// The JSON body of a streaming chat completion for `model`. Unset sampling options are
-/// left out rather than sent as `null`, which some providers refuse.
+/// left out rather than sent as `null`, which some providers refuse; so are `tool_choice`
+/// and `parallel_tool_calls` without tools, which OpenAI refuses.
 pub(crate) fn request_body(model: &str, req: &CloudRequest) -> Vec<u8> {
+    let with_tools = !req.tools.is_empty();
     let body = RequestBody {
         model,
         messages: &req.messages,
@@ -58,9 +70,13 @@ pub(crate) fn request_body(model: &str, req: &CloudRequest) -> Vec<u8> {
         top_p: req.top_p,
         seed: req.seed,
         stop: &req.stop,
+        tools: &req.tools,
+        tool_choice: req.tool_choice.as_ref().filter(|_| with_tools),
+        parallel_tool_calls: req.parallel_tool_calls.filter(|_| with_tools),
+        response_format: req.response_format.as_ref(),
     };
-    // Serializing plain strings and numbers cannot fail (non-finite floats are refused
-    // by `CloudRequest::validate` and would be written as `null` anyway).
+    // Serializing plain strings, numbers and JSON values cannot fail (non-finite floats are
+    // refused by `CloudRequest::validate` and would be written as `null` anyway).
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
@@ -88,6 +104,50 @@ struct ChoiceJson {
 struct DeltaJson {
     #[serde(default)]
     content: Option<String>,
+    /// The reasoning of thinking models (DeepSeek's, vLLM's and the Hugging Face router's
+    /// name).
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    /// The same under OpenRouter's and Ollama's name; some servers send both.
+    #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<CallDeltaJson>>,
+}
+
+#[derive(Deserialize)]
+struct CallDeltaJson {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionDeltaJson>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDeltaJson {
+    #[serde(default)]
+    name: Option<String>,
+    /// A piece of the arguments' JSON text, as OpenAI streams it; a few servers send the
+    /// whole arguments as an object instead.
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+/// A piece of one tool call, as a chunk's delta carries it: its first delta names it
+/// (`index`, `id`, `name`), the following ones carry pieces of its arguments. Raw server
+/// text: bounded and redacted by the caller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CallDelta {
+    /// The provider's index of the call; `None` when it gave none (then a delta naming a
+    /// function starts a new call, and one that does not continues the last).
+    pub(crate) index: Option<u64>,
+    pub(crate) id: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) arguments: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +166,8 @@ pub(crate) enum StreamEvent {
     /// A chunk; any part may be absent (role-only chunks, the usage-only chunk).
     Chunk {
         content: Option<String>,
+        reasoning: Option<String>,
+        calls: Vec<CallDelta>,
         finish_reason: Option<String>,
         usage: Option<Usage>,
     },
@@ -146,13 +208,26 @@ pub(crate) fn interpret(ev: &SseEvent, redactor: &Redactor) -> Result<StreamEven
         .unwrap_or_default()
         .into_iter()
         .find(|c| c.index.unwrap_or(0) == 0);
-    let (content, finish_reason) = match choice {
+    let (delta, finish_reason) = match choice {
         Some(c) => (
-            c.delta.and_then(|d| d.content),
+            c.delta,
             c.finish_reason
                 .map(|r| redactor.excerpt(&r, MAX_FINISH_REASON_CHARS).into_string()),
         ),
         None => (None, None),
+    };
+    let (content, reasoning, calls) = match delta {
+        Some(d) => (
+            d.content,
+            // Servers that send both send the same text twice.
+            d.reasoning_content.or(d.reasoning),
+            d.tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| call_delta(c, redactor))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        None => (None, None, Vec::new()),
     };
     let usage = chunk.usage.map(|u| Usage {
         prompt_tokens: u.prompt_tokens.unwrap_or(0),
@@ -160,8 +235,47 @@ pub(crate) fn interpret(ev: &SseEvent, redactor: &Redactor) -> Result<StreamEven
     });
     Ok(StreamEvent::Chunk {
         content,
+        reasoning,
+        calls,
         finish_reason,
         usage,
+    })
+}
+
+/// One call's delta, checked for what only a chunk can tell: a call of a `function` (the
+/// only kind a request declares), arguments as text or an object.
+fn call_delta(c: CallDeltaJson, redactor: &Redactor) -> Result<CallDelta, Excerpt> {
+    if let Some(kind) = c.kind.as_deref()
+        && kind != "function"
+    {
+        return Err(redactor.excerpt(
+            &format!("a tool call of type {kind:?}, not \"function\""),
+            MAX_MESSAGE_CHARS,
+        ));
+    }
+    let (name, arguments) = match c.function {
+        Some(f) => {
+            let arguments = match f.arguments {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s),
+                Some(v @ Value::Object(_)) => Some(v.to_string()),
+                Some(other) => {
+                    let quoted = redactor.excerpt(&other.to_string(), 80);
+                    return Err(redactor.excerpt(
+                        &format!("tool call arguments neither text nor an object: {quoted}"),
+                        MAX_MESSAGE_CHARS,
+                    ));
+                }
+            };
+            (f.name, arguments)
+        }
+        None => (None, None),
+    };
+    Ok(CallDelta {
+        index: c.index,
+        id: c.id.filter(|id| !id.is_empty()),
+        name: name.filter(|n| !n.is_empty()),
+        arguments,
     })
 }
 
@@ -207,6 +321,7 @@ pub(crate) fn error_message_from_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::types::CloudToolCall;
 
     fn interp(ev: &SseEvent) -> Result<StreamEvent, Excerpt> {
         interpret(ev, &Redactor::new(None))
@@ -232,6 +347,7 @@ mod tests {
             top_p: Some(0.9),
             seed: Some(7),
             stop: vec!["\n\n".into()],
+            ..CloudRequest::default()
         };
         let v: Value = serde_json::from_slice(&request_body("m:cheapest", &req)).unwrap();
         assert_eq!(
@@ -254,6 +370,134 @@ mod tests {
         assert_eq!(keys, ["model", "messages", "stream", "stream_options"]);
     }
 
+    /// Tools, `tool_choice`, `parallel_tool_calls` and `response_format` go as given; the
+    /// conversation's calls in OpenAI's form (arguments as text, `content: null` for a turn
+    /// of calls alone) and its results with their call's id.
+    #[test]
+    fn body_carries_tools_and_the_conversation_s_calls() {
+        let tool = serde_json::json!({"type": "function", "function": {
+            "name": "get_weather", "description": "Weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}});
+        let format = serde_json::json!({"type": "json_schema", "json_schema": {
+            "name": "w", "schema": {"type": "object"}, "strict": true}});
+        let req = CloudRequest {
+            messages: vec![
+                CloudMessage::new("user", "Weather in Paris?"),
+                CloudMessage {
+                    content: None,
+                    tool_calls: vec![CloudToolCall::function(
+                        "call_1",
+                        "get_weather",
+                        r#"{"city":"Paris"}"#,
+                    )],
+                    ..CloudMessage::new("assistant", "")
+                },
+                CloudMessage {
+                    tool_call_id: Some("call_1".into()),
+                    ..CloudMessage::new("tool", "18 °C")
+                },
+            ],
+            tools: vec![tool.clone()],
+            tool_choice: Some(serde_json::json!({"type": "function",
+                                                 "function": {"name": "get_weather"}})),
+            parallel_tool_calls: Some(false),
+            response_format: Some(format.clone()),
+            ..CloudRequest::default()
+        };
+        req.validate().unwrap();
+        let v: Value = serde_json::from_slice(&request_body("m", &req)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "model": "m",
+                "messages": [
+                    {"role": "user", "content": "Weather in Paris?"},
+                    {"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                    {"role": "tool", "content": "18 °C", "tool_call_id": "call_1"},
+                ],
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "tools": [tool],
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                "parallel_tool_calls": false,
+                "response_format": format,
+            })
+        );
+        // Without tools, tool_choice and parallel_tool_calls are not sent (OpenAI refuses
+        // them); response_format is.
+        let bare = CloudRequest {
+            tools: Vec::new(),
+            messages: vec![CloudMessage::new("user", "Hi")],
+            ..req
+        };
+        let v: Value = serde_json::from_slice(&request_body("m", &bare)).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "model",
+                "messages",
+                "stream",
+                "stream_options",
+                "response_format"
+            ]
+        );
+    }
+
+    #[test]
+    fn reasoning_and_tool_call_deltas() {
+        let both = r#"{"choices":[{"delta":{"reasoning_content":"Hmm","reasoning":"Hmm"}}]}"#;
+        let StreamEvent::Chunk { reasoning, .. } = interp(&data(both)).unwrap() else {
+            panic!("a chunk");
+        };
+        assert_eq!(reasoning.as_deref(), Some("Hmm"));
+        let other = r#"{"choices":[{"delta":{"reasoning":"Well"}}]}"#;
+        let StreamEvent::Chunk { reasoning, .. } = interp(&data(other)).unwrap() else {
+            panic!("a chunk");
+        };
+        assert_eq!(reasoning.as_deref(), Some("Well"));
+        let call = r#"{"choices":[{"delta":{"tool_calls":[
+            {"index":0,"id":"call_9","type":"function","function":{"name":"f","arguments":""}},
+            {"index":1,"id":"","function":{"arguments":"{\"a\""}},
+            {"index":2,"function":{"name":"g","arguments":{"x":1}}}]},
+            "finish_reason":"tool_calls"}]}"#;
+        let StreamEvent::Chunk {
+            calls,
+            finish_reason,
+            ..
+        } = interp(&data(call)).unwrap()
+        else {
+            panic!("a chunk");
+        };
+        assert_eq!(finish_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(
+            calls,
+            [
+                CallDelta {
+                    index: Some(0),
+                    id: Some("call_9".into()),
+                    name: Some("f".into()),
+                    arguments: Some(String::new()),
+                },
+                CallDelta {
+                    index: Some(1),
+                    id: None,
+                    name: None,
+                    arguments: Some("{\"a\"".into()),
+                },
+                CallDelta {
+                    index: Some(2),
+                    id: None,
+                    name: Some("g".into()),
+                    arguments: Some(r#"{"x":1}"#.into()),
+                },
+            ]
+        );
+    }
+
     #[test]
     fn chunks() {
         let role = r#"{"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}"#;
@@ -261,6 +505,8 @@ mod tests {
             interp(&data(role)).unwrap(),
             StreamEvent::Chunk {
                 content: None,
+                reasoning: None,
+                calls: Vec::new(),
                 finish_reason: None,
                 usage: None
             }
@@ -271,6 +517,8 @@ mod tests {
             interp(&data(text)).unwrap(),
             StreamEvent::Chunk {
                 content: Some("Hel".into()),
+                reasoning: None,
+                calls: Vec::new(),
                 finish_reason: None,
                 usage: None
             }
@@ -280,6 +528,8 @@ mod tests {
             interp(&data(fin)).unwrap(),
             StreamEvent::Chunk {
                 content: None,
+                reasoning: None,
+                calls: Vec::new(),
                 finish_reason: Some("length".into()),
                 usage: None
             }
@@ -289,6 +539,8 @@ mod tests {
             interp(&data(usage)).unwrap(),
             StreamEvent::Chunk {
                 content: None,
+                reasoning: None,
+                calls: Vec::new(),
                 finish_reason: None,
                 usage: Some(Usage {
                     prompt_tokens: 12,

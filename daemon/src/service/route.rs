@@ -27,12 +27,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::cloud::secrets::SecretError;
-use crate::cloud::{CloudClient, CloudConfigError, CloudMessage, CloudRequest, load_token};
+use crate::cloud::{
+    CloudClient, CloudConfigError, CloudMessage, CloudRequest, CloudToolCall, load_token,
+    new_call_id,
+};
 use crate::config::Validated;
 use crate::constrain::{Constraint, Grammars, OutputRules};
 use crate::engine::Engine;
 use crate::monitor::{Monitor, MonitorError, Sampler};
+use crate::rng::SplitMix64;
 use crate::router::{
     COMPLETION_PRIOR_TOKENS, CloudHealth, CloudRoute, Conditions, Decision, Policy, PolicyConfig,
     PolicyError, RejectCode, RequestFacts, RouteHealth, Thermal, ThermalState,
@@ -404,25 +410,70 @@ impl Routing {
     }
 }
 
-/// The OpenAI-style request for the cloud router.
+/// The OpenAI-style request for the cloud router: the conversation with its tool calls and
+/// results, the declared tools and what the client asked of the answer's shape, as it
+/// gave them.
+///
+/// OpenAI pairs a tool result with its call by id, which our clients may leave out (the
+/// local chat format pairs them by order). A call without an id gets one made up (from the
+/// request's seed, so a rerun sends the same), and a result without one takes the id of
+/// the earliest call of the assistant turn before it not yet answered: the order the local
+/// format assumes.
 pub fn cloud_request(req: &Request) -> CloudRequest {
+    let mut ids = SplitMix64::new(req.sampling.seed ^ PROMPT_CALL_IDS);
+    // The ids of the last assistant turn's calls not yet answered, in order.
+    let mut unanswered: std::collections::VecDeque<String> = Default::default();
     let messages = req
         .chat
         .messages
         .iter()
-        .map(|m| {
-            let (role, content) = match m {
-                Message::System(t) => ("system", t.clone()),
-                Message::User(t) => ("user", t.clone()),
-                Message::Assistant { content, .. } => ("assistant", content.clone()),
-                Message::Tool { content, .. } => ("tool", content.clone()),
-            };
-            CloudMessage {
-                role: role.into(),
+        .map(|m| match m {
+            Message::System(t) => CloudMessage::new("system", t.clone()),
+            Message::User(t) => CloudMessage::new("user", t.clone()),
+            Message::Assistant {
                 content,
+                tool_calls,
+            } => {
+                let calls: Vec<CloudToolCall> = tool_calls
+                    .iter()
+                    .map(|c| {
+                        let id = c.id.clone().unwrap_or_else(|| new_call_id(&mut ids));
+                        let arguments = match &c.arguments {
+                            // Text the client gave that is not JSON stays as it was.
+                            Value::String(s) => s.clone(),
+                            v => v.to_string(),
+                        };
+                        CloudToolCall::function(id, c.name.clone(), arguments)
+                    })
+                    .collect();
+                unanswered = calls.iter().map(|c| c.id.clone()).collect();
+                CloudMessage {
+                    role: "assistant".into(),
+                    // OpenAI's form of a turn made of calls alone.
+                    content: (!content.is_empty() || calls.is_empty()).then(|| content.clone()),
+                    tool_calls: calls,
+                    tool_call_id: None,
+                }
+            }
+            Message::Tool { content, call_id } => {
+                let id = match call_id {
+                    Some(id) => {
+                        unanswered.retain(|u| u != id);
+                        id.clone()
+                    }
+                    None => unanswered
+                        .pop_front()
+                        .unwrap_or_else(|| new_call_id(&mut ids)),
+                };
+                CloudMessage {
+                    tool_call_id: Some(id),
+                    ..CloudMessage::new("tool", content.clone())
+                }
             }
         })
         .collect();
+    let tools = req.chat.tools.clone();
+    let with_tools = !tools.is_empty();
     CloudRequest {
         messages,
         max_tokens: u32::try_from(req.max_tokens).ok(),
@@ -430,8 +481,16 @@ pub fn cloud_request(req: &Request) -> CloudRequest {
         top_p: Some(req.sampling.top_p),
         seed: Some(req.sampling.seed),
         stop: req.stop.clone(),
+        tool_choice: with_tools.then(|| req.output.tool_choice_json()),
+        parallel_tool_calls: with_tools.then_some(req.output.parallel_tool_calls),
+        response_format: req.output.response_format_json(),
+        tools,
     }
 }
+
+/// Sets apart the ids made up for the prompt's calls from other uses of the request's
+/// seed.
+const PROMPT_CALL_IDS: u64 = 0x7072_6f6d_7074_6964;
 
 /// The reply code of a policy refusal.
 pub fn reject_code(code: RejectCode) -> ErrorCode {
@@ -442,5 +501,99 @@ pub fn reject_code(code: RejectCode) -> ErrorCode {
         RejectCode::ContextLength => ErrorCode::ContextLength,
         RejectCode::Busy => ErrorCode::Busy,
         RejectCode::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::service::schema::{Limits, parse_request};
+
+    fn request(v: Value) -> Request {
+        let limits = Limits {
+            max_request_bytes: 1 << 16,
+            default_max_tokens: 64,
+            max_tokens_limit: 1024,
+        };
+        parse_request(v.to_string().as_bytes(), &limits).unwrap()
+    }
+
+    fn weather() -> Value {
+        json!({"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}})
+    }
+
+    /// The cloud gets the tools and the answer's rules as the client gave them, and the
+    /// conversation's calls and results in OpenAI's form.
+    #[test]
+    fn the_cloud_request_carries_tools_calls_and_results() {
+        let format = json!({"type": "json_schema",
+                            "json_schema": {"name": "w", "schema": {"type": "object"}, "strict": true}});
+        let choice = json!({"type": "function", "function": {"name": "get_weather"}});
+        let req = request(json!({
+            "id": "t", "seed": 3,
+            "messages": [
+                {"role": "user", "content": "Paris and Oslo?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "call_P", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+                    {"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}},
+                ]},
+                {"role": "tool", "content": "18 °C", "tool_call_id": "call_P"},
+                {"role": "tool", "content": "9 °C"},
+            ],
+            "tools": [weather()],
+            "tool_choice": choice,
+            "parallel_tool_calls": false,
+            "response_format": format,
+        }));
+        let c = cloud_request(&req);
+        c.validate().unwrap();
+        assert_eq!(c.tools, [weather()]);
+        assert_eq!(c.tool_choice, Some(choice));
+        assert_eq!(c.parallel_tool_calls, Some(false));
+        assert_eq!(c.response_format, Some(format));
+        let m = &c.messages;
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[1].role, "assistant");
+        assert_eq!(m[1].content, None, "a turn of calls alone has null content");
+        assert_eq!(m[1].tool_calls[0].id, "call_P");
+        assert_eq!(m[1].tool_calls[0].kind, "function");
+        assert_eq!(m[1].tool_calls[0].function.name, "get_weather");
+        let args: Value = serde_json::from_str(&m[1].tool_calls[0].function.arguments).unwrap();
+        assert_eq!(args, json!({"city": "Paris"}));
+        assert_eq!(m[1].tool_calls[1].function.arguments, r#"{"city":"Oslo"}"#);
+        // The call without an id got one, and the result without one answers it: the
+        // first call not yet answered.
+        let made_up = &m[1].tool_calls[1].id;
+        assert_eq!(made_up.len(), crate::tokenizer::reply::CALL_ID_LEN);
+        assert_eq!(m[2].tool_call_id.as_deref(), Some("call_P"));
+        assert_eq!(m[3].tool_call_id.as_deref(), Some(made_up.as_str()));
+        // The same request, the same made-up ids.
+        assert_eq!(cloud_request(&req).messages, c.messages);
+    }
+
+    /// Without tools nothing about them is sent; `tool_choice` defaults as OpenAI's.
+    #[test]
+    fn the_cloud_request_sends_tool_fields_only_with_tools() {
+        let plain = cloud_request(&request(json!({"id": "p", "prompt": "hi"})));
+        assert!(plain.tools.is_empty());
+        assert_eq!(plain.tool_choice, None);
+        assert_eq!(plain.parallel_tool_calls, None);
+        assert_eq!(plain.response_format, None);
+        assert_eq!(plain.messages, [CloudMessage::new("user", "hi")]);
+        let tools = cloud_request(&request(json!({"id": "p", "prompt": "hi",
+                                                    "tools": [weather()]})));
+        assert_eq!(tools.tool_choice, Some(json!("auto")));
+        assert_eq!(tools.parallel_tool_calls, Some(true));
+        let json_mode = cloud_request(&request(json!({"id": "p", "prompt": "hi",
+            "response_format": {"type": "json_object"}})));
+        assert_eq!(
+            json_mode.response_format,
+            Some(json!({"type": "json_object"}))
+        );
     }
 }

@@ -458,7 +458,9 @@ pub fn final_json(
     serde_json::to_vec(&v).expect("plain JSON")
 }
 
-/// The final reply of a request the cloud answered.
+/// The final reply of a request the cloud answered: the answer's fields and finish reason
+/// as a local final gives them ([`reply_fields`], [`finish_reason`]), so the shape does not
+/// tell which route answered; then the cloud's own (provider, model, attempts).
 pub fn cloud_final_json(
     id: &str,
     outcome: &crate::cloud::CloudOutcome,
@@ -468,11 +470,10 @@ pub fn cloud_final_json(
     first_token_ms: Option<f64>,
 ) -> Vec<u8> {
     let usage = outcome.usage.as_ref();
-    serde_json::to_vec(&json!({
+    let mut v = json!({
         "id": id,
         "done": true,
-        "text": outcome.text,
-        "finish_reason": outcome.finish_reason.as_deref().unwrap_or("stop"),
+        "finish_reason": cloud_finish_reason(outcome),
         "usage": {
             "prompt_tokens": usage.map(|u| u.prompt_tokens),
             "completion_tokens": usage.map(|u| u.completion_tokens),
@@ -487,8 +488,19 @@ pub fn cloud_final_json(
             "time_to_first_token_ms": first_token_ms,
             "attempts": outcome.attempts,
         },
-    }))
-    .expect("plain JSON")
+    });
+    reply_fields(&mut v, &outcome.reply);
+    serde_json::to_vec(&v).expect("plain JSON")
+}
+
+/// The finish reason of a cloud answer: the provider's (`tool_calls` kept), `stop` when it
+/// gave none, and `tool_calls` for an answer with calls that the provider said `stop` of
+/// (some do), as a local answer would say.
+pub fn cloud_finish_reason(outcome: &crate::cloud::CloudOutcome) -> String {
+    finish_reason(
+        &outcome.reply,
+        outcome.finish_reason.as_deref().unwrap_or("stop"),
+    )
 }
 
 /// The final reply of a failed request.

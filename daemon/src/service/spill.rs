@@ -197,10 +197,15 @@ async fn forward_mqtt(up: &Upstream, payload: Vec<u8>, s: &Spill) -> Ending {
             continue;
         };
         if v["done"] != true {
-            if v.get("delta").is_some() {
+            // A piece of the answer: text, reasoning or a tool call's (the worker streams
+            // what its engine does).
+            let piece = ["delta", "reasoning", "tool_calls"]
+                .iter()
+                .any(|k| v.get(k).is_some());
+            if piece {
                 first_token.get_or_insert_with(|| s.job.received.elapsed());
             }
-            if s.job.request.stream && v.get("delta").is_some() {
+            if s.job.request.stream && piece {
                 let _ = s
                     .out
                     .send(Outgoing {
@@ -249,28 +254,28 @@ async fn forward_mqtt(up: &Upstream, payload: Vec<u8>, s: &Spill) -> Ending {
     }
 }
 
-/// Serves a request through the HTTPS cloud route, streaming its chunks to the original
-/// requester as they arrive. A failure before any text was forwarded falls back to the
-/// local engine, unless the client asked for the cloud only.
+/// Serves a request through the HTTPS cloud route, streaming its pieces (text, reasoning,
+/// tool calls) to the original requester as they arrive, in the chunks a local answer
+/// streams. A failure before anything was forwarded falls back to the local engine, unless
+/// the client asked for the cloud only.
 async fn forward_https(client: &CloudClient, s: &Spill) -> Ending {
     let cloud_req = route::cloud_request(&s.job.request);
-    let (delta_tx, mut delta_rx) = mpsc::unbounded_channel::<String>();
+    // Chunks as they are made (already numbered): the callback cannot await the sink.
+    let (chunk_tx, mut chunk_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let started = Instant::now();
     let queue_ms = started.duration_since(s.job.received).as_secs_f64() * 1e3;
     let mut first_token_ms = None;
-    let mut seq = 0u64;
-    let chunk = |seq: &mut u64, delta: String| {
-        let payload = schema::chunk_json(&s.job.request.id, *seq, &delta);
-        *seq += 1;
-        Outgoing {
-            target: s.job.target.clone(),
-            payload,
-            delivery: Delivery::Chunk,
-        }
+    let chunk = |payload: Vec<u8>| Outgoing {
+        target: s.job.target.clone(),
+        payload,
+        delivery: Delivery::Chunk,
     };
     let result = {
-        let call = client.complete(&cloud_req, move |d| {
-            let _ = delta_tx.send(d.to_owned());
+        let id = s.job.request.id.clone();
+        let mut seq = 0u64;
+        let call = client.complete(&cloud_req, move |piece| {
+            let _ = chunk_tx.send(schema::piece_json(&id, seq, &piece));
+            seq += 1;
         });
         let call = async {
             match s.job.deadline {
@@ -282,19 +287,19 @@ async fn forward_https(client: &CloudClient, s: &Spill) -> Ending {
         loop {
             tokio::select! {
                 r = &mut call => break r,
-                Some(delta) = delta_rx.recv() => {
+                Some(payload) = chunk_rx.recv() => {
                     first_token_ms.get_or_insert_with(|| s.job.received.elapsed().as_secs_f64() * 1e3);
                     if s.job.request.stream {
-                        let _ = s.out.send(chunk(&mut seq, delta)).await;
+                        let _ = s.out.send(chunk(payload)).await;
                     }
                 }
             }
         }
     };
-    while let Ok(delta) = delta_rx.try_recv() {
+    while let Ok(payload) = chunk_rx.try_recv() {
         first_token_ms.get_or_insert_with(|| s.job.received.elapsed().as_secs_f64() * 1e3);
         if s.job.request.stream {
-            let _ = s.out.send(chunk(&mut seq, delta)).await;
+            let _ = s.out.send(chunk(payload)).await;
         }
     }
     let total_ms = s.job.received.elapsed().as_secs_f64() * 1e3;
@@ -326,11 +331,8 @@ async fn forward_https(client: &CloudClient, s: &Spill) -> Ending {
                     key: s.job.key.clone(),
                     finished: Finished::Answer {
                         route: s.job.served.route,
-                        // As the final says (cloud_final_json).
-                        finish_reason: outcome
-                            .finish_reason
-                            .clone()
-                            .unwrap_or_else(|| "stop".into()),
+                        // As the final says.
+                        finish_reason: schema::cloud_finish_reason(&outcome),
                         completion_tokens: outcome
                             .usage
                             .as_ref()
