@@ -335,3 +335,117 @@ fn unsupported_schemas_are_refused_naming_the_field() {
         "{err}"
     );
 }
+
+#[test]
+fn a_vocabulary_without_tool_tokens_fails_when_it_runs_not_when_admitted() {
+    // The 2024 vocabulary (v3) has [TOOL_CALLS] but no [ARGS]: admitted (a cloud route can
+    // call the tools), refused by the first mask if it runs here, saying why.
+    let tok = Arc::new(Tokenizer::from_tekken_json(tokenizer_support::tekken_json_path()).unwrap());
+    let grammars = Grammars::new(Arc::clone(&tok)).unwrap();
+    let tools = home_tools();
+    let mut c = grammars
+        .compile(&tools, &rules(json!("required"), None, &tools))
+        .unwrap();
+    let mut logits = vec![0f32; tok.n_vocab()];
+    let err = c.mask(&mut logits).unwrap_err();
+    assert_eq!(err, ConstraintError::MissingControl("[ARGS]"));
+    assert!(err.to_string().contains("cannot call tools"), "{err}");
+    // JSON answers need no control token: they work on it.
+    let format = json!({"type": "json_object"});
+    let mut c = grammars
+        .compile(&[], &rules(json!("auto"), Some(format), &[]))
+        .unwrap();
+    c.mask(&mut logits).unwrap();
+}
+
+#[test]
+fn refs_any_of_and_patterns_are_enforced() {
+    let tok = v13();
+    let grammars = Grammars::new(Arc::clone(&tok)).unwrap();
+    let format = json!({"type": "json_schema", "json_schema": {"name": "s", "schema": {
+        "$defs": {"level": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 9}, {"enum": ["max", "off"]}]}},
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "^[a-z]{2,4}$"}, "level": {"$ref": "#/$defs/level"}},
+        "required": ["code", "level"], "additionalProperties": false}}});
+    let c = grammars
+        .compile(&[], &rules(json!("auto"), Some(format), &[]))
+        .unwrap();
+    let code = regex_lite_check;
+    for seed in 0..20 {
+        let (reply, _, ended) = generate(&tok, &c, seed, 100, &[]);
+        assert!(ended, "seed {seed}: {reply:?}");
+        let v: Value = serde_json::from_str(&reply.content).unwrap();
+        assert!(code(v["code"].as_str().unwrap()), "{v}");
+        let level = &v["level"];
+        assert!(
+            level.as_i64().is_some_and(|l| (0..=9).contains(&l))
+                || ["max", "off"].contains(&level.as_str().unwrap_or("")),
+            "{v}"
+        );
+    }
+}
+
+/// `^[a-z]{2,4}$`.
+fn regex_lite_check(s: &str) -> bool {
+    (2..=4).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+#[test]
+fn thinking_goes_to_reasoning_and_calls_stream_name_first() {
+    let tok = v13();
+    let ctl = |name: &str| tok.control_id(name).unwrap();
+    let mut ids = vec![ctl("[THINK]")];
+    ids.extend(tok.encode("The user wants light."));
+    ids.push(ctl("[/THINK]"));
+    ids.extend(tok.encode("Sure."));
+    for (name, args) in [
+        ("turn_on", "{\"entity_id\": \"light.hall\"}"),
+        ("notify", "{}"),
+    ] {
+        ids.push(ctl("[TOOL_CALLS]"));
+        ids.extend(tok.encode(name));
+        ids.push(ctl("[ARGS]"));
+        ids.extend(tok.encode(args));
+    }
+    let mut parser = ReplyParser::new(&tok, 42);
+    let mut detok = tok.detokenizer();
+    let mut pieces = Vec::new();
+    let mut record = |p: ReplyPiece<'_>| pieces.push(format!("{p:?}"));
+    for &id in &ids {
+        let text = detok.push(id).unwrap().to_owned();
+        parser.push(Some(id), &text, &mut record);
+    }
+    let reply = parser.finish(&mut record);
+    assert_eq!(reply.reasoning, "The user wants light.");
+    assert_eq!(reply.content, "Sure.");
+    let calls: Vec<_> = reply
+        .tool_calls
+        .iter()
+        .map(|c| (c.name.as_str(), c.arguments.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("turn_on", "{\"entity_id\": \"light.hall\"}"),
+            ("notify", "{}")
+        ]
+    );
+    // Each call's start (with its name) comes before any of its arguments.
+    let start = pieces
+        .iter()
+        .position(|p| p.contains("CallStart { index: 1"))
+        .unwrap();
+    let args = pieces
+        .iter()
+        .position(|p| p.contains("CallArguments { index: 1"))
+        .unwrap();
+    assert!(start < args, "{pieces:?}");
+    // The same seed gives the same ids.
+    let mut again = ReplyParser::new(&tok, 42);
+    let mut detok = tok.detokenizer();
+    for &id in &ids {
+        let text = detok.push(id).unwrap().to_owned();
+        again.push(Some(id), &text, &mut |_| {});
+    }
+    assert_eq!(again.finish(&mut |_| {}), reply);
+}

@@ -111,7 +111,7 @@ fn tool_vocabulary() -> Tokenizer {
             "pattern": spillway::tokenizer::TEKKEN_PATTERN,
             "default_vocab_size": 256 + 40,
             "default_num_special_tokens": 40,
-            "version": "v13"
+            "version": "v11"
         },
         "vocab": vocab,
         "special_tokens": special

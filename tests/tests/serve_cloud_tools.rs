@@ -12,51 +12,17 @@
 
 mod mqtt_client;
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use mqtt_client::Conn;
 use serde_json::{Value, json};
 use spillway_e2e::cloud_rig::{self, CloudRig};
 use spillway_e2e::fake_router as fr;
-use spillway_e2e::{Mosquitto, Serve, TempDir, fixtures, run_spillway, stderr};
+use spillway_e2e::{Mosquitto, Serve, TempDir, tiny_tekken_v13_model};
 
 const DEVICE: &str = "toolboard";
 const TOKEN: &str = "hf_E2eCloudToolsSecret_7c3a9e1d5b2f4068";
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A tiny model with `tekken_v13.json`'s vocabulary: the rig's model
-/// ([`spillway_e2e::tiny_tekken_model`]) has the older one, without the `[ARGS]` token of the tool-call
-/// format, and the intake refuses tools such a model cannot call, whatever the route.
-fn tiny_v13_model() -> &'static PathBuf {
-    static MODEL: OnceLock<PathBuf> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!(
-            "spillway-e2e-tiny-tekken-v13-cloud-tools-{}.gguf",
-            std::process::id()
-        ));
-        let vocab = fixtures().join("tekken_v13.json");
-        let out = run_spillway(
-            &[
-                "synth",
-                "--shape",
-                "tiny",
-                "--quant",
-                "q4_k_m",
-                "--tekken",
-                vocab.to_str().unwrap(),
-                "--seed",
-                "3",
-                "--out",
-                path.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert!(out.status.success(), "synth failed: {}", stderr(&out));
-        path
-    })
-}
 
 /// A request's chunks and final.
 struct Answer {
@@ -146,7 +112,7 @@ fn a_cloud_tool_call_comes_back_in_the_local_shape() {
     let model_line = rig.lines().find(|l| l.starts_with("path = ")).unwrap();
     let config = rig.replacen(
         model_line,
-        &format!("path = {:?}", tiny_v13_model().display().to_string()),
+        &format!("path = {:?}", tiny_tekken_v13_model().display().to_string()),
         1,
     );
     let serve = Serve::start_with_args(&config, &cloud.serve_args());

@@ -322,12 +322,18 @@ fn every_error_has_openai_status_and_shape() {
     assert_eq!((status("n"), seen["n"]["param"].as_str()), (400, Some("n")));
     assert_eq!(status("tools"), 400, "{seen}");
     assert!(
-        seen["tools"]["message"].as_str().unwrap().contains("[ARGS]"),
+        seen["tools"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[ARGS]"),
         "a model without the tool-call tokens says so: {seen}"
     );
     assert_eq!(status("tool_name"), 400, "{seen}");
     assert!(
-        seen["tool_name"]["message"].as_str().unwrap().contains("tools[0]"),
+        seen["tool_name"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tools[0]"),
         "{seen}"
     );
     assert_eq!(status("max_tokens"), 400);
@@ -355,6 +361,8 @@ fn every_error_has_openai_status_and_shape() {
     let port = d.port;
     let long = chat_body(&model, json!({"max_tokens": 3000}));
     let auth_header = auth.clone();
+    // Earlier requests were placed too: wait for this one's placement.
+    let placed_before = d.serve.log_text().matches("fits locally").count();
     let running = std::thread::spawn(move || {
         http(
             port,
@@ -364,11 +372,11 @@ fn every_error_has_openai_status_and_shape() {
             &long,
         )
     });
-    assert!(
-        d.serve.wait_for_log("fits locally", WAIT),
-        "{}",
-        d.serve.log_text()
-    );
+    let end = Instant::now() + WAIT;
+    while d.serve.log_text().matches("fits locally").count() <= placed_before {
+        assert!(Instant::now() < end, "{}", d.serve.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let r = http(
         d.port,
         "POST",
@@ -376,7 +384,13 @@ fn every_error_has_openai_status_and_shape() {
         &h,
         &chat_body(&model, json!({"max_tokens": 1000, "deadline_ms": 2000})),
     );
-    assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        504,
+        "{}\n{}",
+        String::from_utf8_lossy(&r.body),
+        d.serve.log_text()
+    );
     // Until a rate is measured the router does not turn requests away on an estimate: the
     // request waits, and is answered when its deadline passes.
     let code = r.json()["error"]["code"]

@@ -15,6 +15,7 @@ use serde_json::json;
 use spillway_gguf::GgufFile;
 use spillway_kernels::{PoolConfig, ThreadPool, dispatch};
 
+use crate::cli::bench_tools;
 use crate::cli::logits::KvArg;
 use crate::engine::resident_bytes;
 use crate::model::{Compute, Forward, KvCache, LogitsFor, ModelWeights};
@@ -46,6 +47,12 @@ pub struct BenchArgs {
     /// Pin threads to these CPUs (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     cpus: Option<Vec<usize>>,
+    /// Also measure constrained decoding: generation with these tools (a JSON array of
+    /// OpenAI tool definitions, or a request with `tools`) under `tool_choice: required`,
+    /// against the same generation free, through the engine and its sampler (`-n` tokens
+    /// at most; the model needs a vocabulary).
+    #[arg(long, value_name = "JSON")]
+    tools: Option<PathBuf>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -124,6 +131,21 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let (mean, sd) = stats(&runs);
         results.push((name, tokens.len(), mean, sd));
     }
+    let constrained = match &args.tools {
+        None => None,
+        Some(tools) => {
+            drop(fwd);
+            drop(kv);
+            let n_gen = args.n_gen.max(16);
+            Some(bench_tools::measure(
+                &args.model,
+                tools,
+                threads,
+                n_gen,
+                args.reps,
+            )?)
+        }
+    };
     let rss = resident_bytes();
     let kernels = compute.kernels.path();
     if args.json {
@@ -135,6 +157,14 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         });
         for (name, n, mean, sd) in &results {
             obj[*name] = json!({"n": n, "tokens_per_s": mean, "sd": sd});
+        }
+        if let Some((modes, compile_ms)) = &constrained {
+            let mut c = json!({"grammar_compile_ms": compile_ms});
+            for m in modes {
+                let (mean, sd) = stats(&m.runs);
+                c[m.name] = json!({"tokens_per_s": mean, "sd": sd, "tokens": m.tokens});
+            }
+            obj["constrained"] = c;
         }
         println!("{obj}");
     } else {
@@ -150,6 +180,20 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "| {name} | {} | {:.2} B | {kernels} | {threads} | {test}{n} | {mean:.2} ± {sd:.2} |",
                 human_bytes(w.bytes()),
                 w.config.n_params() as f64 / 1e9
+            );
+        }
+        if let Some((modes, compile_ms)) = &constrained {
+            println!("\n| sampled generation | t/s | tokens per run |");
+            println!("| --- | ---: | --- |");
+            for m in modes {
+                let (mean, sd) = stats(&m.runs);
+                println!("| {} | {mean:.2} ± {sd:.2} | {:?} |", m.name, m.tokens);
+            }
+            let free = stats(&modes[0].runs).0;
+            let tools = stats(&modes[1].runs).0;
+            println!(
+                "\nconstraint overhead: {:.1}% of the free rate; grammar compiled in {compile_ms:.1} ms",
+                (1.0 - tools / free) * 100.0
             );
         }
         if let Some(r) = rss {

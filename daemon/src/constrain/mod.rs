@@ -7,7 +7,8 @@
 //! with the control tokens as token ids (looked up by name in the model's own table) and
 //! `%json` for each schema. [`Grammars`] is built once per model (the token trie);
 //! [`Grammars::compile`] makes a request's [`Constraint`] once, when the request is
-//! admitted, so an unsupported schema is refused before anything runs. In the engine,
+//! admitted, so an unsupported schema is refused before anything runs (a vocabulary
+//! without the tool-call tokens is not refused then: a cloud route can still serve it). In the engine,
 //! [`Constraint::mask`] sets the logits of forbidden tokens to -inf before the sampler's
 //! chain (penalties, top-k/p, temperature, the seeded draw: all unchanged), and
 //! [`Constraint::accept`] advances the grammar by the sampled token.
@@ -106,9 +107,22 @@ impl Grammars {
             return Ok(Constraint {
                 matcher: None,
                 banned,
+                unusable: None,
             });
         }
-        let lark = self.lark(tools, rules)?;
+        let lark = match self.lark(tools, rules) {
+            Ok(lark) => lark,
+            // Not a fault of the request: a cloud route can still call its tools. Here, it
+            // fails when it runs.
+            Err(e @ ConstraintError::MissingControl(_)) => {
+                return Ok(Constraint {
+                    matcher: None,
+                    banned,
+                    unusable: Some(e),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let matcher = self.matcher(&lark);
         if let Some(message) = matcher.get_error().map(|m| without_position(&m)) {
             // Find the schema at fault, to name it; else report the whole grammar.
@@ -120,6 +134,7 @@ impl Grammars {
         Ok(Constraint {
             matcher: Some(matcher),
             banned,
+            unusable: None,
         })
     }
 
@@ -245,6 +260,9 @@ pub struct Constraint {
     matcher: Option<Matcher>,
     /// Control tokens that can never be sampled (`[TOOL_CALLS]` when no call is allowed).
     banned: Vec<u32>,
+    /// Why this model cannot produce the answer asked for (its vocabulary lacks the
+    /// tool-call tokens): the first [`Constraint::mask`] says so.
+    unusable: Option<ConstraintError>,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -252,6 +270,7 @@ impl std::fmt::Debug for Constraint {
         f.debug_struct("Constraint")
             .field("grammar", &self.matcher.is_some())
             .field("banned", &self.banned)
+            .field("unusable", &self.unusable)
             .finish()
     }
 }
@@ -262,6 +281,7 @@ impl Constraint {
         Constraint {
             matcher: None,
             banned: Vec::new(),
+            unusable: None,
         }
     }
 
@@ -273,6 +293,9 @@ impl Constraint {
     /// Sets the logits of every token the grammar forbids next to -inf. The mask comes
     /// from llguidance (one bit per token); applying it allocates nothing.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), ConstraintError> {
+        if let Some(e) = &self.unusable {
+            return Err(e.clone());
+        }
         for &id in &self.banned {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l = f32::NEG_INFINITY;

@@ -318,9 +318,7 @@ mod tests {
             "x"
         );
         let plain = OutputRules::parse(&[], None, None, None).unwrap();
-        assert!(
-            plain.is_plain(&[]) && plain.is_plain(&tools) == false && plain.parallel_tool_calls
-        );
+        assert!(plain.is_plain(&[]) && !plain.is_plain(&tools) && plain.parallel_tool_calls);
         assert_eq!(plain.response_format_json(), None);
     }
 
