@@ -27,7 +27,7 @@ use super::stats::Stats;
 #[derive(Debug)]
 pub struct Job {
     pub request: Request,
-    /// The prompt's ids as the engine runs them ([`Routing::encode`]): counted for routing,
+    /// The prompt's ids as the engine runs them ([`Routing::prepare`]): counted for routing,
     /// encoded once.
     pub prompt: Vec<u32>,
     /// The answer's grammar, compiled with the prompt ([`Routing::prepare`]).

@@ -13,7 +13,7 @@
 //!
 //! It also holds the model's tokenizer, shared with the engine: a request is routed on its
 //! exact prompt token count, the chat template encoded as the engine will run it
-//! ([`Routing::encode`]), and the ids go with the job so the engine does not encode again.
+//! ([`Routing::prepare`]), and the ids go with the job so the engine does not encode again.
 //!
 //! The policy's generation-rate and completion-length averages are the only ones the
 //! daemon keeps: routing uses them and telemetry reports them. The engine thread feeds
@@ -202,7 +202,7 @@ impl Routing {
         Ok((prompt, constraint))
     }
 
-    /// Decides where `req`, of `prompt_tokens` tokens ([`Routing::encode`]), goes.
+    /// Decides where `req`, of `prompt_tokens` tokens ([`Routing::prepare`]), goes.
     /// `deadline_left` is the time to its MQTT message expiry; `queued` the requests
     /// waiting for the engine.
     pub fn decide(

@@ -459,7 +459,7 @@ pub fn final_json(
 }
 
 /// The final reply of a request the cloud answered: the answer's fields and finish reason
-/// as a local final gives them ([`reply_fields`], [`finish_reason`]), so the shape does not
+/// as a local final gives them (`reply_fields`, [`finish_reason`]), so the shape does not
 /// tell which route answered; then the cloud's own (provider, model, attempts).
 pub fn cloud_final_json(
     id: &str,
