@@ -249,14 +249,17 @@ fn the_planned_scratch_is_what_the_forward_pass_allocates() {
         "tiny-q6_k.gguf",
     ] {
         let m = load(name);
-        for (n_ctx, batch, all_logits, threads) in
-            [(64, 1, false, 1), (96, 32, false, 2), (96, 96, true, 4)]
-        {
-            let f = Forward::new(&m.w, n_ctx, batch, all_logits, threads);
+        for (n_ctx, batch, seqs, all_logits, threads) in [
+            (64, 1, 1, false, 1),
+            (96, 32, 1, false, 2),
+            (96, 96, 1, true, 4),
+            (96, 35, 4, false, 2),
+        ] {
+            let f = Forward::for_sequences(&m.w, n_ctx, batch, seqs, all_logits, threads);
             assert_eq!(
                 f.scratch_bytes(),
-                Forward::estimate_bytes(&m.w, n_ctx, batch, all_logits, threads),
-                "{name}: ctx {n_ctx}, batch {batch}, all_logits {all_logits}, {threads} threads"
+                Forward::estimate_bytes(&m.w, n_ctx, batch, seqs, all_logits, threads),
+                "{name}: ctx {n_ctx}, batch {batch}, {seqs} sequences, all_logits {all_logits}, {threads} threads"
             );
         }
     }

@@ -1,13 +1,14 @@
 //! The per-token loop allocates nothing: a counting global allocator sees no allocation
 //! between the second generated token and the last, with every feature of the loop in
 //! play (Tekken detokenizer, stop strings, penalties, top-k/top-p/min-p sampling, the
-//! thread pool, a q8_0 KV cache). One test in this binary, so nothing else allocates.
+//! thread pool, a q8_0 KV cache), alone and with several sequences stepped together. One
+//! test in this binary, so nothing else allocates.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use spillway::engine::{Engine, EngineConfig, GenerateRequest, SamplingParams};
+use spillway::engine::{Engine, EngineConfig, GenerateRequest, SamplingParams, StepEvent};
 use spillway::model::KvType;
 use spillway::synth::Quant;
 
@@ -44,6 +45,7 @@ fn the_token_loop_does_not_allocate() {
         cfg.threads = 2;
         cfg.context = 512;
         cfg.kv_type = kv;
+        cfg.sessions = 3;
         let mut engine = Engine::load(&cfg).unwrap();
         let tok = engine.tokenizer().unwrap();
         let prompt = spillway::tokenizer::ChatPrompt::new()
@@ -94,6 +96,39 @@ fn the_token_loop_does_not_allocate() {
             "{kv:?}: {} allocations during {} tokens",
             steady.last().unwrap() - steady.first().unwrap(),
             steady.len()
+        );
+
+        // Three sequences stepped together: once all three decode, no step allocates.
+        let ids: Vec<_> = (0..3)
+            .map(|i| {
+                let mut r = req.clone();
+                r.sampling.seed = i;
+                r.max_tokens = Some(60 + 10 * i as usize);
+                engine.start(&r).unwrap()
+            })
+            .collect();
+        let mut tokens = [0usize; 3];
+        let mut steady_from = None;
+        let mut steps = 0;
+        while engine.active() > 0 {
+            engine.step(|id, ev| {
+                if let StepEvent::Token(t) = ev
+                    && t.id.is_some()
+                {
+                    tokens[ids.iter().position(|&i| i == id).unwrap()] += 1;
+                }
+                ControlFlow::Continue(())
+            });
+            if steady_from.is_none() && tokens.iter().all(|&n| n >= 2) {
+                steady_from = Some(ALLOCS.load(Ordering::Relaxed));
+            }
+            steps += 1;
+        }
+        let from = steady_from.expect("all three decoded together");
+        assert_eq!(
+            ALLOCS.load(Ordering::Relaxed),
+            from,
+            "{kv:?}: allocations while stepping three sequences ({steps} steps, {tokens:?} tokens)"
         );
     }
 }

@@ -29,5 +29,5 @@ pub mod probe;
 pub use block_format::{ActBlock, BlockFormat};
 pub use dispatch::{KernelPath, Kernels};
 pub use formats::{GgmlType, Weights};
-pub use matmul::{ActFormat, Activations, Matrix, matmul, matvec};
+pub use matmul::{ActFormat, Activations, Matrix, matmul, matmul_rows, matvec};
 pub use pool::{PoolConfig, ThreadPool};

@@ -101,9 +101,12 @@ fn matvec_chunk_rows(rows: usize, threads: usize) -> usize {
     (rows / (threads * 8)).clamp(16, 4096)
 }
 
-/// The row loop. One token: `y[r] = dot(W[r], x)` over chunks of rows. Several tokens:
-/// for each chunk of [`GEMM_TILE_ROWS`] rows and group of up to [`GEMM_TILE_TOKENS`]
-/// tokens, one matrix–matrix kernel call fills a tile, scattered to `y[t * rows + r]`.
+/// The row loop. Activation rows `..tiled` go through the matrix–matrix kernel: for each
+/// chunk of [`GEMM_TILE_ROWS`] weight rows and group of up to [`GEMM_TILE_TOKENS`] of them,
+/// one kernel call fills a tile, scattered to `y[t * rows + r]`. Rows `tiled..` go through
+/// the dot kernel, `y[t * rows + r] = dot(W[r], x[t])`, each weight row read from memory
+/// once and reused from cache for every one of them. With one row and nothing tiled, the
+/// chunks are sized for a single token.
 #[allow(clippy::too_many_arguments)]
 fn product<W: Sync, A: Sync>(
     pool: &ThreadPool,
@@ -112,6 +115,7 @@ fn product<W: Sync, A: Sync>(
     rows: usize,
     x: &[A],
     tokens: usize,
+    tiled: usize,
     y: &mut [f32],
     dot: impl Fn(&[W], &[A]) -> f32 + Sync,
     gemm: impl Fn(&[W], &[A], usize, &mut [f32]) + Sync,
@@ -121,7 +125,8 @@ fn product<W: Sync, A: Sync>(
         rows * tokens,
         "output must hold tokens x rows values"
     );
-    let chunk = if tokens == 1 {
+    assert!(tiled <= tokens, "{tiled} tiled rows of {tokens}");
+    let chunk = if tokens == 1 && tiled == 0 {
         matvec_chunk_rows(rows, pool.threads())
     } else {
         GEMM_TILE_ROWS
@@ -138,28 +143,26 @@ fn product<W: Sync, A: Sync>(
             }
             let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
             let wc = &w[r0 * bpr..r1 * bpr];
-            if tokens == 1 {
-                // SAFETY: chunk `c` was claimed by this thread alone (fetch_add), and outputs
-                // `r0..r1` belong to no other chunk.
-                let yc = unsafe { out.range_mut(r0..r1) };
-                for (o, wr) in yc.iter_mut().zip(wc.chunks_exact(bpr)) {
-                    *o = dot(wr, &x[..bpr]);
-                }
-                continue;
-            }
             let nr = r1 - r0;
-            for t0 in (0..tokens).step_by(GEMM_TILE_TOKENS) {
-                let nt = GEMM_TILE_TOKENS.min(tokens - t0);
+            for t0 in (0..tiled).step_by(GEMM_TILE_TOKENS) {
+                let nt = GEMM_TILE_TOKENS.min(tiled - t0);
                 let tile = &mut tile[..nr * nt];
                 gemm(wc, &x[t0 * bpr..(t0 + nt) * bpr], bpr, tile);
                 for t in 0..nt {
                     let at = (t0 + t) * rows;
-                    // SAFETY: as above: outputs `t * rows + r0..t * rows + r1` belong to
-                    // chunk `c` only.
+                    // SAFETY: chunk `c` was claimed by this thread alone (fetch_add), and
+                    // outputs `t * rows + r0..t * rows + r1` belong to no other chunk.
                     let y_t = unsafe { out.range_mut(at + r0..at + r1) };
                     for (r, o) in y_t.iter_mut().enumerate() {
                         *o = tile[r * nt + t];
                     }
+                }
+            }
+            for (r, wr) in (r0..r1).zip(wc.chunks_exact(bpr)) {
+                for t in tiled..tokens {
+                    // SAFETY: as above: output `t * rows + r` belongs to chunk `c` only.
+                    let o = unsafe { out.range_mut(t * rows + r..t * rows + r + 1) };
+                    o[0] = dot(wr, &x[t * bpr..(t + 1) * bpr]);
                 }
             }
         }
@@ -167,12 +170,33 @@ fn product<W: Sync, A: Sync>(
 }
 
 /// `y = W x` for the rows of `x` (one for decode, several for prefill): `y` holds
-/// `x.len()` rows of `w.rows()` values.
+/// `x.len()` rows of `w.rows()` values. One row goes through the dot kernel, several
+/// through the matrix–matrix kernel ([`matmul_rows`] with all of them tiled).
 pub fn matmul(
     pool: &ThreadPool,
     kernels: &Kernels,
     w: &Matrix<'_>,
     x: &Activations,
+    y: &mut [f32],
+) {
+    let tiled = if x.len() == 1 { 0 } else { x.len() };
+    matmul_rows(pool, kernels, w, x, tiled, y)
+}
+
+/// `y = W x` where rows `..tiled` of `x` go through the matrix–matrix kernel and the rest
+/// through the dot kernel, in one pass over the weights.
+///
+/// Either way a row's result depends on that row alone, never on the other rows of the
+/// call or on the thread count: a tiled row equals the matrix–matrix kernel's value for
+/// it in any tile, a dot row equals [`matvec`] of it. The engine relies on this to batch
+/// several sequences (prompt rows tiled, decoded tokens as dots) and still produce, token
+/// for token, what each sequence produces alone.
+pub fn matmul_rows(
+    pool: &ThreadPool,
+    kernels: &Kernels,
+    w: &Matrix<'_>,
+    x: &Activations,
+    tiled: usize,
     y: &mut [f32],
 ) {
     assert_eq!(
@@ -189,7 +213,7 @@ pub fn matmul(
         "activation rows must be as long as weight rows"
     );
     with_weights!(w.weights, |ws, _wrap| product_of(
-        pool, kernels, ws, w, x, y
+        pool, kernels, ws, w, x, tiled, y
     ))
 }
 
@@ -200,6 +224,7 @@ fn product_of<W: BlockFormat>(
     ws: &[W],
     w: &Matrix<'_>,
     x: &Activations,
+    tiled: usize,
     y: &mut [f32],
 ) {
     let bpr = w.cols / W::ELEMS;
@@ -210,6 +235,7 @@ fn product_of<W: BlockFormat>(
         w.rows,
         x.rows::<W::Act>(),
         x.len(),
+        tiled,
         y,
         |a, b| W::dot(k, a, b),
         |a, b, p, o| W::gemm(k, a, b, p, o),

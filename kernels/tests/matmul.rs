@@ -1,14 +1,16 @@
 //! Matrix products over the thread pool: whatever the thread count and chunking, a
 //! one-token product equals the single-row dot products bit for bit, and a multi-token
 //! product equals the matrix–matrix kernel applied to each of its tiles; and all products
-//! agree with an f64 evaluation of the dequantized operands.
+//! agree with an f64 evaluation of the dequantized operands. A mixed product (some rows
+//! tiled, the rest as dots) gives every row what it gets alone: what batching sequences
+//! together in the engine relies on.
 
 mod support;
 
 use spillway_kernels::dispatch::{KernelPath, Kernels};
 use spillway_kernels::formats::*;
 use spillway_kernels::matmul::{
-    ActFormat, Activations, GEMM_TILE_ROWS, GEMM_TILE_TOKENS, Matrix, matmul, matvec,
+    ActFormat, Activations, GEMM_TILE_ROWS, GEMM_TILE_TOKENS, Matrix, matmul, matmul_rows, matvec,
 };
 use spillway_kernels::pool::{PoolConfig, ThreadPool};
 use support::Rng;
@@ -107,6 +109,61 @@ fn products_equal_row_dots_for_any_threads_and_tokens() {
                     }
                 }
                 assert!(y.iter().all(|v| v.is_finite()), "every output was written");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_rows_result_does_not_depend_on_the_other_rows_of_the_product() {
+    let mut rng = Rng(3);
+    for k in KernelPath::supported()
+        .into_iter()
+        .map(|p| Kernels::new(p).unwrap())
+    {
+        for ty in TYPES {
+            let (rows, cols, threads) = (GEMM_TILE_ROWS + 9, 512, 2);
+            let wf = rng.vec(rows * cols);
+            let bytes = quantize_to_bytes(ty, &wf).unwrap();
+            let w = Matrix::new(Weights::from_bytes(ty, &bytes).unwrap(), rows, cols).unwrap();
+            let pool = ThreadPool::new(PoolConfig::with_threads(threads)).unwrap();
+            let run = |xf: &[f32], tiled: usize| {
+                let n = xf.len() / cols;
+                let mut x = Activations::new(w.act_format(), cols, n);
+                x.set(&k, xf);
+                let mut y = vec![f32::NAN; rows * n];
+                matmul_rows(&pool, &k, &w, &x, tiled, &mut y);
+                y
+            };
+            // 5 tiled rows then 3 dot rows, against each row alone (tiled alone: a tile of
+            // one; dot alone: matvec) and against another mix of the same rows. Nothing is
+            // promised between a tiled and a dot row of the same input: the SIMD kernels of
+            // quantized weights accumulate in another order.
+            let xf = rng.vec(8 * cols);
+            let mixed = run(&xf, 5);
+            let other = run(&xf[cols..7 * cols], 3);
+            for t in 0..8 {
+                let alone = run(&xf[t * cols..(t + 1) * cols], usize::from(t < 5));
+                if t > 0 {
+                    assert_eq!(
+                        alone,
+                        run(&xf[t * cols..(t + 1) * cols], usize::from(t < 5)),
+                        "deterministic"
+                    );
+                }
+                for r in 0..rows {
+                    let got = mixed[t * rows + r].to_bits();
+                    let what = format!("{} {ty} t={t} r={r}", k.path());
+                    assert_eq!(got, alone[r].to_bits(), "{what}: mixed vs alone");
+                    if (1..4).contains(&t) || (5..7).contains(&t) {
+                        // In `other`, rows 1..4 are tiled and 4..7 are dots, as in `mixed`.
+                        assert_eq!(
+                            got,
+                            other[(t - 1) * rows + r].to_bits(),
+                            "{what}: another mix"
+                        );
+                    }
+                }
             }
         }
     }

@@ -3,12 +3,29 @@
 //! sampling parameters and limits; the answer streams through a callback, one token and its
 //! text at a time, and ends with a [`Completion`].
 //!
+//! # Several requests at once (continuous batching)
+//!
+//! Every session slot can run a generation. [`Engine::start`] puts a request in a free slot;
+//! each [`Engine::step`] is one forward pass over all of them together: the last sampled
+//! token of every decoding sequence (dot kernels), and a chunk of prompt from sequences
+//! still reading theirs (matrix–matrix kernels). Decoding is bound by memory bandwidth, so
+//! one pass over the weights serves N sequences for little more than the price of one.
+//!
+//! The policy for prompts: the oldest started sequence's prompt goes first, up to
+//! [`EngineConfig::batch`] tokens per pass when nothing is decoding and
+//! [`PREFILL_CHUNK_WHILE_DECODING`] when something is, so running streams keep flowing
+//! (a token per pass) while a long prompt is read, and every prompt is read in its turn.
+//! A sequence's results depend only on its own rows of each pass ([`crate::model::forward`]),
+//! so batching changes throughput, never tokens. [`Engine::generate`] runs one request
+//! alone on the same machinery.
+//!
 //! Memory is decided before it is used: [`Engine::load`] maps the model, computes the
 //! [`MemoryPlan`] (weights, KV cache for every slot, scratch), refuses a plan over the RAM
 //! budget, and only then allocates. The per-token loop allocates nothing.
 
 pub mod plan;
 pub mod sampler;
+mod sequence;
 pub mod session;
 pub mod stop;
 
@@ -24,15 +41,24 @@ use spillway_kernels::{PoolConfig, ThreadPool};
 
 use crate::constrain::{Constraint, ConstraintError};
 use crate::model::{
-    Compute, Forward, ForwardError, KvCache, KvType, LoadError, LogitsFor, MemoryEstimate,
-    ModelWeights,
+    Compute, Forward, ForwardError, KvCache, KvType, LoadError, MemoryEstimate, ModelWeights,
+    RowKind, SeqChunk,
 };
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::tokenizer::{Detokenizer, Tokenizer, TokenizerError};
+use sequence::{Sampled, Sequence, Start};
 
 pub use plan::{MemoryPlan, PlanError};
 pub use sampler::{Sampler, SamplingError, SamplingParams};
 use session::Slot;
 pub use stop::{StopError, StopMatcher, StopStatus};
+
+/// Most session slots an engine keeps (and sequences it runs at once).
+pub const MAX_SESSIONS: usize = 64;
+
+/// Prompt tokens per pass while other sequences decode: small enough that their streams
+/// keep flowing (a 16-token chunk of the 3B model costs a few decode steps), large enough
+/// that the matrix–matrix kernels stay efficient.
+pub const PREFILL_CHUNK_WHILE_DECODING: usize = 16;
 
 /// How to build an engine.
 #[derive(Clone, Debug)]
@@ -101,6 +127,8 @@ pub enum EngineError {
     NoTokenizer,
     #[error(transparent)]
     Constraint(#[from] ConstraintError),
+    #[error("no free session slot: {0} generations are running")]
+    Busy(usize),
 }
 
 /// The memory plan of `cfg` for the model at `cfg.model`, without loading it: the file is
@@ -130,12 +158,24 @@ fn plan_for(cfg: &EngineConfig, file: &GgufFile, weights: &ModelWeights) -> Memo
         context,
         kv_per_token: estimate.kv_bytes_per_token(cfg.kv_type),
         sessions: cfg.sessions,
-        scratch: Forward::estimate_bytes(weights, context, cfg.batch, false, cfg.threads) as u64,
+        scratch: Forward::estimate_bytes(
+            weights,
+            context,
+            pass_rows(cfg),
+            cfg.sessions,
+            false,
+            cfg.threads,
+        ) as u64,
         tokenizer: plan::tokenizer_estimate(file.data_offset(), vocab_len),
         runtime: plan::RUNTIME_ALLOWANCE,
         budget: cfg.ram_budget,
         kv_per_token_alt: (alt, estimate.kv_bytes_per_token(alt)),
     }
+}
+
+/// Rows of one pass: a full prompt chunk next to every other slot's decoded token.
+fn pass_rows(cfg: &EngineConfig) -> usize {
+    cfg.batch + cfg.sessions.saturating_sub(1)
 }
 
 /// Whether the GGUF's metadata names a tokenizer (`tokenizer.ggml.model` present and not
@@ -246,6 +286,26 @@ pub struct TokenEvent<'a> {
     pub text: &'a str,
 }
 
+/// A running generation: the session slot it runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeqId(usize);
+
+impl SeqId {
+    /// The slot's index (`0..sessions`).
+    pub fn slot(self) -> usize {
+        self.0
+    }
+}
+
+/// What a step tells of one running generation.
+#[derive(Debug)]
+pub enum StepEvent<'a> {
+    /// A generated token (or text released at the end).
+    Token(TokenEvent<'a>),
+    /// It is finished; its slot is free.
+    Done(Result<Completion, EngineError>),
+}
+
 /// A loaded model, ready to generate.
 #[derive(Debug)]
 pub struct Engine {
@@ -254,6 +314,9 @@ pub struct Engine {
     compute: Compute,
     forward: Forward,
     slots: Vec<Slot>,
+    /// The generation running in each slot.
+    running: Vec<Option<Sequence>>,
+    batch: usize,
     plan: MemoryPlan,
     eos: u32,
     clock: u64,
@@ -270,6 +333,12 @@ impl Engine {
             return Err(EngineError::Config(
                 "threads, sessions, batch and context must all be at least 1".into(),
             ));
+        }
+        if cfg.sessions > MAX_SESSIONS {
+            return Err(EngineError::Config(format!(
+                "at most {MAX_SESSIONS} sessions (got {})",
+                cfg.sessions
+            )));
         }
         let file = Arc::new(GgufFile::open(&cfg.model)?);
         let weights = ModelWeights::new(Arc::clone(&file))?;
@@ -303,7 +372,14 @@ impl Engine {
             .map(|_| KvCache::new(mc, cfg.kv_type, context).map(Slot::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EngineError::Config(e.to_string()))?;
-        let forward = Forward::new(&weights, context, cfg.batch, false, cfg.threads);
+        let forward = Forward::for_sequences(
+            &weights,
+            context,
+            pass_rows(cfg),
+            cfg.sessions,
+            false,
+            cfg.threads,
+        );
 
         // Weights: read ahead now, then tell the kernel the access is per layer.
         let _ = file.advise(Advice::WillNeed);
@@ -324,7 +400,9 @@ impl Engine {
             tokenizer,
             compute: Compute::new(pool, kernels),
             forward,
+            running: (0..slots.len()).map(|_| None).collect(),
             slots,
+            batch: cfg.batch,
             plan,
             eos,
             clock: 0,
@@ -364,15 +442,32 @@ impl Engine {
         self.plan.context
     }
 
-    /// Generates from `req`, calling `on_token` for every token (return
-    /// `ControlFlow::Break` to stop) and checking `cancel` between tokens.
-    pub fn generate(
-        &mut self,
-        req: &GenerateRequest,
-        cancel: &AtomicBool,
-        mut on_token: impl FnMut(TokenEvent<'_>) -> ControlFlow<()>,
-    ) -> Result<Completion, EngineError> {
-        let started = Instant::now();
+    /// Session slots: how many generations can run at once.
+    pub fn sessions(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Generations running now.
+    pub fn active(&self) -> usize {
+        self.running.iter().flatten().count()
+    }
+
+    /// Whether [`Engine::start`] would find a slot for a request with this session key: a
+    /// free slot, and not its session's own slot busy with another of its requests (a
+    /// session's turns run one after another, each reusing the last).
+    pub fn can_start(&self, session: Option<&str>) -> bool {
+        if let Some(k) = session
+            && let Some(i) = self.slots.iter().position(|s| s.key.as_deref() == Some(k))
+        {
+            return self.running[i].is_none();
+        }
+        self.running.iter().any(Option::is_none)
+    }
+
+    /// Checks `req` and starts it in a free slot (reusing the slot's cached prefix where
+    /// the session rules allow); its prompt is read and its tokens generated by the
+    /// following [`Engine::step`]s.
+    pub fn start(&mut self, req: &GenerateRequest) -> Result<SeqId, EngineError> {
         let n_ctx = self.plan.context;
         let prompt = &req.prompt;
         if prompt.is_empty() {
@@ -391,20 +486,34 @@ impl Engine {
                 prompt.len()
             )));
         }
+        if let Some(&id) = prompt
+            .iter()
+            .find(|&&id| id as usize >= self.weights.config.n_vocab)
+        {
+            return Err(ForwardError::BadToken {
+                id,
+                n_vocab: self.weights.config.n_vocab,
+            }
+            .into());
+        }
         req.sampling.validate()?;
-        let mut stop = StopMatcher::new(&req.stop, self.max_token_bytes.max(64))?;
+        if !self.can_start(req.session.as_deref()) {
+            return Err(EngineError::Busy(self.active()));
+        }
+        let stop = StopMatcher::new(&req.stop, self.max_token_bytes.max(64))?;
         let mut sampler = Sampler::new(req.sampling.clone(), self.weights.config.n_vocab);
-        // The request's copy is left as compiled, so a rerun starts from the same state.
-        let mut constraint = req.constraint.clone();
 
         // Reuse the session's cached prefix; evaluate at least the last prompt token.
         self.clock += 1;
+        let busy: Vec<bool> = self.running.iter().map(Option::is_some).collect();
         let choice = session::choose(
             &self.slots,
+            &busy,
             req.session.as_deref(),
             req.owner.as_deref(),
             prompt,
-        );
+        )
+        .ok_or(EngineError::Busy(self.active()))?;
         let slot = &mut self.slots[choice.slot];
         if !choice.reuse {
             // Another client's (or session's) cache: nothing of it may show.
@@ -423,107 +532,179 @@ impl Engine {
         for &id in &prompt[prompt.len().saturating_sub(sampler.params().repeat_last_n)..] {
             sampler.accept(id);
         }
-        let logits = self.forward.eval(
-            &self.weights,
-            &mut slot.kv,
-            &prompt[cached..],
-            LogitsFor::Last,
-            &self.compute,
-        )?;
-        slot.tokens.extend_from_slice(&prompt[cached..]);
-        if let Some(c) = constraint.as_mut() {
-            c.mask(logits)?;
-        }
-        let mut next = sampler.sample(logits);
-        let prompt_time = started.elapsed();
-        let mut timings = Timings {
-            prompt_evaluated: prompt.len() - cached,
-            prompt: prompt_time,
-            time_to_first_token: prompt_time,
-            ..Timings::default()
-        };
+        self.running[choice.slot] = Some(Sequence::new(Start {
+            order: self.clock,
+            prompt: prompt.clone(),
+            cached,
+            max_tokens,
+            sampler,
+            stop,
+            // The request's copy is left as compiled, so a rerun starts from the same state.
+            constraint: req.constraint.clone(),
+            detok: self.tokenizer.clone().map(Detokenizer::shared),
+            eos: self.eos,
+        }));
+        Ok(SeqId(choice.slot))
+    }
 
-        let mut detok = self.tokenizer.as_ref().map(|t| t.detokenizer());
-        let gen_started = Instant::now();
-        let mut produced = 0;
-        let finish = loop {
-            produced += 1;
-            sampler.accept(next);
-            if let Some(c) = constraint.as_mut() {
-                c.accept(next)?;
-            }
-            if next == self.eos {
-                break FinishReason::Stop;
-            }
-            let text = match detok.as_mut() {
-                Some(d) => d.push(next)?,
-                None => "",
-            };
-            let (shown, stopped) = match stop.push(text) {
-                StopStatus::Continue(t) => (t, false),
-                StopStatus::Stop(t) => (t, true),
-            };
-            if on_token(TokenEvent {
-                id: Some(next),
-                text: shown,
-            })
-            .is_break()
-            {
-                break FinishReason::Cancelled;
-            }
-            if stopped {
-                break FinishReason::Stop;
-            }
-            if produced >= max_tokens {
-                break FinishReason::Length;
-            }
-            if cancel.load(Ordering::Relaxed) {
-                break FinishReason::Cancelled;
-            }
-            let logits = self.forward.eval(
-                &self.weights,
-                &mut slot.kv,
-                &[next],
-                LogitsFor::Last,
-                &self.compute,
-            )?;
-            slot.tokens.push(next);
-            if let Some(c) = constraint.as_mut() {
-                c.mask(logits)?;
-            }
-            next = sampler.sample(logits);
+    /// Ends a running generation between passes; its completion says `cancelled`.
+    pub fn cancel(&mut self, id: SeqId) -> Option<Completion> {
+        let mut seq = self.running.get_mut(id.0)?.take()?;
+        Some(seq.cancel())
+    }
+
+    /// One forward pass over every running generation (see the module documentation):
+    /// `on_event` hears each generated token (return `Break` to cancel that generation) and
+    /// each end. Returns the number still running. Allocates nothing.
+    pub fn step(
+        &mut self,
+        mut on_event: impl FnMut(SeqId, StepEvent<'_>) -> ControlFlow<()>,
+    ) -> usize {
+        // Decoding sequences first in the slot order; then prompt chunks, oldest first.
+        // The pass wants prompt rows before decoded ones, so they are laid out in reverse.
+        let decoding = self
+            .running
+            .iter()
+            .flatten()
+            .filter(|s| s.decoding())
+            .count();
+        let mut budget = if decoding == 0 {
+            self.batch
+        } else {
+            self.batch.min(PREFILL_CHUNK_WHILE_DECODING)
         };
-        // At the natural end (EOS or max_tokens) text held back (a partial character, a
-        // possible stop-string start) is released; a found stop string or a cancellation
-        // shows nothing more.
-        if finish == FinishReason::Length || (finish == FinishReason::Stop && next == self.eos) {
-            let tail = detok.as_mut().map_or("", |d| d.finish());
-            let stopped = match stop.push(tail) {
-                StopStatus::Continue(t) | StopStatus::Stop(t) if t.is_empty() => false,
-                StopStatus::Continue(t) => on_token(TokenEvent { id: None, text: t }).is_break(),
-                StopStatus::Stop(t) => {
-                    let _ = on_token(TokenEvent { id: None, text: t });
-                    true
-                }
+        let empty = SeqChunk {
+            cache: 0,
+            tokens: &[],
+            kind: RowKind::Decode,
+            logits: false,
+        };
+        let mut chunks = [empty; MAX_SESSIONS];
+        let mut n = 0;
+        let mut last_order = 0;
+        while budget > 0 {
+            // The oldest sequence still reading its prompt and not yet in this pass.
+            let Some((i, seq)) = self
+                .running
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+                .filter(|(_, s)| s.prompt_left() > 0 && s.order > last_order)
+                .min_by_key(|(_, s)| s.order)
+            else {
+                break;
             };
-            if !stopped {
-                let rest = stop.finish();
-                if !rest.is_empty() {
-                    let _ = on_token(TokenEvent {
-                        id: None,
-                        text: rest,
-                    });
+            last_order = seq.order;
+            let (tokens, ends) = seq.feed(budget);
+            budget -= tokens.len();
+            chunks[n] = SeqChunk {
+                cache: i,
+                tokens,
+                kind: RowKind::Prompt,
+                logits: ends,
+            };
+            n += 1;
+        }
+        for (i, seq) in self.running.iter().enumerate() {
+            if let Some(seq) = seq.as_ref().filter(|s| s.decoding()) {
+                chunks[n] = SeqChunk {
+                    cache: i,
+                    tokens: seq.feed(1).0,
+                    kind: RowKind::Decode,
+                    logits: true,
+                };
+                n += 1;
+            }
+        }
+        let chunks = &chunks[..n];
+        if chunks.is_empty() {
+            return 0;
+        }
+        // Which slot fed how many tokens, and with logits: kept apart from the chunks, which
+        // borrow the sequences that sampling changes.
+        let mut fed = [(0usize, 0usize, false); MAX_SESSIONS];
+        for (f, ch) in fed.iter_mut().zip(chunks) {
+            *f = (ch.cache, ch.tokens.len(), ch.logits);
+        }
+        let result = self
+            .forward
+            .step(&self.weights, &mut self.slots, chunks, &self.compute);
+        let logits = match result {
+            Ok(logits) => {
+                // Record what each slot's cache now holds.
+                for ch in chunks {
+                    self.slots[ch.cache].tokens.extend_from_slice(ch.tokens);
+                }
+                logits
+            }
+            Err(e) => {
+                // Nothing of the pass is kept (the caches' lengths are unchanged): every
+                // sequence in it fails.
+                for &(slot, _, _) in &fed[..n] {
+                    self.running[slot] = None;
+                    let _ = on_event(
+                        SeqId(slot),
+                        StepEvent::Done(Err(EngineError::Forward(e.clone()))),
+                    );
+                }
+                return self.active();
+            }
+        };
+        let n_vocab = self.weights.config.n_vocab;
+        let mut row = 0;
+        for &(slot, len, with_logits) in &fed[..n] {
+            let Some(seq) = self.running[slot].as_mut() else {
+                continue;
+            };
+            if !with_logits {
+                seq.fed(len);
+                continue;
+            }
+            let rows = &mut logits[row * n_vocab..(row + 1) * n_vocab];
+            row += 1;
+            let id = SeqId(slot);
+            match seq.sample(rows, |ev| on_event(id, StepEvent::Token(ev))) {
+                Sampled::Continue => {}
+                Sampled::Done(result) => {
+                    self.running[slot] = None;
+                    let _ = on_event(id, StepEvent::Done(result));
                 }
             }
         }
-        timings.generation = gen_started.elapsed();
-        Ok(Completion {
-            finish_reason: finish,
-            prompt_tokens: prompt.len(),
-            cached_tokens: cached,
-            completion_tokens: produced,
-            timings,
-        })
+        self.active()
+    }
+
+    /// Generates from `req` alone, calling `on_token` for every token (return
+    /// `ControlFlow::Break` to stop) and checking `cancel` between tokens. Nothing else
+    /// may be running.
+    pub fn generate(
+        &mut self,
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        mut on_token: impl FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<Completion, EngineError> {
+        if self.active() > 0 {
+            return Err(EngineError::Busy(self.active()));
+        }
+        let id = self.start(req)?;
+        let mut done = None;
+        loop {
+            self.step(|_, ev| match ev {
+                StepEvent::Token(t) => on_token(t),
+                StepEvent::Done(r) => {
+                    done = Some(r);
+                    ControlFlow::Continue(())
+                }
+            });
+            if let Some(r) = done.take() {
+                return r;
+            }
+            if cancel.load(Ordering::Relaxed)
+                && let Some(c) = self.cancel(id)
+            {
+                return Ok(c);
+            }
+        }
     }
 }
 

@@ -20,7 +20,8 @@
 //!
 //! # Which slot
 //!
-//! A keyed request takes its session's slot; failing that, the least recently used slot
+//! Only a slot not running a generation can be given. A keyed request takes its session's
+//! slot, and waits while that slot is busy (a session's turns run one after another); failing that, the least recently used slot
 //! without a key, or the least recently used of all as a last resort (evicting a session).
 //! An unkeyed request takes, among slots without a key (all slots as a last resort), the
 //! one with the longest prefix it may reuse, then the least recently used.
@@ -84,12 +85,21 @@ pub struct Choice {
     pub reuse: bool,
 }
 
-/// Picks the slot for a request with optional session `key`, client `owner` and `prompt`.
-pub fn choose(slots: &[Slot], key: Option<&str>, owner: Option<&str>, prompt: &[u32]) -> Choice {
+/// Picks the slot for a request with optional session `key`, client `owner` and `prompt`
+/// among the slots not `busy` (running a generation); `None` if its session's slot is busy
+/// or every slot is.
+pub fn choose(
+    slots: &[Slot],
+    busy: &[bool],
+    key: Option<&str>,
+    owner: Option<&str>,
+    prompt: &[u32],
+) -> Option<Choice> {
+    let free = |i: usize| !busy.get(i).copied().unwrap_or(false);
     if let Some(k) = key
         && let Some(slot) = slots.iter().position(|s| s.key.as_deref() == Some(k))
     {
-        return Choice { slot, reuse: true };
+        return free(slot).then_some(Choice { slot, reuse: true });
     }
     // The prefix this request may reuse from a slot: none from a slot it may not read.
     let usable = |s: &Slot| {
@@ -106,11 +116,27 @@ pub fn choose(slots: &[Slot], key: Option<&str>, owner: Option<&str>, prompt: &[
             .max_by_key(|(_, s)| (usable(s), std::cmp::Reverse(s.last_used)))
             .map(|(i, _)| i)
     };
-    let slot = best(&mut slots.iter().enumerate().filter(|(_, s)| s.key.is_none()))
-        .or_else(|| best(&mut slots.iter().enumerate()))
-        .unwrap_or(0);
-    let reuse = slots.get(slot).is_some_and(|s| s.serves(key, owner));
-    Choice { slot, reuse }
+    let slot = best(
+        &mut slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| free(i) && s.key.is_none()),
+    )
+    .or_else(|| best(&mut slots.iter().enumerate().filter(|&(i, _)| free(i))))?;
+    let reuse = slots[slot].serves(key, owner);
+    Some(Choice { slot, reuse })
+}
+
+impl AsRef<KvCache> for Slot {
+    fn as_ref(&self) -> &KvCache {
+        &self.kv
+    }
+}
+
+impl AsMut<KvCache> for Slot {
+    fn as_mut(&mut self) -> &mut KvCache {
+        &mut self.kv
+    }
 }
 
 #[cfg(test)]
@@ -138,7 +164,7 @@ mod tests {
         s[1].tokens = vec![1, 2, 9];
         s[1].key = Some("alice".into());
         s[2].last_used = 1;
-        let pick = |key, owner, prompt: &[u32]| choose(&s, key, owner, prompt);
+        let pick = |key, owner, prompt: &[u32]| choose(&s, &[], key, owner, prompt).unwrap();
         assert_eq!(
             pick(Some("alice"), None, &[7]),
             Choice {
@@ -186,7 +212,7 @@ mod tests {
         s[1].last_used = 2;
         // Another owner, or no owner at all, gets a cleared slot whatever the prefix.
         for owner in [Some("mallory"), None] {
-            let c = choose(&s, None, owner, &[1, 2, 3, 4]);
+            let c = choose(&s, &[], None, owner, &[1, 2, 3, 4]).unwrap();
             assert_eq!(
                 c,
                 Choice {
@@ -198,12 +224,12 @@ mod tests {
         }
         // A None owner does not match a slot whose owner is None either.
         s[0].owner = None;
-        assert!(!choose(&s, None, None, &[1, 2, 3, 4]).reuse);
+        assert!(!choose(&s, &[], None, None, &[1, 2, 3, 4]).unwrap().reuse);
         // With every slot keyed, an unkeyed request evicts one: it may read it only if
         // it is the same client's.
         s[0].key = Some("bob".into());
         assert_eq!(
-            choose(&s, None, Some("dave"), &[1, 2, 3, 4]),
+            choose(&s, &[], None, Some("dave"), &[1, 2, 3, 4]).unwrap(),
             Choice {
                 slot: 1,
                 reuse: true
@@ -211,7 +237,7 @@ mod tests {
             "the same client reads its own cache"
         );
         assert_eq!(
-            choose(&s, None, Some("mallory"), &[1, 2, 3, 4]),
+            choose(&s, &[], None, Some("mallory"), &[1, 2, 3, 4]).unwrap(),
             Choice {
                 slot: 0,
                 reuse: false
@@ -219,6 +245,33 @@ mod tests {
             "another client evicts the least recently used session, cleared"
         );
         // Another session key of the same owner does not read the session.
-        assert!(!choose(&s, Some("eve"), Some("dave"), &[1, 2, 3]).reuse);
+        assert!(
+            !choose(&s, &[], Some("eve"), Some("dave"), &[1, 2, 3])
+                .unwrap()
+                .reuse
+        );
+    }
+
+    #[test]
+    fn busy_slots_are_never_chosen() {
+        let mut s = slots(3);
+        s[0].tokens = vec![1, 2, 3];
+        s[0].owner = Some("carol".into());
+        s[1].key = Some("alice".into());
+        let busy = [true, true, false];
+        assert_eq!(
+            choose(&s, &busy, None, Some("carol"), &[1, 2, 3, 4]),
+            Some(Choice {
+                slot: 2,
+                reuse: false
+            }),
+            "the owner's own slot is busy: a free one, cleared"
+        );
+        assert_eq!(
+            choose(&s, &busy, Some("alice"), None, &[1]),
+            None,
+            "a session waits for its own slot"
+        );
+        assert_eq!(choose(&s, &[true; 3], None, Some("carol"), &[1]), None);
     }
 }

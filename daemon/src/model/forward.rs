@@ -12,15 +12,21 @@
 //! logits = Wout (rmsnorm(x) * output_norm)
 //! ```
 //!
-//! Several tokens go through together (prefill): every matrix multiplies all of them in one
-//! pass over its weights (matrix–matrix kernels); one token at a time is decode (matrix–vector).
-//! All buffers are sized in [`Forward::new`]; `eval` allocates nothing.
+//! Several tokens go through together: every matrix multiplies all of them in one pass over
+//! its weights. They may belong to several sequences, each with its own KV cache and
+//! position ([`Forward::step`]): a prompt chunk of one (matrix–matrix kernels) next to the
+//! single decoded tokens of others (dot kernels), so decoding N sequences streams the
+//! weights once, not N times. Every row's arithmetic depends on that row alone (its
+//! sequence's cache, its kind), never on what else is in the pass: a sequence batched with
+//! others computes exactly what it computes alone.
+//!
+//! All buffers are sized in [`Forward::new`]; `eval` and `step` allocate nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use spillway_kernels::formats::{BlockQ8_0, QK, f16};
-use spillway_kernels::matmul::{ActFormat, Activations, Matrix, matmul};
+use spillway_kernels::matmul::{ActFormat, Activations, Matrix, matmul_rows};
 use spillway_kernels::ops::{self, RopeTable, attention_temperature};
 use spillway_kernels::{Kernels, ThreadPool};
 
@@ -74,6 +80,40 @@ pub enum ForwardError {
     CacheMismatch,
     #[error("the thread pool has {pool} threads; this evaluator was sized for {sized}")]
     ThreadMismatch { pool: usize, sized: usize },
+    #[error("{n} tokens in one pass, but this evaluator holds at most {max}")]
+    TooManyRows { n: usize, max: usize },
+    #[error(
+        "a pass names KV cache {cache} twice or out of range, or puts prompt rows after decoded ones"
+    )]
+    BadChunks { cache: usize },
+}
+
+/// How a sequence's rows go through the matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowKind {
+    /// Prompt tokens: the matrix–matrix kernels, whatever their number.
+    Prompt,
+    /// A generated token: the dot kernels.
+    Decode,
+}
+
+/// One sequence's part of a [`Forward::step`].
+#[derive(Clone, Copy, Debug)]
+pub struct SeqChunk<'a> {
+    /// Its KV cache: an index into the caches given to the step.
+    pub cache: usize,
+    /// Tokens at the positions following those already in its cache.
+    pub tokens: &'a [u32],
+    pub kind: RowKind,
+    /// Compute the logits of its last token.
+    pub logits: bool,
+}
+
+/// Where a row of a pass comes from.
+#[derive(Clone, Copy, Debug, Default)]
+struct RowOf {
+    cache: u32,
+    pos: u32,
 }
 
 /// One input vector (per token) quantized, lazily and once, into each activation format
@@ -126,10 +166,11 @@ impl Inputs {
     }
 }
 
-/// `y = W x` for the `n` rows of `x`, quantizing `x` for `W` if not done yet.
-fn mm(c: &Compute, w: &Matrix<'_>, input: &mut Inputs, x: &[f32], y: &mut [f32]) {
+/// `y = W x` for the `n` rows of `x`, quantizing `x` for `W` if not done yet; rows
+/// `..tiled` through the matrix–matrix kernels, the rest through the dot kernels.
+fn mm(c: &Compute, w: &Matrix<'_>, input: &mut Inputs, x: &[f32], tiled: usize, y: &mut [f32]) {
     let a = input.get(w.act_format(), c.kernels, x);
-    matmul(&c.pool, c.kernels, w, a, y);
+    matmul_rows(&c.pool, c.kernels, w, a, tiled, y);
 }
 
 /// Scratch space and precomputed tables for evaluating up to `max_batch` tokens at a time.
@@ -140,6 +181,10 @@ pub struct Forward {
     max_batch: usize,
     max_logit_rows: usize,
     threads: usize,
+    /// The cache and position of each row of the current pass.
+    rows: Vec<RowOf>,
+    /// The rows whose logits the current pass computes.
+    logit_rows: Vec<usize>,
     x: Vec<f32>,
     xb: Vec<f32>,
     xb2: Vec<f32>,
@@ -158,6 +203,12 @@ pub struct Forward {
     /// Queries quantized for a Q8_0 key cache.
     q8: Vec<BlockQ8_0>,
     rope: RopeTable,
+}
+
+/// Rows of logits an evaluator keeps: every row's, or one per sequence.
+fn logit_rows(max_batch: usize, max_seqs: usize, all_logits: bool) -> usize {
+    let seqs = max_seqs.clamp(1, max_batch);
+    if all_logits { max_batch } else { seqs }
 }
 
 /// The activation formats each input needs: (x into wq/wk/wv/gate/up/output, attention
@@ -187,6 +238,7 @@ impl Forward {
         w: &ModelWeights,
         n_ctx: usize,
         max_batch: usize,
+        max_seqs: usize,
         all_logits: bool,
         threads: usize,
     ) -> usize {
@@ -200,7 +252,7 @@ impl Forward {
             c.n_head * c.head_dim_v,
             c.n_ff,
         );
-        let logit_rows = if all_logits { b } else { 1 };
+        let logit_rows = logit_rows(b, max_seqs, all_logits);
         let floats = b * (3 * e + qd + kd + vd + od + 2 * ff)
             + logit_rows * c.n_vocab
             + threads.max(1) * n_ctx;
@@ -210,15 +262,30 @@ impl Forward {
             + fa.iter().map(|f| f.row_bytes(od)).sum::<usize>()
             + ff_.iter().map(|f| f.row_bytes(ff)).sum::<usize>();
         let rope = 2 * 4 * n_ctx * (c.rope.n_dims / 2);
-        floats * 4 + q8 + inputs * b + rope
+        let tables = b * size_of::<RowOf>() + logit_rows * size_of::<usize>();
+        floats * 4 + q8 + inputs * b + rope + tables
     }
 
-    /// Buffers for contexts up to `n_ctx` tokens, `max_batch` tokens per pass, on `threads`
-    /// threads; `all_logits` keeps room for every token's logits (else only the last's).
+    /// Buffers for one sequence of up to `n_ctx` tokens, `max_batch` tokens per pass, on
+    /// `threads` threads; `all_logits` keeps room for every token's logits (else only the
+    /// last's).
     pub fn new(
         w: &ModelWeights,
         n_ctx: usize,
         max_batch: usize,
+        all_logits: bool,
+        threads: usize,
+    ) -> Forward {
+        Forward::for_sequences(w, n_ctx, max_batch, 1, all_logits, threads)
+    }
+
+    /// Buffers for passes over up to `max_seqs` sequences ([`Forward::step`]) of up to
+    /// `n_ctx` tokens each, `max_batch` tokens per pass in all.
+    pub fn for_sequences(
+        w: &ModelWeights,
+        n_ctx: usize,
+        max_batch: usize,
+        max_seqs: usize,
         all_logits: bool,
         threads: usize,
     ) -> Forward {
@@ -236,13 +303,15 @@ impl Forward {
         let in_x = Inputs::new(e, b, fx);
         let in_att = Inputs::new(od, b, fa);
         let in_ff = Inputs::new(ff, b, ff_);
-        let max_logit_rows = if all_logits { b } else { 1 };
+        let max_logit_rows = logit_rows(b, max_seqs, all_logits);
         Forward {
             cfg: c.clone(),
             n_ctx,
             max_batch: b,
             max_logit_rows,
             threads: threads.max(1),
+            rows: Vec::with_capacity(b),
+            logit_rows: Vec::with_capacity(max_logit_rows),
             x: vec![0.0; b * e],
             xb: vec![0.0; b * e],
             xb2: vec![0.0; b * e],
@@ -287,6 +356,8 @@ impl Forward {
         .map(|v| v.len() * 4)
         .sum::<usize>();
         f + self.q8.len() * size_of::<BlockQ8_0>()
+            + self.rows.capacity() * size_of::<RowOf>()
+            + self.logit_rows.capacity() * size_of::<usize>()
             + self.in_x.bytes()
             + self.in_att.bytes()
             + self.in_ff.bytes()
@@ -299,7 +370,8 @@ impl Forward {
     }
 
     /// Evaluates `tokens` at the positions following those already in `kv`, appends their
-    /// keys and values to it, and returns the logits asked for (`n_vocab` per row).
+    /// keys and values to it, and returns the logits asked for (`n_vocab` per row). Passes
+    /// of several tokens use the matrix–matrix kernels, a single token the dot kernels.
     pub fn eval(
         &mut self,
         w: &ModelWeights,
@@ -311,7 +383,109 @@ impl Forward {
         if tokens.is_empty() {
             return Err(ForwardError::Empty);
         }
-        if kv.capacity() > self.n_ctx {
+        self.check(c, std::slice::from_ref(kv))?;
+        if want == LogitsFor::All && tokens.len() > self.max_logit_rows {
+            return Err(ForwardError::TooManyLogitRows {
+                n: tokens.len(),
+                max: self.max_logit_rows,
+            });
+        }
+        self.check_tokens(kv, tokens.len(), tokens)?;
+        let caches = std::slice::from_mut(kv);
+        let chunks = tokens.len().div_ceil(self.max_batch);
+        for (i, chunk) in tokens.chunks(self.max_batch).enumerate() {
+            let last = i + 1 == chunks;
+            let kind = if chunk.len() == 1 {
+                RowKind::Decode
+            } else {
+                RowKind::Prompt
+            };
+            let seq = [SeqChunk {
+                cache: 0,
+                tokens: chunk,
+                kind,
+                logits: last,
+            }];
+            self.layout(&seq, caches);
+            self.logit_rows.clear();
+            if last {
+                match want {
+                    LogitsFor::Last => self.logit_rows.push(chunk.len() - 1),
+                    LogitsFor::All => self.logit_rows.extend(0..chunk.len()),
+                }
+            }
+            self.pass(w, caches, &seq, c, want == LogitsFor::All);
+        }
+        let rows = match want {
+            LogitsFor::Last => 1,
+            LogitsFor::All => tokens.len(),
+        };
+        Ok(&mut self.logits[..rows * self.cfg.n_vocab])
+    }
+
+    /// One pass over several sequences: each chunk's tokens at the positions following
+    /// those already in its cache (`caches[chunk.cache]`, each cache at most once), prompt
+    /// chunks before decoded ones. Returns the logits of the last token of every chunk that
+    /// asks for them, in chunk order (`n_vocab` each).
+    ///
+    /// A chunk's results do not depend on the other chunks: a sequence stepped with others
+    /// produces bit for bit what it produces stepped alone.
+    pub fn step<C>(
+        &mut self,
+        w: &ModelWeights,
+        caches: &mut [C],
+        chunks: &[SeqChunk<'_>],
+        c: &Compute,
+    ) -> Result<&mut [f32], ForwardError>
+    where
+        C: AsRef<KvCache> + AsMut<KvCache> + Sync,
+    {
+        if chunks.iter().all(|ch| ch.tokens.is_empty()) {
+            return Err(ForwardError::Empty);
+        }
+        self.check(c, caches)?;
+        let n: usize = chunks.iter().map(|ch| ch.tokens.len()).sum();
+        if n > self.max_batch {
+            return Err(ForwardError::TooManyRows {
+                n,
+                max: self.max_batch,
+            });
+        }
+        let with_logits = chunks.iter().filter(|ch| ch.logits).count();
+        if with_logits > self.max_logit_rows {
+            return Err(ForwardError::TooManyLogitRows {
+                n: with_logits,
+                max: self.max_logit_rows,
+            });
+        }
+        for (i, ch) in chunks.iter().enumerate() {
+            let bad = || ForwardError::BadChunks { cache: ch.cache };
+            let kv = caches.get(ch.cache).ok_or_else(bad)?.as_ref();
+            if ch.tokens.is_empty()
+                || chunks[..i].iter().any(|o| o.cache == ch.cache)
+                || (ch.kind == RowKind::Prompt
+                    && chunks[..i].iter().any(|o| o.kind == RowKind::Decode))
+            {
+                return Err(bad());
+            }
+            self.check_tokens(kv, ch.tokens.len(), ch.tokens)?;
+        }
+        self.layout(chunks, caches);
+        self.logit_rows.clear();
+        let mut row = 0;
+        for ch in chunks {
+            row += ch.tokens.len();
+            if ch.logits {
+                self.logit_rows.push(row - 1);
+            }
+        }
+        self.pass(w, caches, chunks, c, false);
+        Ok(&mut self.logits[..with_logits * self.cfg.n_vocab])
+    }
+
+    /// What every pass needs of the caches and the thread pool.
+    fn check<C: AsRef<KvCache>>(&self, c: &Compute, caches: &[C]) -> Result<(), ForwardError> {
+        if caches.iter().any(|kv| kv.as_ref().capacity() > self.n_ctx) {
             return Err(ForwardError::CacheMismatch);
         }
         if c.pool.threads() > self.threads {
@@ -320,13 +494,12 @@ impl Forward {
                 sized: self.threads,
             });
         }
-        if want == LogitsFor::All && tokens.len() > self.max_logit_rows {
-            return Err(ForwardError::TooManyLogitRows {
-                n: tokens.len(),
-                max: self.max_logit_rows,
-            });
-        }
-        let needed = kv.len() + tokens.len();
+        Ok(())
+    }
+
+    /// Room in `kv` for `n` more positions, and ids inside the vocabulary.
+    fn check_tokens(&self, kv: &KvCache, n: usize, tokens: &[u32]) -> Result<(), ForwardError> {
+        let needed = kv.len() + n;
         if needed > kv.capacity() {
             return Err(ForwardError::ContextFull {
                 needed,
@@ -339,31 +512,42 @@ impl Forward {
                 n_vocab: self.cfg.n_vocab,
             });
         }
-        let chunks = tokens.len().div_ceil(self.max_batch);
-        for (i, chunk) in tokens.chunks(self.max_batch).enumerate() {
-            let last = i + 1 == chunks;
-            self.pass(w, kv, chunk, last.then_some(want), c);
-        }
-        let rows = match want {
-            LogitsFor::Last => 1,
-            LogitsFor::All => tokens.len(),
-        };
-        Ok(&mut self.logits[..rows * self.cfg.n_vocab])
+        Ok(())
     }
 
-    /// One pass of `n <= max_batch` tokens; computes logits if `want` is set.
-    fn pass(
+    /// Fills the row table: each chunk's rows in order, at the positions after its cache's.
+    fn layout<C: AsRef<KvCache>>(&mut self, chunks: &[SeqChunk<'_>], caches: &[C]) {
+        self.rows.clear();
+        for ch in chunks {
+            let pos0 = caches[ch.cache].as_ref().len();
+            self.rows.extend((0..ch.tokens.len()).map(|t| RowOf {
+                cache: ch.cache as u32,
+                pos: (pos0 + t) as u32,
+            }));
+        }
+    }
+
+    /// One pass of the rows laid out in `self.rows` (checked: at most `max_batch`, room in
+    /// every cache), computing the logits of `self.logit_rows`, tiled if `tiled_logits`.
+    fn pass<C>(
         &mut self,
         w: &ModelWeights,
-        kv: &mut KvCache,
-        tokens: &[u32],
-        want: Option<LogitsFor>,
+        caches: &mut [C],
+        chunks: &[SeqChunk<'_>],
         c: &Compute,
-    ) {
+        tiled_logits: bool,
+    ) where
+        C: AsRef<KvCache> + AsMut<KvCache> + Sync,
+    {
         let cfg = &self.cfg;
         let k = c.kernels;
-        let n = tokens.len();
-        let pos0 = kv.len();
+        let n = self.rows.len();
+        // Prompt rows come first: they go through the matrix–matrix kernels.
+        let tiled: usize = chunks
+            .iter()
+            .filter(|ch| ch.kind == RowKind::Prompt)
+            .map(|ch| ch.tokens.len())
+            .sum();
         let (e, hd_k, hd_v) = (cfg.n_embd, cfg.head_dim_k, cfg.head_dim_v);
         let (n_head, n_kv) = (cfg.n_head, cfg.n_head_kv);
         let (qd, kd, vd, od, ff) = (
@@ -375,10 +559,14 @@ impl Forward {
         );
         let group = n_head / n_kv;
         let scale = 1.0 / (hd_k as f32).sqrt();
+        let q8_keys = caches
+            .first()
+            .is_some_and(|kv| kv.as_ref().kv_type() == KvType::Q8_0);
 
         // x = token_embd[id]
         let embd = w.matrix(&w.token_embd);
-        for (t, &id) in tokens.iter().enumerate() {
+        let ids = chunks.iter().flat_map(|ch| ch.tokens);
+        for (t, &id) in ids.enumerate() {
             embd.dequantize_row(id as usize, &mut self.x[t * e..(t + 1) * e]);
         }
 
@@ -401,6 +589,7 @@ impl Forward {
                 &w.matrix(&lw.wq),
                 &mut self.in_x,
                 xb,
+                tiled,
                 &mut self.q[..n * qd],
             );
             mm(
@@ -408,6 +597,7 @@ impl Forward {
                 &w.matrix(&lw.wk),
                 &mut self.in_x,
                 xb,
+                tiled,
                 &mut self.k[..n * kd],
             );
             mm(
@@ -415,11 +605,12 @@ impl Forward {
                 &w.matrix(&lw.wv),
                 &mut self.in_x,
                 xb,
+                tiled,
                 &mut self.v[..n * vd],
             );
 
-            for t in 0..n {
-                let pos = pos0 + t;
+            for (t, row) in self.rows.iter().enumerate() {
+                let pos = row.pos as usize;
                 let q = &mut self.q[t * qd..(t + 1) * qd];
                 let kk = &mut self.k[t * kd..(t + 1) * kd];
                 self.rope.apply(q, hd_k, pos);
@@ -430,14 +621,20 @@ impl Forward {
                         attention_temperature(pos as u32, temp.original_context, temp.scale),
                     );
                 }
-                kv.write(l, pos, kk, &self.v[t * vd..(t + 1) * vd]);
+                caches[row.cache as usize].as_mut().write(
+                    l,
+                    pos,
+                    kk,
+                    &self.v[t * vd..(t + 1) * vd],
+                );
             }
-            if kv.kv_type() == KvType::Q8_0 {
+            if q8_keys {
                 k.quantize_q8_0(&self.q[..n * qd], &mut self.q8[..n * qd / QK]);
             }
 
-            // Every (token, head) pair attends over positions 0..=its own, on any thread.
-            let (kv_ref, q_all, q8_all) = (&*kv, &self.q, &self.q8);
+            // Every (row, head) pair attends over its own sequence's positions 0..=its own,
+            // on any thread.
+            let (caches_ref, rows, q_all, q8_all) = (&*caches, &self.rows, &self.q, &self.q8);
             c.pool.for_each_chunk(
                 &mut self.att[..n * od],
                 hd_v,
@@ -445,7 +642,9 @@ impl Forward {
                 self.n_ctx,
                 |idx, out, sc| {
                     let (t, h) = (idx / n_head, idx % n_head);
-                    let (pos, g) = (pos0 + t, h / group);
+                    let RowOf { cache, pos } = rows[t];
+                    let kv_ref = caches_ref[cache as usize].as_ref();
+                    let (pos, g) = (pos as usize, h / group);
                     let s = &mut sc[..=pos];
                     let qh = &q_all[t * qd + h * hd_k..t * qd + (h + 1) * hd_k];
                     let q8h = &q8_all[(t * qd + h * hd_k) / QK..(t * qd + (h + 1) * hd_k) / QK];
@@ -473,6 +672,7 @@ impl Forward {
                 &w.matrix(&lw.wo),
                 &mut self.in_att,
                 &self.att[..n * od],
+                tiled,
                 &mut self.xb2[..n * e],
             );
             ops::add_assign(&mut self.x[..n * e], &self.xb2[..n * e]);
@@ -494,6 +694,7 @@ impl Forward {
                 &w.matrix(&lw.w_gate),
                 &mut self.in_x,
                 xb,
+                tiled,
                 &mut self.hb[..n * ff],
             );
             mm(
@@ -501,6 +702,7 @@ impl Forward {
                 &w.matrix(&lw.w_up),
                 &mut self.in_x,
                 xb,
+                tiled,
                 &mut self.hb2[..n * ff],
             );
             k.silu_mul(&mut self.hb[..n * ff], &self.hb2[..n * ff]);
@@ -510,20 +712,22 @@ impl Forward {
                 &w.matrix(&lw.w_down),
                 &mut self.in_ff,
                 &self.hb[..n * ff],
+                tiled,
                 &mut self.xb2[..n * e],
             );
             ops::add_assign(&mut self.x[..n * e], &self.xb2[..n * e]);
         }
-        kv.set_len(pos0 + n);
+        for ch in chunks {
+            let kv = caches[ch.cache].as_mut();
+            kv.set_len(kv.len() + ch.tokens.len());
+        }
 
-        // ---- logits = Wout (rmsnorm(x) * output_norm)
-        let Some(want) = want else { return };
-        let first = match want {
-            LogitsFor::Last => n - 1,
-            LogitsFor::All => 0,
-        };
-        let rows = n - first;
-        for (r, t) in (first..n).enumerate() {
+        // ---- logits = Wout (rmsnorm(x) * output_norm), for the rows asked
+        let rows = self.logit_rows.len();
+        if rows == 0 {
+            return;
+        }
+        for (r, &t) in self.logit_rows.iter().enumerate() {
             k.rmsnorm(
                 &self.x[t * e..(t + 1) * e],
                 &w.output_norm,
@@ -533,12 +737,26 @@ impl Forward {
         }
         self.in_x.invalidate();
         let v = cfg.n_vocab;
+        let tiled = if tiled_logits && rows > 1 { rows } else { 0 };
         mm(
             c,
             &w.matrix(&w.output),
             &mut self.in_x,
             &self.xb[..rows * e],
+            tiled,
             &mut self.logits[..rows * v],
         );
+    }
+}
+
+impl AsRef<KvCache> for KvCache {
+    fn as_ref(&self) -> &KvCache {
+        self
+    }
+}
+
+impl AsMut<KvCache> for KvCache {
+    fn as_mut(&mut self) -> &mut KvCache {
+        self
     }
 }

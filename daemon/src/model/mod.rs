@@ -9,7 +9,7 @@ pub mod memory;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, ModelError};
-pub use forward::{Compute, Forward, ForwardError, LogitsFor};
+pub use forward::{Compute, Forward, ForwardError, LogitsFor, RowKind, SeqChunk};
 pub use kv::KvCache;
 pub use memory::{KvType, MemoryEstimate};
 pub use weights::{LoadError, ModelWeights};

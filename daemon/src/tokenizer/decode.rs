@@ -7,29 +7,60 @@
 //! them in the whole text, so streaming and whole decoding always agree. Control tokens
 //! are never rendered (they are protocol, not text).
 
+use std::sync::Arc;
+
 use super::{Tokenizer, TokenizerError};
 
+/// The tokenizer a [`Detokenizer`] reads: borrowed, or shared by a generation that outlives
+/// any borrow (one of the engine's running sequences).
+#[derive(Debug)]
+enum Source<'t> {
+    Borrowed(&'t Tokenizer),
+    Shared(Arc<Tokenizer>),
+}
+
+impl Source<'_> {
+    fn get(&self) -> &Tokenizer {
+        match self {
+            Source::Borrowed(t) => t,
+            Source::Shared(t) => t,
+        }
+    }
+}
+
 /// Decodes a generated sequence one token at a time. Create one per generation with
-/// [`Tokenizer::detokenizer`]. Its output buffer is sized for the longest token at
-/// creation, so pushing tokens never allocates.
+/// [`Tokenizer::detokenizer`] (or [`Detokenizer::shared`]). Its output buffer is sized for
+/// the longest token at creation, so pushing tokens never allocates.
 #[derive(Debug)]
 pub struct Detokenizer<'t> {
-    tok: &'t Tokenizer,
+    tok: Source<'t>,
     /// An incomplete but so far valid UTF-8 sequence (at most 3 bytes).
     pending: [u8; 4],
     n_pending: usize,
     out: String,
 }
 
+impl Detokenizer<'static> {
+    /// A detokenizer that holds its tokenizer.
+    pub fn shared(tok: Arc<Tokenizer>) -> Detokenizer<'static> {
+        Detokenizer::from_source(Source::Shared(tok))
+    }
+}
+
 impl<'t> Detokenizer<'t> {
     pub(crate) fn new(tok: &'t Tokenizer) -> Detokenizer<'t> {
+        Detokenizer::from_source(Source::Borrowed(tok))
+    }
+
+    fn from_source(tok: Source<'t>) -> Detokenizer<'t> {
+        let longest = tok.get().vocab().max_token_len();
         Detokenizer {
             tok,
             pending: [0; 4],
             n_pending: 0,
             // One token's bytes, plus a held-back partial character that may turn into
             // U+FFFD (3 bytes each) ahead of them.
-            out: String::with_capacity(tok.vocab().max_token_len() + 16),
+            out: String::with_capacity(longest + 16),
         }
     }
 
@@ -37,7 +68,7 @@ impl<'t> Detokenizer<'t> {
     /// or the first bytes of a character that later tokens finish).
     pub fn push(&mut self, id: u32) -> Result<&str, TokenizerError> {
         self.out.clear();
-        let vocab = self.tok.vocab();
+        let vocab = self.tok.get().vocab();
         if !vocab.is_control(id) {
             let bytes = vocab.token_bytes(id).ok_or(TokenizerError::UnknownId {
                 id,

@@ -34,7 +34,11 @@ pub(crate) fn synth_model(quant: Quant, seed: u64, tekken: bool) -> PathBuf {
         seed,
         tokenizer,
     };
-    let partial = path.with_extension("partial");
+    // Tests of one binary run on several threads: each writes its own copy and the first
+    // rename wins (a rename over the same content is harmless).
+    static WRITER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = path.with_extension(format!("partial{n}"));
     let f = std::fs::File::create(&partial).unwrap();
     synth::write(&spec, std::io::BufWriter::new(f), 2, |_| {}).unwrap();
     std::fs::rename(&partial, &path).unwrap();
