@@ -546,7 +546,11 @@ fn a_duplicate_while_running_attaches_to_the_run() {
 /// a resend after `busy` is a new attempt and runs.
 #[test]
 fn a_resend_replays_a_success_and_retries_a_refusal() {
-    let mut rig = Rig::start("chaos-resend", Persistence::On, |c| c.queue = 1);
+    // One session slot and one place in the queue: the third request is refused.
+    let mut rig = Rig::start("chaos-resend", Persistence::On, |c| {
+        c.queue = 1;
+        c.sessions = 1;
+    });
     let s = rig.req("done-once", 8);
     rig.send(&s);
     rig.wait_finals(&s, 1, ANSWERS);

@@ -41,6 +41,8 @@ struct Opts<'a> {
     http: &'a str,
     /// Extra TOML for `[router]`.
     router: &'a str,
+    /// Extra TOML for `[engine]`.
+    engine: &'a str,
     /// A cloud router to spill to (and the fake board the rig comes with).
     cloud: Option<&'a CloudRig>,
     /// Serve HTTPS with this PKI's server certificate.
@@ -87,6 +89,7 @@ path = {model:?}
 [engine]
 threads = 1
 context = 4096
+{engine}
 [mqtt]
 broker = {broker:?}
 device = "httpboard"
@@ -103,6 +106,7 @@ rate_prior = 200.0
         broker = broker.url(),
         service = o.service,
         router = o.router,
+        engine = o.engine,
     );
     let serve = Serve::start_with_args(&config, &args);
     assert!(
@@ -305,6 +309,8 @@ fn openai_sdk_gets_completions_streamed_and_not() {
 fn every_error_has_openai_status_and_shape() {
     let d = start(Opts {
         key: true,
+        // One session slot: the 504 below waits behind a long request.
+        engine: "sessions = 1",
         ..Opts::default()
     });
     let auth = format!("Bearer {KEY}");
@@ -432,10 +438,18 @@ fn every_error_has_openai_status_and_shape() {
 fn a_full_queue_answers_429_and_shutdown_503_with_retry_after() {
     let d = start(Opts {
         service: "queue = 1\nshutdown_deadline_secs = 5",
+        // One session slot: one request runs at a time.
+        engine: "sessions = 1",
         ..Opts::default()
     });
     let model = model_id(d.port, &[]);
-    let long = chat_body(&model, json!({"max_tokens": 3000, "stream": true}));
+    // A string answer that cannot end before 3000 tokens: the end-of-sequence token is
+    // masked, so these hold the engine and the queue for their whole length.
+    let long = chat_body(
+        &model,
+        json!({"max_tokens": 3000, "stream": true, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "long", "schema": {"type": "string", "minLength": 20000}}}}),
+    );
     // One running, one queued; the rest are refused.
     let port = d.port;
     let busy: Vec<_> = (0..4)
@@ -862,4 +876,65 @@ fn a_client_that_disconnects_stops_its_cloud_request() {
         "the cloud request ran on for {:?} after the client left",
         hung_up.elapsed()
     );
+}
+
+/// Continuous batching through the service: requests sent at once run together (the
+/// `running` gauge reaches the slot count) and each answer is the one the same request gets
+/// alone afterwards, token for token (same seed).
+#[test]
+fn requests_run_together_and_each_answer_equals_its_run_alone() {
+    let d = start(Opts {
+        engine: "sessions = 3",
+        ..Opts::default()
+    });
+    let model = model_id(d.port, &[]);
+    let body = |i: u64| {
+        json!({"model": model, "max_tokens": 120, "temperature": 0.9, "seed": 100 + i,
+               "messages": [{"role": "user", "content": format!("Story number {i}, please")}]})
+        .to_string()
+    };
+    let port = d.port;
+    let together: Vec<_> = (0..3)
+        .map(|i| {
+            let b = body(i);
+            std::thread::spawn(move || http(port, "POST", "/v1/chat/completions", &[], &b))
+        })
+        .collect();
+    let mut most = 0;
+    while !together.iter().all(|t| t.is_finished()) {
+        let m = http(d.port, "GET", "/metrics", &[], "");
+        let text = String::from_utf8_lossy(&m.body).to_string();
+        if let Some(n) = text
+            .lines()
+            .find(|l| l.starts_with("spillway_running "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            most = most.max(n);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answers: Vec<Value> = together
+        .into_iter()
+        .map(|t| {
+            let r = t.join().unwrap();
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            r.json()
+        })
+        .collect();
+    assert_eq!(most, 3, "the three ran at once");
+    for (i, together) in answers.iter().enumerate() {
+        let alone = http(d.port, "POST", "/v1/chat/completions", &[], &body(i as u64)).json();
+        assert_eq!(
+            together["choices"][0]["message"], alone["choices"][0]["message"],
+            "request {i}: batched vs alone"
+        );
+        for n in ["prompt_tokens", "completion_tokens"] {
+            assert_eq!(together["usage"][n], alone["usage"][n], "request {i}: {n}");
+        }
+        assert!(
+            together["usage"]["completion_tokens"].as_u64().unwrap() > 20,
+            "{together}"
+        );
+    }
 }

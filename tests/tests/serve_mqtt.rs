@@ -13,9 +13,9 @@ use spillway_e2e::{Mosquitto, Serve, tiny_tekken_model};
 
 const DEVICE: &str = "board7";
 
-fn config(broker: &Mosquitto, extra: &str) -> String {
+fn config(broker: &Mosquitto, engine: &str, extra: &str) -> String {
     format!(
-        "[model]\npath = {:?}\n[engine]\nthreads = 1\ncontext = 1024\n[mqtt]\nbroker = {:?}\ndevice = \"{DEVICE}\"\nkeep_alive_secs = 5\n[service]\ntelemetry_secs = 1\n{extra}\n",
+        "[model]\npath = {:?}\n[engine]\nthreads = 1\ncontext = 1024\n{engine}\n[mqtt]\nbroker = {:?}\ndevice = \"{DEVICE}\"\nkeep_alive_secs = 5\n[service]\ntelemetry_secs = 1\n{extra}\n",
         tiny_tekken_model().display().to_string(),
         broker.url()
     )
@@ -25,12 +25,18 @@ fn request_topic() -> String {
     format!("spillway/{DEVICE}/request")
 }
 
-/// Starts broker and daemon and waits until the daemon announces itself online.
+/// Starts broker and daemon (`extra`: more of `[service]`) and waits until the daemon
+/// announces itself online.
 fn start(extra: &str) -> (Mosquitto, Serve, Conn) {
+    start_with("", extra)
+}
+
+/// [`start`], with more of `[engine]` too.
+fn start_with(engine: &str, extra: &str) -> (Mosquitto, Serve, Conn) {
     let broker = Mosquitto::start();
     let watcher = Conn::v5(broker.port, "watcher", false);
     watcher.subscribe(&format!("spillway/{DEVICE}/status"));
-    let serve = Serve::start(&config(&broker, extra));
+    let serve = Serve::start(&config(&broker, engine, extra));
     assert!(
         watcher.wait_for(
             &format!("spillway/{DEVICE}/status"),
@@ -223,7 +229,8 @@ fn bad_input_gets_error_replies_and_disturbs_nothing() {
 
 #[test]
 fn an_expired_request_is_not_run_and_a_full_queue_answers_busy() {
-    let (broker, _serve, _w) = start("queue = 1");
+    // One session slot: one request runs at a time.
+    let (broker, _serve, _w) = start_with("sessions = 1", "queue = 1");
     let c = Conn::v5(broker.port, "exp", false);
     c.subscribe("replies/exp");
     // A long request occupies the engine (1010 tokens take 2 s or more on one thread)...

@@ -2,7 +2,8 @@
 //! `llama-bench` measures them: `pp` evaluates P prompt tokens as batches from an empty
 //! cache, `tg` generates N tokens one at a time from an empty cache (random token ids, no
 //! sampling); each is repeated and reported as mean ± standard deviation of tokens/s,
-//! after one warm-up run.
+//! after one warm-up run. `--tools` measures constrained decoding ([`bench_tools`]),
+//! `--concurrency` several streams batched together ([`bench_batch`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,8 +16,8 @@ use serde_json::json;
 use spillway_gguf::GgufFile;
 use spillway_kernels::{PoolConfig, ThreadPool, dispatch};
 
-use crate::cli::bench_tools;
 use crate::cli::logits::KvArg;
+use crate::cli::{bench_batch, bench_tools};
 use crate::engine::resident_bytes;
 use crate::model::{Compute, Forward, KvCache, LogitsFor, ModelWeights};
 use crate::units::human_bytes;
@@ -53,6 +54,13 @@ pub struct BenchArgs {
     /// at most; the model needs a vocabulary).
     #[arg(long, value_name = "JSON")]
     tools: Option<PathBuf>,
+    /// Measure continuous batching instead: for each stream count in LIST (e.g. 1,2,4,8),
+    /// that many requests of `-p` prompt and `-n` generated tokens started together and
+    /// stepped as the service does; prints aggregate and per-stream decode t/s, prompt t/s
+    /// and time to first token, as llama-batched-bench does. A short prompt (-p 32) keeps
+    /// the run short.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    concurrency: Option<Vec<usize>>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -91,6 +99,44 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         })?,
         dispatch::select()?,
     );
+    if let Some(levels) = &args.concurrency {
+        drop(w);
+        let spec = bench_batch::Spec {
+            model: &args.model,
+            threads,
+            kv: args.kv.into(),
+            batch: args.batch.max(1),
+            n_prompt: args.n_prompt,
+            n_gen: args.n_gen,
+            reps: args.reps,
+            levels,
+        };
+        let kernels = compute.kernels.path();
+        drop(compute);
+        let levels = bench_batch::measure(&spec)?;
+        if args.json {
+            let obj = json!({
+                "model": args.model.display().to_string(),
+                "threads": threads,
+                "kernels": kernels.name(),
+                "n_prompt": args.n_prompt,
+                "n_gen": args.n_gen,
+                "concurrency": bench_batch::to_json(&levels, stats),
+            });
+            println!("{obj}");
+        } else {
+            println!(
+                "{}: {threads} threads, {} kernels, -p {} -n {}, {} repetitions",
+                args.model.display(),
+                kernels.name(),
+                args.n_prompt,
+                args.n_gen,
+                args.reps
+            );
+            bench_batch::print_table(&levels, stats);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let n_ctx = args.n_prompt.max(args.n_gen).max(1);
     let batch = args.batch.clamp(1, args.n_prompt.max(1));
     let mut fwd = Forward::new(&w, n_ctx, batch, false, threads);

@@ -1,6 +1,7 @@
 //! Command-line interface: the argument types and one module per subcommand.
 
 mod bench;
+mod bench_batch;
 mod bench_tools;
 mod board;
 mod config;

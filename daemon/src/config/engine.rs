@@ -97,7 +97,7 @@ impl EngineSection {
                 "must be between 16 and 1048576 tokens (0: the board's)",
             ));
         }
-        if self.sessions > 64 {
+        if self.sessions > crate::engine::MAX_SESSIONS {
             return Err(invalid(
                 "engine.sessions",
                 "must be between 1 and 64 (0: the board's)",

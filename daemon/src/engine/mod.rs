@@ -291,6 +291,11 @@ pub struct TokenEvent<'a> {
 pub struct SeqId(usize);
 
 impl SeqId {
+    /// The generation in slot `slot` (`0..sessions`), if one runs there.
+    pub fn from_slot(slot: usize) -> SeqId {
+        SeqId(slot)
+    }
+
     /// The slot's index (`0..sessions`).
     pub fn slot(self) -> usize {
         self.0

@@ -22,7 +22,7 @@
 //! | `spillway_generation_tokens_per_second` | gauge | | the measured local generation rate (absent until measured) |
 //! | `spillway_time_to_first_token_seconds` | histogram | `route` | arrival to first token, answered requests |
 //! | `spillway_request_duration_seconds` | histogram | `route` | arrival to final, answered requests |
-//! | `spillway_queue_depth`, `spillway_running` | gauge | | requests waiting for the engine; running on it (0 or 1) |
+//! | `spillway_queue_depth`, `spillway_running` | gauge | | requests waiting for a session slot; running on the engine (up to `engine.sessions`) |
 //! | `spillway_soc_temperature_celsius` | gauge | | SoC temperature (absent when unknown) |
 //! | `spillway_thermal_state` | gauge | `state` (`normal`, `soft`, `hard`) | 1 for the routing's current thermal state, 0 for the others |
 //! | `spillway_memory_available_bytes` | gauge | | `MemAvailable` (absent when unknown) |
@@ -284,7 +284,10 @@ impl Collector for Live {
         )?;
         single(
             &mut e,
-            &desc("running", "Requests the engine is running (0 or 1)"),
+            &desc(
+                "running",
+                "Requests the engine is running (up to its session slots)",
+            ),
             &ConstGauge::new(i64::try_from(stats.running.load(Ordering::Relaxed)).unwrap_or(0)),
         )?;
         if let Some(t) = sample.temperature_c.filter(|t| t.is_finite()) {

@@ -105,11 +105,21 @@ impl JobReceiver {
     /// The oldest job, waiting up to `timeout` for one; `Disconnected` once the queue is
     /// closed and empty.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Job, RecvTimeoutError> {
+        self.recv_where(timeout, |_| true)
+    }
+
+    /// The oldest job that `can_start` accepts (one whose session's slot is free), waiting
+    /// up to `timeout` for one; `Disconnected` once the queue is closed and empty.
+    pub fn recv_where(
+        &self,
+        timeout: Duration,
+        mut can_start: impl FnMut(&Job) -> bool,
+    ) -> Result<Job, RecvTimeoutError> {
         let end = Instant::now() + timeout;
         let mut waiting = self.shared.lock();
         loop {
-            if let Some(job) = waiting.jobs.pop_front() {
-                return Ok(job);
+            if let Some(i) = waiting.jobs.iter().position(&mut can_start) {
+                return Ok(waiting.jobs.remove(i).expect("found just now"));
             }
             if waiting.closed {
                 return Err(RecvTimeoutError::Disconnected);

@@ -117,7 +117,7 @@ impl Outcome {
 pub struct Stats {
     /// Requests accepted and waiting for the engine.
     pub queued: AtomicUsize,
-    /// Requests the engine is running (0 or 1).
+    /// Requests the engine is running (up to its session slots).
     pub running: AtomicUsize,
     /// Resends answered with their recorded final (`"replayed": true`).
     replays: AtomicU64,

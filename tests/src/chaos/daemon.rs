@@ -23,6 +23,8 @@ pub struct DaemonConfig {
     pub shutdown_deadline_secs: u64,
     /// `[engine] context`.
     pub context: usize,
+    /// `[engine] sessions`: requests generated at once (0: the board profile's).
+    pub sessions: usize,
     /// More TOML, appended (it may open sections of its own).
     pub extra: String,
 }
@@ -36,6 +38,7 @@ impl DaemonConfig {
             queue: 8,
             shutdown_deadline_secs: 2,
             context: 4096,
+            sessions: 0,
             extra: String::new(),
         }
     }
@@ -50,6 +53,7 @@ path = {model:?}
 [engine]
 threads = 1
 context = {context}
+sessions = {sessions}
 [mqtt]
 broker = "mqtt://127.0.0.1:{port}"
 device = "{device}"
@@ -70,6 +74,7 @@ retries = 0
 "#,
             model = self.model.display().to_string(),
             context = self.context,
+            sessions = self.sessions,
             port = self.broker_port,
             device = self.device,
             queue = self.queue,
