@@ -38,8 +38,10 @@ if [[ ! -x $llama_dir/build/bin/llama-server ]]; then
     src=$(echo "$llama_dir"/llama_cpp_python-*/vendor/llama.cpp)
     cmake -S "$src" -B "$llama_dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
         -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-        -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON >&2
-    cmake --build "$llama_dir/build" --target llama-server llama-bench -j "$(nproc)" >&2
+        -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_HTML=OFF \
+        -DLLAMA_BUILD_APP=OFF >&2
+    cmake --build "$llama_dir/build" --target llama-server llama-bench llama-batched-bench \
+        -j "$(nproc)" >&2
 fi
 
 cargo build --release -p spillway >&2

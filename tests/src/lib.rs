@@ -271,7 +271,7 @@ impl Drop for Mosquitto {
 }
 
 /// A tiny Ministral-3-shaped model with the real Tekken vocabulary (random weights),
-/// synthesized once per test process.
+/// synthesized once per build of `spillway`.
 pub fn tiny_tekken_model() -> &'static Path {
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
     MODEL.get_or_init(|| synth_tiny("tekken_240911.json", "tiny-tekken"))
@@ -279,15 +279,37 @@ pub fn tiny_tekken_model() -> &'static Path {
 
 /// A tiny random-weight model with Ministral 3's own vocabulary (`tekken_v13.json`: the
 /// control tokens of its tool-call format, `[ARGS]` and `[THINK]` among them), made once
-/// per test binary.
+/// per build of `spillway`.
 pub fn tiny_tekken_v13_model() -> &'static Path {
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
     MODEL.get_or_init(|| synth_tiny("tekken_v13.json", "tiny-tekken-v13"))
 }
 
+/// Where `synth_tiny` keeps `name`: beside the `spillway` binary that made it, named after
+/// that binary's modification time, so every test process of a build shares one copy (none
+/// is left behind in /tmp) and a rebuilt synthesizer makes a fresh one.
+fn cached_model_path(name: &str) -> PathBuf {
+    let bin = spillway_bin();
+    let built = std::fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let dir = bin
+        .parent()
+        .expect("the binary is in a directory")
+        .join("e2e-models");
+    std::fs::create_dir_all(&dir).expect("creating the models' directory");
+    dir.join(format!("{name}-{built}.gguf"))
+}
+
 fn synth_tiny(vocab: &str, name: &str) -> PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("spillway-e2e-{name}-{}.gguf", std::process::id()));
+    let path = cached_model_path(name);
+    if path.exists() {
+        return path;
+    }
+    // Written aside and renamed: a concurrent test process never reads a partial file.
+    let partial = path.with_extension(format!("partial-{}", std::process::id()));
     let out = run_spillway(
         &[
             "synth",
@@ -300,11 +322,12 @@ fn synth_tiny(vocab: &str, name: &str) -> PathBuf {
             "--seed",
             "3",
             "--out",
-            path.to_str().unwrap(),
+            partial.to_str().unwrap(),
         ],
         &[],
     );
     assert!(out.status.success(), "synth failed: {}", stderr(&out));
+    std::fs::rename(&partial, &path).expect("renaming the synthesized model");
     path
 }
 
