@@ -36,7 +36,18 @@ if [[ ! -x $llama_dir/build/bin/llama-server ]]; then
         "llama-cpp-python==$llama_version" -d "$llama_dir/sdist"
     tar -xzf "$llama_dir"/sdist/llama_cpp_python-*.tar.gz -C "$llama_dir"
     src=$(echo "$llama_dir"/llama_cpp_python-*/vendor/llama.cpp)
-    cmake -S "$src" -B "$llama_dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    # -march=native turns on llama.cpp's AMX kernels on a CPU that has AMX, and they crash
+    # (SIGSEGV on the first batch) in a VM that does not grant the AMX tile state: there,
+    # name the instruction sets instead.
+    isa=(-DGGML_NATIVE=ON)
+    if grep -qw amx_tile /proc/cpuinfo; then
+        has() { grep -qw "$1" /proc/cpuinfo && echo ON || echo OFF; }
+        isa=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+            -DGGML_BMI2=ON -DGGML_AVX512="$(has avx512f)" -DGGML_AVX512_VNNI="$(has avx512_vnni)"
+            -DGGML_AVX512_VBMI="$(has avx512_vbmi)" -DGGML_AVX512_BF16="$(has avx512_bf16)"
+            -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+    fi
+    cmake -S "$src" -B "$llama_dir/build" -DCMAKE_BUILD_TYPE=Release "${isa[@]}" \
         -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
         -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_HTML=OFF \
         -DLLAMA_BUILD_APP=OFF >&2
