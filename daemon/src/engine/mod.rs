@@ -565,8 +565,9 @@ impl Engine {
         &mut self,
         mut on_event: impl FnMut(SeqId, StepEvent<'_>) -> ControlFlow<()>,
     ) -> usize {
-        // Decoding sequences first in the slot order; then prompt chunks, oldest first.
-        // The pass wants prompt rows before decoded ones, so they are laid out in reverse.
+        // Prompt chunks first, the oldest sequence's first, within this pass's prompt budget;
+        // then one row for every decoding sequence (the pass wants prompt rows before
+        // decoded ones).
         let decoding = self
             .running
             .iter()
