@@ -491,29 +491,17 @@ impl Engine {
                 prompt.len()
             )));
         }
-        if let Some(&id) = prompt
-            .iter()
-            .find(|&&id| id as usize >= self.weights.config.n_vocab)
-        {
-            return Err(ForwardError::BadToken {
-                id,
-                n_vocab: self.weights.config.n_vocab,
-            }
-            .into());
-        }
+        // Here, not in the pass: a bad id must fail this request, not the pass it joins.
+        self.forward.check_ids(prompt)?;
         req.sampling.validate()?;
-        if !self.can_start(req.session.as_deref()) {
-            return Err(EngineError::Busy(self.active()));
-        }
         let stop = StopMatcher::new(&req.stop, self.max_token_bytes.max(64))?;
         let mut sampler = Sampler::new(req.sampling.clone(), self.weights.config.n_vocab);
 
         // Reuse the session's cached prefix; evaluate at least the last prompt token.
         self.clock += 1;
-        let busy: Vec<bool> = self.running.iter().map(Option::is_some).collect();
         let choice = session::choose(
             &self.slots,
-            &busy,
+            |i| self.running[i].is_some(),
             req.session.as_deref(),
             req.owner.as_deref(),
             prompt,

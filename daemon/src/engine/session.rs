@@ -21,8 +21,9 @@
 //! # Which slot
 //!
 //! Only a slot not running a generation can be given. A keyed request takes its session's
-//! slot, and waits while that slot is busy (a session's turns run one after another); failing that, the least recently used slot
-//! without a key, or the least recently used of all as a last resort (evicting a session).
+//! slot, and waits while that slot is busy (a session's turns run one after another);
+//! failing that, the least recently used slot without a key, or the least recently used of
+//! all as a last resort (evicting a session).
 //! An unkeyed request takes, among slots without a key (all slots as a last resort), the
 //! one with the longest prefix it may reuse, then the least recently used.
 
@@ -90,12 +91,12 @@ pub struct Choice {
 /// or every slot is.
 pub fn choose(
     slots: &[Slot],
-    busy: &[bool],
+    busy: impl Fn(usize) -> bool,
     key: Option<&str>,
     owner: Option<&str>,
     prompt: &[u32],
 ) -> Option<Choice> {
-    let free = |i: usize| !busy.get(i).copied().unwrap_or(false);
+    let free = |i: usize| !busy(i);
     if let Some(k) = key
         && let Some(slot) = slots.iter().position(|s| s.key.as_deref() == Some(k))
     {
@@ -164,7 +165,7 @@ mod tests {
         s[1].tokens = vec![1, 2, 9];
         s[1].key = Some("alice".into());
         s[2].last_used = 1;
-        let pick = |key, owner, prompt: &[u32]| choose(&s, &[], key, owner, prompt).unwrap();
+        let pick = |key, owner, prompt: &[u32]| choose(&s, |_| false, key, owner, prompt).unwrap();
         assert_eq!(
             pick(Some("alice"), None, &[7]),
             Choice {
@@ -212,7 +213,7 @@ mod tests {
         s[1].last_used = 2;
         // Another owner, or no owner at all, gets a cleared slot whatever the prefix.
         for owner in [Some("mallory"), None] {
-            let c = choose(&s, &[], None, owner, &[1, 2, 3, 4]).unwrap();
+            let c = choose(&s, |_| false, None, owner, &[1, 2, 3, 4]).unwrap();
             assert_eq!(
                 c,
                 Choice {
@@ -224,12 +225,16 @@ mod tests {
         }
         // A None owner does not match a slot whose owner is None either.
         s[0].owner = None;
-        assert!(!choose(&s, &[], None, None, &[1, 2, 3, 4]).unwrap().reuse);
+        assert!(
+            !choose(&s, |_| false, None, None, &[1, 2, 3, 4])
+                .unwrap()
+                .reuse
+        );
         // With every slot keyed, an unkeyed request evicts one: it may read it only if
         // it is the same client's.
         s[0].key = Some("bob".into());
         assert_eq!(
-            choose(&s, &[], None, Some("dave"), &[1, 2, 3, 4]).unwrap(),
+            choose(&s, |_| false, None, Some("dave"), &[1, 2, 3, 4]).unwrap(),
             Choice {
                 slot: 1,
                 reuse: true
@@ -237,7 +242,7 @@ mod tests {
             "the same client reads its own cache"
         );
         assert_eq!(
-            choose(&s, &[], None, Some("mallory"), &[1, 2, 3, 4]).unwrap(),
+            choose(&s, |_| false, None, Some("mallory"), &[1, 2, 3, 4]).unwrap(),
             Choice {
                 slot: 0,
                 reuse: false
@@ -246,7 +251,7 @@ mod tests {
         );
         // Another session key of the same owner does not read the session.
         assert!(
-            !choose(&s, &[], Some("eve"), Some("dave"), &[1, 2, 3])
+            !choose(&s, |_| false, Some("eve"), Some("dave"), &[1, 2, 3])
                 .unwrap()
                 .reuse
         );
@@ -260,7 +265,7 @@ mod tests {
         s[1].key = Some("alice".into());
         let busy = [true, true, false];
         assert_eq!(
-            choose(&s, &busy, None, Some("carol"), &[1, 2, 3, 4]),
+            choose(&s, |i| busy[i], None, Some("carol"), &[1, 2, 3, 4]),
             Some(Choice {
                 slot: 2,
                 reuse: false
@@ -268,10 +273,10 @@ mod tests {
             "the owner's own slot is busy: a free one, cleared"
         );
         assert_eq!(
-            choose(&s, &busy, Some("alice"), None, &[1]),
+            choose(&s, |i| busy[i], Some("alice"), None, &[1]),
             None,
             "a session waits for its own slot"
         );
-        assert_eq!(choose(&s, &[true; 3], None, Some("carol"), &[1]), None);
+        assert_eq!(choose(&s, |_| true, None, Some("carol"), &[1]), None);
     }
 }
