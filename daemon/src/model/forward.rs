@@ -205,6 +205,30 @@ pub struct Forward {
     rope: RopeTable,
 }
 
+/// The widths of one token's vectors: the embedding, queries, keys, values, the attention
+/// output and the feed-forward hidden layer.
+struct Widths {
+    e: usize,
+    qd: usize,
+    kd: usize,
+    vd: usize,
+    od: usize,
+    ff: usize,
+}
+
+impl Widths {
+    fn of(c: &ModelConfig) -> Widths {
+        Widths {
+            e: c.n_embd,
+            qd: c.n_head * c.head_dim_k,
+            kd: c.n_head_kv * c.head_dim_k,
+            vd: c.n_head_kv * c.head_dim_v,
+            od: c.n_head * c.head_dim_v,
+            ff: c.n_ff,
+        }
+    }
+}
+
 /// Rows of logits an evaluator keeps: every row's, or one per sequence.
 fn logit_rows(max_batch: usize, max_seqs: usize, all_logits: bool) -> usize {
     let seqs = max_seqs.clamp(1, max_batch);
@@ -244,14 +268,14 @@ impl Forward {
     ) -> usize {
         let c = &w.config;
         let b = max_batch.max(1);
-        let (e, qd, kd, vd, od, ff) = (
-            c.n_embd,
-            c.n_head * c.head_dim_k,
-            c.n_head_kv * c.head_dim_k,
-            c.n_head_kv * c.head_dim_v,
-            c.n_head * c.head_dim_v,
-            c.n_ff,
-        );
+        let Widths {
+            e,
+            qd,
+            kd,
+            vd,
+            od,
+            ff,
+        } = Widths::of(c);
         let logit_rows = logit_rows(b, max_seqs, all_logits);
         let floats = b * (3 * e + qd + kd + vd + od + 2 * ff)
             + logit_rows * c.n_vocab
@@ -291,14 +315,14 @@ impl Forward {
     ) -> Forward {
         let c = &w.config;
         let b = max_batch.max(1);
-        let (e, qd, kd, vd, od, ff) = (
-            c.n_embd,
-            c.n_head * c.head_dim_k,
-            c.n_head_kv * c.head_dim_k,
-            c.n_head_kv * c.head_dim_v,
-            c.n_head * c.head_dim_v,
-            c.n_ff,
-        );
+        let Widths {
+            e,
+            qd,
+            kd,
+            vd,
+            od,
+            ff,
+        } = Widths::of(c);
         let [fx, fa, ff_] = input_formats(w);
         let in_x = Inputs::new(e, b, fx);
         let in_att = Inputs::new(od, b, fa);
@@ -390,7 +414,7 @@ impl Forward {
                 max: self.max_logit_rows,
             });
         }
-        self.check_tokens(kv, tokens.len(), tokens)?;
+        self.check_tokens(kv, tokens)?;
         let caches = std::slice::from_mut(kv);
         let chunks = tokens.len().div_ceil(self.max_batch);
         for (i, chunk) in tokens.chunks(self.max_batch).enumerate() {
@@ -468,7 +492,7 @@ impl Forward {
             {
                 return Err(bad());
             }
-            self.check_tokens(kv, ch.tokens.len(), ch.tokens)?;
+            self.check_tokens(kv, ch.tokens)?;
         }
         self.layout(chunks, caches);
         self.logit_rows.clear();
@@ -497,22 +521,27 @@ impl Forward {
         Ok(())
     }
 
-    /// Room in `kv` for `n` more positions, and ids inside the vocabulary.
-    fn check_tokens(&self, kv: &KvCache, n: usize, tokens: &[u32]) -> Result<(), ForwardError> {
-        let needed = kv.len() + n;
+    /// Room in `kv` for `tokens`, and ids inside the vocabulary.
+    fn check_tokens(&self, kv: &KvCache, tokens: &[u32]) -> Result<(), ForwardError> {
+        let needed = kv.len() + tokens.len();
         if needed > kv.capacity() {
             return Err(ForwardError::ContextFull {
                 needed,
                 capacity: kv.capacity(),
             });
         }
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= self.cfg.n_vocab) {
-            return Err(ForwardError::BadToken {
+        self.check_ids(tokens)
+    }
+
+    /// Every id inside the vocabulary.
+    pub fn check_ids(&self, tokens: &[u32]) -> Result<(), ForwardError> {
+        match tokens.iter().find(|&&id| id as usize >= self.cfg.n_vocab) {
+            Some(&id) => Err(ForwardError::BadToken {
                 id,
                 n_vocab: self.cfg.n_vocab,
-            });
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Fills the row table: each chunk's rows in order, at the positions after its cache's.
@@ -548,15 +577,16 @@ impl Forward {
             .filter(|ch| ch.kind == RowKind::Prompt)
             .map(|ch| ch.tokens.len())
             .sum();
-        let (e, hd_k, hd_v) = (cfg.n_embd, cfg.head_dim_k, cfg.head_dim_v);
+        let (hd_k, hd_v) = (cfg.head_dim_k, cfg.head_dim_v);
         let (n_head, n_kv) = (cfg.n_head, cfg.n_head_kv);
-        let (qd, kd, vd, od, ff) = (
-            n_head * hd_k,
-            n_kv * hd_k,
-            n_kv * hd_v,
-            n_head * hd_v,
-            cfg.n_ff,
-        );
+        let Widths {
+            e,
+            qd,
+            kd,
+            vd,
+            od,
+            ff,
+        } = Widths::of(cfg);
         let group = n_head / n_kv;
         let scale = 1.0 / (hd_k as f32).sqrt();
         let q8_keys = caches
