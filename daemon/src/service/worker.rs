@@ -57,12 +57,18 @@ struct Running {
     job: Job,
     sink: ReplySink,
     reply: ReplyParser,
-    first_token: Option<Instant>,
     /// Time it waited in the queue, in milliseconds.
     queue_ms: f64,
-    /// Tokens the engine had generated for every request when this one's first came: its
-    /// share of the engine's throughput is measured against it.
-    generated_before: u64,
+    /// When its first token came, and how many tokens the engine had generated for every
+    /// request by then (the engine's throughput during this request is measured from it).
+    first: Option<FirstToken>,
+}
+
+/// The moment a request's first token came.
+#[derive(Clone, Copy)]
+struct FirstToken {
+    at: Instant,
+    generated: u64,
 }
 
 /// The session key a job's request runs under in the engine: a cached prompt prefix serves
@@ -197,7 +203,6 @@ impl EngineThread {
             self.answered(&job, fail(sink, code, message));
             return;
         }
-        self.set_threads();
         let req = &job.request;
         let generate = GenerateRequest {
             prompt: job.prompt.clone(),
@@ -216,8 +221,7 @@ impl EngineThread {
                     queue_ms: job.received.elapsed().as_secs_f64() * 1e3,
                     job,
                     sink,
-                    first_token: None,
-                    generated_before: self.generated,
+                    first: None,
                 });
                 self.stats
                     .running
@@ -230,7 +234,7 @@ impl EngineThread {
         }
     }
 
-    /// Follows the thread count the thermal policy allows.
+    /// Follows the thread count the thermal policy allows (before every pass).
     fn set_threads(&self) {
         let threads = self.routing.local_threads();
         let pool = &self.engine.compute().pool;
@@ -259,10 +263,10 @@ impl EngineThread {
                     if t.id.is_some() {
                         *generated += 1;
                     }
-                    if r.first_token.is_none() {
-                        r.first_token = Some(Instant::now());
-                        r.generated_before = *generated;
-                    }
+                    r.first.get_or_insert_with(|| FirstToken {
+                        at: Instant::now(),
+                        generated: *generated,
+                    });
                     let (stream, sink) = (r.job.request.stream, &mut r.sink);
                     r.reply.push(t.id, t.text, &mut |piece| {
                         if stream {
@@ -293,9 +297,8 @@ impl EngineThread {
             job,
             mut sink,
             reply,
-            first_token,
             queue_ms,
-            generated_before,
+            first,
         } = r;
         let req = &job.request;
         let stream = req.stream;
@@ -330,7 +333,7 @@ impl EngineThread {
                 self.stats.generated(done.completion_tokens);
                 self.stats.observe_answer(
                     ServedRoute::Local,
-                    first_token.map(|t| t.saturating_duration_since(job.received)),
+                    first.map(|f| f.at.saturating_duration_since(job.received)),
                     job.received.elapsed(),
                 );
                 self.routing.observe_completion(done.completion_tokens);
@@ -339,10 +342,10 @@ impl EngineThread {
                 // of a new request drains. A handful of tokens measures the prompt's tail
                 // more than the decode speed.
                 if done.completion_tokens >= 8
-                    && let Some(t) = first_token
+                    && let Some(f) = first
                 {
-                    let tokens = self.generated.saturating_sub(generated_before);
-                    let seconds = t.elapsed().as_secs_f64();
+                    let tokens = self.generated.saturating_sub(f.generated);
+                    let seconds = f.at.elapsed().as_secs_f64();
                     if seconds > 0.0 {
                         self.routing.observe_rate(tokens as f64 / seconds);
                     }
