@@ -67,7 +67,7 @@ pub struct BenchArgs {
 }
 
 /// Mean and sample standard deviation.
-fn stats(xs: &[f64]) -> (f64, f64) {
+pub(crate) fn stats(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n;
     let var = if xs.len() > 1 {
@@ -76,6 +76,18 @@ fn stats(xs: &[f64]) -> (f64, f64) {
         0.0
     };
     (mean, var.sqrt())
+}
+
+/// Random ordinary token ids (above the control range) of an `n_vocab` vocabulary, the
+/// same sequence every run.
+pub(crate) fn random_ids(n_vocab: usize) -> impl FnMut() -> u32 {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (1000 + state % (n_vocab.saturating_sub(1000).max(1) as u64)) as u32 % n_vocab as u32
+    }
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -88,6 +100,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    if let Some(levels) = &args.concurrency {
+        return run_concurrency(&args, threads, levels);
+    }
     let file = Arc::new(GgufFile::open(&args.model)?);
     let w = ModelWeights::new(Arc::clone(&file))
         .with_context(|| format!("{}", args.model.display()))?;
@@ -99,57 +114,11 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         })?,
         dispatch::select()?,
     );
-    if let Some(levels) = &args.concurrency {
-        drop(w);
-        let spec = bench_batch::Spec {
-            model: &args.model,
-            threads,
-            kv: args.kv.into(),
-            batch: args.batch.max(1),
-            n_prompt: args.n_prompt,
-            n_gen: args.n_gen,
-            reps: args.reps,
-            levels,
-        };
-        let kernels = compute.kernels.path();
-        drop(compute);
-        let levels = bench_batch::measure(&spec)?;
-        if args.json {
-            let obj = json!({
-                "model": args.model.display().to_string(),
-                "threads": threads,
-                "kernels": kernels.name(),
-                "n_prompt": args.n_prompt,
-                "n_gen": args.n_gen,
-                "concurrency": bench_batch::to_json(&levels, stats),
-            });
-            println!("{obj}");
-        } else {
-            println!(
-                "{}: {threads} threads, {} kernels, -p {} -n {}, {} repetitions",
-                args.model.display(),
-                kernels.name(),
-                args.n_prompt,
-                args.n_gen,
-                args.reps
-            );
-            bench_batch::print_table(&levels, stats);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
     let n_ctx = args.n_prompt.max(args.n_gen).max(1);
     let batch = args.batch.clamp(1, args.n_prompt.max(1));
     let mut fwd = Forward::new(&w, n_ctx, batch, false, threads);
     let mut kv = KvCache::new(&w.config, args.kv.into(), n_ctx)?;
-    // Random ordinary tokens (above the control range), fixed per run.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next_id = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (1000 + state % (w.config.n_vocab.saturating_sub(1000).max(1) as u64)) as u32
-            % w.config.n_vocab as u32
-    };
+    let mut next_id = random_ids(w.config.n_vocab);
     let prompt: Vec<u32> = (0..args.n_prompt).map(|_| next_id()).collect();
     let generated: Vec<u32> = (0..args.n_gen).map(|_| next_id()).collect();
 
@@ -245,6 +214,43 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if let Some(r) = rss {
             println!("\nresident memory: {}", human_bytes(r));
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--concurrency`: several streams batched together ([`bench_batch`]), printed.
+fn run_concurrency(args: &BenchArgs, threads: usize, levels: &[usize]) -> anyhow::Result<ExitCode> {
+    let spec = bench_batch::Spec {
+        model: &args.model,
+        threads,
+        kv: args.kv.into(),
+        batch: args.batch.max(1),
+        n_prompt: args.n_prompt,
+        n_gen: args.n_gen,
+        reps: args.reps,
+        levels,
+    };
+    let (levels, kernels) = bench_batch::measure(&spec)?;
+    if args.json {
+        let obj = json!({
+            "model": args.model.display().to_string(),
+            "threads": threads,
+            "kernels": kernels.name(),
+            "n_prompt": args.n_prompt,
+            "n_gen": args.n_gen,
+            "concurrency": bench_batch::to_json(&levels),
+        });
+        println!("{obj}");
+    } else {
+        println!(
+            "{}: {threads} threads, {} kernels, -p {} -n {}, {} repetitions",
+            args.model.display(),
+            kernels.name(),
+            args.n_prompt,
+            args.n_gen,
+            args.reps
+        );
+        bench_batch::print_table(&levels);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,9 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use spillway_kernels::dispatch::KernelPath;
+
+use crate::cli::bench::{random_ids, stats};
 use crate::engine::{Engine, EngineConfig, GenerateRequest, SamplingParams, StepEvent};
 use crate::model::KvType;
 
@@ -39,8 +42,8 @@ pub(crate) struct Spec<'a> {
     pub levels: &'a [usize],
 }
 
-/// Runs every level `reps` times after a warm-up.
-pub(crate) fn measure(s: &Spec<'_>) -> anyhow::Result<Vec<Level>> {
+/// Runs every level `reps` times after a warm-up; returns them and the kernel path used.
+pub(crate) fn measure(s: &Spec<'_>) -> anyhow::Result<(Vec<Level>, KernelPath)> {
     let most = s.levels.iter().copied().max().unwrap_or(1);
     anyhow::ensure!(
         (1..=crate::engine::MAX_SESSIONS).contains(&most) && !s.levels.contains(&0),
@@ -55,14 +58,7 @@ pub(crate) fn measure(s: &Spec<'_>) -> anyhow::Result<Vec<Level>> {
     cfg.kv_type = s.kv;
     cfg.context = s.n_prompt.max(1) + s.n_gen + 1;
     let mut engine = Engine::load(&cfg)?;
-    let n_vocab = engine.weights().config.n_vocab as u64;
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next_id = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (1000 % n_vocab + state % n_vocab.saturating_sub(1000).max(1)) as u32
-    };
+    let mut next_id = random_ids(engine.weights().config.n_vocab);
     let mut requests: Vec<GenerateRequest> = (0..most)
         .map(|i| GenerateRequest {
             prompt: (0..s.n_prompt.max(1)).map(|_| next_id()).collect(),
@@ -96,7 +92,7 @@ pub(crate) fn measure(s: &Spec<'_>) -> anyhow::Result<Vec<Level>> {
         }
         levels.push(level);
     }
-    Ok(levels)
+    Ok((levels, engine.compute().kernels.path()))
 }
 
 struct Run {
@@ -168,7 +164,7 @@ fn run_level(engine: &mut Engine, reqs: &[GenerateRequest]) -> anyhow::Result<Ru
 }
 
 /// The levels as a table (aggregate, per stream, speed-up over one stream, prompt, TTFT).
-pub(crate) fn print_table(levels: &[Level], stats: impl Fn(&[f64]) -> (f64, f64)) {
+pub(crate) fn print_table(levels: &[Level]) {
     println!(
         "\n| streams | aggregate t/s | per stream t/s | × one stream | prompt t/s | TTFT mean / worst ms |"
     );
@@ -191,7 +187,7 @@ pub(crate) fn print_table(levels: &[Level], stats: impl Fn(&[f64]) -> (f64, f64)
 }
 
 /// The levels as JSON.
-pub(crate) fn to_json(levels: &[Level], stats: impl Fn(&[f64]) -> (f64, f64)) -> Value {
+pub(crate) fn to_json(levels: &[Level]) -> Value {
     Value::Array(
         levels
             .iter()
