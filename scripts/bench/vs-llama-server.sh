@@ -75,6 +75,15 @@ wait_http() {
     echo "no answer on port $1" >&2
     return 1
 }
+# measure PORT TITLE [EXTRA-JSON]: the streams against the server on PORT, once it answers.
+measure() {
+    local extra=${3:-'{}'}
+    wait_http "$1" /health
+    echo
+    echo "-- $2"
+    "$python" scripts/bench/concurrency.py --base-url "http://127.0.0.1:$1/v1" \
+        --streams "${streams[@]}" --max-tokens "$max_tokens" --extra "$extra"
+}
 
 ctx=$((2 * (max_tokens + 128)))
 echo "== $(basename "$model"), $threads threads, $max_tokens tokens per stream; CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
@@ -104,11 +113,7 @@ EOF
 "$spillway" serve --config "$work/spillway.toml" >"$work/spillway.log" 2>&1 &
 spid=$!
 pids+=($spid)
-wait_http "$http_port" /health
-echo
-echo "-- spillway serve (sessions = 4)"
-"$python" scripts/bench/concurrency.py --base-url "http://127.0.0.1:$http_port/v1" \
-    --streams "${streams[@]}" --max-tokens "$max_tokens"
+measure "$http_port" "spillway serve (sessions = 4)"
 kill "$spid"
 wait "$spid" 2>/dev/null || true
 
@@ -119,9 +124,4 @@ llama_port=$(free_port)
     >"$work/llama-server.log" 2>&1 &
 lpid=$!
 pids+=($lpid)
-wait_http "$llama_port" /health
-echo
-echo "-- llama-server -np 4 --cont-batching"
-"$python" scripts/bench/concurrency.py --base-url "http://127.0.0.1:$llama_port/v1" \
-    --streams "${streams[@]}" --max-tokens "$max_tokens" \
-    --extra '{"ignore_eos": true}'
+measure "$llama_port" "llama-server -np 4 --cont-batching" '{"ignore_eos": true}'
