@@ -95,6 +95,11 @@ pub const GEMM_TILE_ROWS: usize = 64;
 /// block into a register-friendly layout) is shared by a whole prefill batch of 128.
 pub const GEMM_TILE_TOKENS: usize = 128;
 
+/// Tokens up to which a product through the matrix–matrix kernels is a decode step (the
+/// narrow kernels' widest tile): its chunks of rows are sized like a matrix–vector
+/// product's, larger than [`GEMM_TILE_ROWS`], within the same tile buffer.
+const NARROW_TILE_TOKENS: usize = 4;
+
 /// Rows per chunk of a single-token product: enough chunks to balance the threads (and
 /// the big and little cores), few enough that claiming them costs nothing.
 fn matvec_chunk_rows(rows: usize, threads: usize) -> usize {
@@ -126,8 +131,15 @@ fn product<W: Sync, A: Sync>(
         "output must hold tokens x rows values"
     );
     assert!(tiled <= tokens, "{tiled} tiled rows of {tokens}");
-    let chunk = if tokens == 1 && tiled == 0 {
+    let chunk = if tiled == 0 && tokens == 1 {
         matvec_chunk_rows(rows, pool.threads())
+    } else if tiled <= NARROW_TILE_TOKENS {
+        // A decode product through the matrix–matrix kernels: as many rows per chunk as a
+        // matrix–vector product (whole tiles of rows), so a kernel call starts cold, its
+        // first rows' blocks all missing at once, as rarely as the balance allows.
+        matvec_chunk_rows(rows, pool.threads())
+            .next_multiple_of(GEMM_TILE_ROWS)
+            .min(GEMM_TILE_ROWS * GEMM_TILE_TOKENS / NARROW_TILE_TOKENS)
     } else {
         GEMM_TILE_ROWS
     };
@@ -184,7 +196,9 @@ pub fn matmul(
 }
 
 /// `y = W x` where rows `..tiled` of `x` go through the matrix–matrix kernel and the rest
-/// through the dot kernel, in one pass over the weights.
+/// through the dot kernel, in one pass over the weights. On paths that decode with their
+/// matrix–matrix kernels ([`Kernels::decode_by_gemm`]) every row goes through them, the
+/// few-token tiles of a decode step through the narrow ones.
 ///
 /// Either way a row's result depends on that row alone, never on the other rows of the
 /// call or on the thread count: a tiled row equals the matrix–matrix kernel's value for
@@ -212,6 +226,11 @@ pub fn matmul_rows(
         w.cols,
         "activation rows must be as long as weight rows"
     );
+    let tiled = if kernels.decode_by_gemm() {
+        x.len()
+    } else {
+        tiled
+    };
     with_weights!(w.weights, |ws, _wrap| product_of(
         pool, kernels, ws, w, x, tiled, y
     ))

@@ -1,9 +1,10 @@
 //! Matrix products over the thread pool: whatever the thread count and chunking, a
-//! one-token product equals the single-row dot products bit for bit, and a multi-token
-//! product equals the matrix–matrix kernel applied to each of its tiles; and all products
-//! agree with an f64 evaluation of the dequantized operands. A mixed product (some rows
-//! tiled, the rest as dots) gives every row what it gets alone: what batching sequences
-//! together in the engine relies on.
+//! one-token product equals the one-row products bit for bit (the dot products, or on
+//! paths that decode with their matrix–matrix kernels the one-token kernel), and a
+//! multi-token product equals the matrix–matrix kernel applied to each of its tiles; and
+//! all products agree with an f64 evaluation of the dequantized operands. A mixed product
+//! (some rows tiled, the rest as dots) gives every row what it gets alone, whatever the
+//! number of rows: what batching sequences together in the engine relies on.
 
 mod support;
 
@@ -137,11 +138,26 @@ fn a_rows_result_does_not_depend_on_the_other_rows_of_the_product() {
             };
             // 5 tiled rows then 3 dot rows, against each row alone (tiled alone: a tile of
             // one; dot alone: matvec) and against another mix of the same rows. Nothing is
-            // promised between a tiled and a dot row of the same input: the SIMD kernels of
-            // quantized weights accumulate in another order.
+            // promised between a tiled and a dot row of the same input, except on paths
+            // that multiply decode rows with their matrix–matrix kernels too
+            // (`decode_by_gemm`): the other SIMD kernels of quantized weights accumulate in
+            // another order.
             let xf = rng.vec(8 * cols);
             let mixed = run(&xf, 5);
             let other = run(&xf[cols..7 * cols], 3);
+            // Tiles of two, three and four rows (narrow kernels where the path has them).
+            for n in 2..=4 {
+                let few = run(&xf[..n * cols], n);
+                for (i, (a, b)) in few.iter().zip(&mixed).enumerate() {
+                    let (t, r) = (i / rows, i % rows);
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{} {ty} t={t} r={r}: {n} rows vs 8",
+                        k.path()
+                    );
+                }
+            }
             for t in 0..8 {
                 let alone = run(&xf[t * cols..(t + 1) * cols], usize::from(t < 5));
                 if t > 0 {

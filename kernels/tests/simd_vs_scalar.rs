@@ -394,7 +394,8 @@ fn check_floats(k: &Kernels, w: &[f32], x: &[f32]) {
 
 /// A matrix–matrix product of `nr` weight rows by `nt` activation rows of `bpr` blocks
 /// each, drawn from `pool` (a pool of (weight, activation) blocks), checked pair by pair
-/// against the scalar dot with the dot products' budgets.
+/// against the scalar dot with the dot products' budgets, and bit for bit against the same
+/// pairs in a wider tile.
 macro_rules! check_gemm {
     ($k:expr, $pool:expr, $nr:expr, $nt:expr, $bpr:expr, $gemm:ident, $verify:ident) => {{
         let (w, x): (Vec<_>, Vec<_>) = $pool.iter().copied().unzip();
@@ -402,6 +403,19 @@ macro_rules! check_gemm {
         let x: Vec<_> = x.iter().cycle().skip(1).take($nt * $bpr).copied().collect();
         let mut out = vec![f32::NAN; $nr * $nt];
         $k.$gemm(&w, &x, $bpr, &mut out);
+        // The same tokens followed by five more: a tile of at least six tokens, which every
+        // path multiplies with its wide kernel. A (row, token) must not depend on the tile's
+        // other tokens, whichever kernel the tile's size selects.
+        let wider = $nt + 5;
+        let x2: Vec<_> = x
+            .iter()
+            .chain(x.iter().rev())
+            .cycle()
+            .take(wider * $bpr)
+            .copied()
+            .collect();
+        let mut out2 = vec![f32::NAN; $nr * wider];
+        $k.$gemm(&w, &x2, $bpr, &mut out2);
         for r in 0..$nr {
             for t in 0..$nt {
                 $verify(
@@ -409,6 +423,17 @@ macro_rules! check_gemm {
                     &w[r * $bpr..(r + 1) * $bpr],
                     &x[t * $bpr..(t + 1) * $bpr],
                     out[r * $nt + t],
+                );
+                assert_eq!(
+                    out[r * $nt + t].to_bits(),
+                    out2[r * wider + t].to_bits(),
+                    "{} {}: row {} token {} of {} vs the same in a tile of {}",
+                    $k.path(),
+                    stringify!($gemm),
+                    r,
+                    t,
+                    $nt,
+                    wider
                 );
             }
         }

@@ -167,7 +167,8 @@ impl Inputs {
 }
 
 /// `y = W x` for the `n` rows of `x`, quantizing `x` for `W` if not done yet; rows
-/// `..tiled` through the matrix–matrix kernels, the rest through the dot kernels.
+/// `..tiled` through the matrix–matrix kernels, the rest through the dot kernels (or all
+/// of them through the matrix–matrix kernels, on paths that decode with them).
 fn mm(c: &Compute, w: &Matrix<'_>, input: &mut Inputs, x: &[f32], tiled: usize, y: &mut [f32]) {
     let a = input.get(w.act_format(), c.kernels, x);
     matmul_rows(&c.pool, c.kernels, w, a, tiled, y);

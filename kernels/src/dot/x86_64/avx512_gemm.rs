@@ -1,9 +1,13 @@
-//! Matrix–matrix (prefill) kernels of the `avx512` path: `out[r * nt + t] = dot(w row r,
-//! x row t)` with AVX-512 VNNI, each weight block unpacked once for many tokens.
+//! Matrix–matrix kernels of the `avx512` path: `out[r * nt + t] = dot(w row r, x row t)`
+//! with AVX-512 VNNI, each weight block unpacked once for all the tokens of a tile. They
+//! serve prefill (module [`wide`]) and decode (modules [`one`], [`two`], [`four`]: the
+//! same per-token arithmetic in register groups of 1, 2 and 4 tokens, so a decode token's
+//! result is the same bits whether it is multiplied alone, with other sequences' tokens or
+//! in a prompt tile).
 //!
 //! # Layout: one weight row per i32 lane
 //!
-//! A pass covers [`ROWS`] = 16 weight rows and up to [`PASS_TOKENS`] = 128 tokens (the
+//! A pass covers [`ROWS`] = 16 weight rows and up to 128 tokens (the
 //! caller, [`crate::matmul`](mod@crate::matmul), hands out exactly such tiles). The 16 rows' weights are
 //! transposed ("repacked") into vectors whose i32 lane `r` holds four consecutive weight
 //! bytes of row `r`, unpacked to one byte per value: for a 256-value chunk of the rows,
@@ -19,13 +23,18 @@
 //!
 //! # Register tile: 16 rows x 8 tokens
 //!
-//! The micro-kernel keeps [`GROUP`] = 8 tokens' accumulators in registers: per four
+//! The wide micro-kernel keeps 8 tokens' accumulators in registers: per four
 //! weight bytes, one load of the repacked vector feeds eight `vpdpbusd` (eight
 //! independent dependency chains hide the instruction's latency). With the per-token
 //! float (or, for the k-quants, i32 sub-block) accumulators that is at most 8 + 8 + 8 of
 //! the 32 zmm registers, leaving room for the weight vector, scales and broadcasts, so
-//! nothing spills. The float accumulators of all 64 tokens of a pass live in a 4 KiB tile
-//! (one zmm per token, lane = row) that is written back once per pass.
+//! nothing spills. The float accumulators of all the tokens of a pass live in a tile (one
+//! zmm per token, lane = row) that is written back once per pass.
+//!
+//! The narrow kernels run the same micro-kernels with 1, 2 or 4 tokens per group (and
+//! per pass): with one token, a repacked vector feeds one `vpdpbusd`, and the repacking
+//! (a transpose per 16 bytes of each row) becomes most of the work, which at about five
+//! bytes of weights per instruction still leaves a decode step bound by memory.
 //!
 //! # Formats
 //!
@@ -67,7 +76,7 @@ use core::array::from_fn;
 
 use super::avx2::{load_16bit_x8, load_i8x32, load_u8x16, transpose_sum8};
 use super::gemm_common::{BLOCKS32, blk, gemm_passes, piece};
-use super::gemm_formats::gemm_formats;
+use super::gemm_formats::{gemm_entry_points, gemm_repack};
 use crate::formats::*;
 
 /// Weight rows per register tile: one per i32 lane of a zmm register.
@@ -75,19 +84,6 @@ const ROWS: usize = 16;
 /// Row groups of [`ROWS`] per pass of the Q4_0/Q8_0 kernels, which share the activation
 /// sums of a chunk among them (the k-quants' passes are one row group).
 const ROW_GROUPS: usize = 4;
-/// Tokens per pass (the float tile).
-const PASS_TOKENS: usize = 128;
-/// Tokens per register group of the micro-kernel.
-const GROUP: usize = 8;
-/// Groups per pass.
-const GROUPS: usize = PASS_TOKENS / GROUP;
-
-gemm_passes!(
-    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
-    __m512,
-    _mm512_setzero_ps,
-    _mm512_storeu_ps
-);
 
 /// Four bytes (`chunk` `j` of a block's values) as an i32 broadcast to every lane.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -204,27 +200,27 @@ fn act_scales(chunk: &[BlockQ8_0], blocks: &[&BlockQ8_0; BLOCKS32]) -> __m256 {
 /// added into the tokens' float accumulators `ft`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn micro32(
+fn micro32<const G: usize>(
     pw: &Packed32,
-    seed: &[[i32; BLOCKS32]; GROUP],
-    dx: &[[f32; BLOCKS32]; GROUP],
-    toks: &[&[BlockQ8_0]; GROUP],
+    seed: &[[i32; BLOCKS32]; G],
+    dx: &[[f32; BLOCKS32]; G],
+    toks: &[&[BlockQ8_0]; G],
     b0: usize,
     nb: usize,
-    ft: &mut [__m512; GROUP],
+    ft: &mut [__m512; G],
 ) {
     let mut fa = *ft;
     for i in 0..nb.min(BLOCKS32) {
         // SAFETY: `b0 + i < b0 + nb <= bpr == row.len()`.
-        let xb: [&BlockQ8_0; GROUP] = from_fn(|t| unsafe { blk(toks[t], b0 + i) });
-        let mut acc: [__m512i; GROUP] = from_fn(|t| _mm512_set1_epi32(seed[t][i]));
+        let xb: [&BlockQ8_0; G] = from_fn(|t| unsafe { blk(toks[t], b0 + i) });
+        let mut acc: [__m512i; G] = from_fn(|t| _mm512_set1_epi32(seed[t][i]));
         for j in 0..8 {
             let wj = pw.q[8 * i + j];
-            for t in 0..GROUP {
+            for t in 0..G {
                 acc[t] = _mm512_dpbusd_epi32(acc[t], wj, bcast4(&xb[t].qs, j));
             }
         }
-        for t in 0..GROUP {
+        for t in 0..G {
             let s = _mm512_mul_ps(pw.d[i], _mm512_set1_ps(dx[t][i]));
             fa[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), s, fa[t]);
         }
@@ -390,20 +386,20 @@ fn repack_q6_k(blocks: &[&BlockQ6K; ROWS], pk: &mut PackedK) {
 /// sum(q * x)` of 16 rows x 8 tokens.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn k_sums<const SUB: usize>(pk: &PackedK, xb: &[&BlockQ8K; GROUP]) -> [__m512i; GROUP] {
+fn k_sums<const SUB: usize, const G: usize>(pk: &PackedK, xb: &[&BlockQ8K; G]) -> [__m512i; G] {
     let per = 64 / SUB;
     let z = _mm512_setzero_si512();
-    let mut sumi = [z; GROUP];
+    let mut sumi = [z; G];
     for s in 0..SUB {
-        let mut acc = [z; GROUP];
+        let mut acc = [z; G];
         for j in 0..per {
             let c = per * s + j;
             let wc = pk.q[c];
-            for t in 0..GROUP {
+            for t in 0..G {
                 acc[t] = _mm512_dpbusd_epi32(acc[t], wc, bcast4(&xb[t].qs, c));
             }
         }
-        for t in 0..GROUP {
+        for t in 0..G {
             sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(acc[t], pk.sc[s]));
         }
     }
@@ -413,13 +409,13 @@ fn k_sums<const SUB: usize>(pk: &PackedK, xb: &[&BlockQ8K; GROUP]) -> [__m512i; 
 /// `acc + sum_j pairs_j . (bsums[2j], bsums[2j + 1])` per token.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn bsums_term(
+fn bsums_term<const G: usize>(
     pk: &PackedK,
-    xb: &[&BlockQ8K; GROUP],
-    mut acc: [__m512i; GROUP],
-) -> [__m512i; GROUP] {
+    xb: &[&BlockQ8K; G],
+    mut acc: [__m512i; G],
+) -> [__m512i; G] {
     for j in 0..8 {
-        for t in 0..GROUP {
+        for t in 0..G {
             acc[t] = _mm512_dpwssd_epi32(acc[t], pk.pairs[j], bcast_bsums(xb[t], j));
         }
     }
@@ -429,10 +425,10 @@ fn bsums_term(
 /// Q4_K/Q5_K micro-kernel: one super-block of 16 rows x 8 tokens into `ft`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn micro_k4(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m512; GROUP]) {
-    let sumi = k_sums::<8>(pk, xb);
-    let summ = bsums_term(pk, xb, [_mm512_setzero_si512(); GROUP]);
-    for t in 0..GROUP {
+fn micro_k4<const G: usize>(pk: &PackedK, xb: &[&BlockQ8K; G], ft: &mut [__m512; G]) {
+    let sumi = k_sums::<8, G>(pk, xb);
+    let summ = bsums_term(pk, xb, [_mm512_setzero_si512(); G]);
+    for t in 0..G {
         let dx = _mm512_set1_ps(xb[t].d);
         let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), _mm512_mul_ps(pk.d, dx), ft[t]);
         ft[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(summ[t]), _mm512_mul_ps(pk.dmin, dx), f);
@@ -442,17 +438,16 @@ fn micro_k4(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m512; GROUP]) {
 /// Q6_K micro-kernel: one super-block of 16 rows x 8 tokens into `ft`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn micro_q6_k(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m512; GROUP]) {
-    let sumi = bsums_term(pk, xb, k_sums::<16>(pk, xb));
-    for t in 0..GROUP {
+fn micro_q6_k<const G: usize>(pk: &PackedK, xb: &[&BlockQ8K; G], ft: &mut [__m512; G]) {
+    let sumi = bsums_term(pk, xb, k_sums::<16, G>(pk, xb));
+    for t in 0..G {
         let s = _mm512_mul_ps(pk.d, _mm512_set1_ps(xb[t].d));
         ft[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), s, ft[t]);
     }
 }
 
-gemm_formats! {
+gemm_repack! {
     features: "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
-    needs: "AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C",
     vector: __m512i,
     transpose: transpose16x4,
     splat8: splat8,
@@ -465,11 +460,58 @@ gemm_formats! {
     slli16: _mm512_slli_epi16,
     srai32: _mm512_srai_epi32,
     slli32: _mm512_slli_epi32,
-    micro: {
-        q4_0: micro32,
-        q8_0: micro32,
-        q4_k: micro_k4,
-        q5_k: micro_k4,
-        q6_k: micro_q6_k,
-    },
 }
+
+/// Defines module `$name`: the pass loops and `gemm_*` entry points for register groups of
+/// `$group` tokens and passes of `$pass`.
+macro_rules! entry_points_for_group {
+    ($(#[$doc:meta])* $name:ident, group: $group:literal, pass: $pass:literal) => {
+        $(#[$doc])*
+        pub(crate) mod $name {
+            use super::*;
+
+            /// Tokens per pass (the float tile).
+            const PASS_TOKENS: usize = $pass;
+            /// Tokens per register group of the micro-kernel.
+            const GROUP: usize = $group;
+            /// Groups per pass.
+            const GROUPS: usize = PASS_TOKENS / GROUP;
+
+            gemm_passes!(
+                "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+                __m512,
+                _mm512_setzero_ps,
+                _mm512_storeu_ps
+            );
+
+            gemm_entry_points! {
+                features: "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+                needs: "AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C",
+                micro: {
+                    q4_0: micro32::<GROUP>,
+                    q8_0: micro32::<GROUP>,
+                    q4_k: micro_k4::<GROUP>,
+                    q5_k: micro_k4::<GROUP>,
+                    q6_k: micro_q6_k::<GROUP>,
+                },
+            }
+        }
+    };
+}
+
+entry_points_for_group!(
+    /// Prefill tiles: 8 tokens per micro-kernel call, passes of 128.
+    wide, group: 8, pass: 128
+);
+entry_points_for_group!(
+    /// One token (decode of one sequence).
+    one, group: 1, pass: 1
+);
+entry_points_for_group!(
+    /// Two tokens.
+    two, group: 2, pass: 2
+);
+entry_points_for_group!(
+    /// Three or four tokens.
+    four, group: 4, pass: 4
+);

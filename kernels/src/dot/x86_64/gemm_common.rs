@@ -106,6 +106,27 @@ pub(super) fn prefetch_rows<T, const N: usize>(rows: &[&[T]; N], b: usize, block
     }
 }
 
+/// Prefetches the first `blocks` blocks of rows `r0..r0 + n` of `w` (those below `nr`), one
+/// prefetch per cache line: called during a pass's last step on the rows of the next pass,
+/// whose first blocks would otherwise all miss at once when it starts (measured: a tenth of
+/// a decode product's time on rows of 3072 values).
+#[target_feature(enable = "sse")]
+#[inline]
+pub(super) fn prefetch_next_rows<T>(
+    w: &[T],
+    bpr: usize,
+    r0: usize,
+    n: usize,
+    nr: usize,
+    blocks: usize,
+) {
+    for r in r0..(r0 + n).min(nr) {
+        if let Some(row) = w.get(r * bpr..(r + 1) * bpr) {
+            prefetch_rows(&[row], 0, blocks);
+        }
+    }
+}
+
 /// Defines, in the module that expands it, the parts of a GEMM path that are the same for
 /// both x86_64 paths but for the register width, compiled with the target features
 /// `$feat`: `Acts32`, `prepare_acts` (the Q4_0/Q8_0 activation sums and scales), `scatter`
@@ -223,7 +244,9 @@ macro_rules! gemm_passes {
                 &mut [$f32s; GROUP],
             ),
         ) {
-            use $crate::dot::x86_64::gemm_common::{prefetch_rows, row_set, token_set};
+            use $crate::dot::x86_64::gemm_common::{
+                prefetch_next_rows, prefetch_rows, row_set, token_set,
+            };
             let (nr, nt) = (w.len() / bpr, x.len() / bpr);
             let mut pw = Packed32::new();
             let mut acts = Acts32 {
@@ -247,6 +270,10 @@ macro_rules! gemm_passes {
                     }
                     for b0 in (0..bpr).step_by(BLOCKS32) {
                         let nb = (bpr - b0).min(BLOCKS32);
+                        if b0 + BLOCKS32 >= bpr {
+                            let next = r0 + ROWS * ROW_GROUPS;
+                            prefetch_next_rows(w, bpr, next, ROWS * ROW_GROUPS, nr, BLOCKS32);
+                        }
                         prepare_acts::<SHIFT>(&toks, groups, b0, nb, &mut acts);
                         for (rg, ftr) in rows.iter().zip(ft.iter_mut()).take(row_groups) {
                             prefetch_rows(rg, b0 + BLOCKS32, BLOCKS32);
@@ -281,7 +308,9 @@ macro_rules! gemm_passes {
             micro: impl Fn(&PackedK, &[&BlockQ8K; GROUP], &mut [$f32s; GROUP]),
         ) {
             use core::array::from_fn;
-            use $crate::dot::x86_64::gemm_common::{blk, prefetch_rows, row_set, token_set};
+            use $crate::dot::x86_64::gemm_common::{
+                blk, prefetch_next_rows, prefetch_rows, row_set, token_set,
+            };
             let (nr, nt) = (w.len() / bpr, x.len() / bpr);
             let mut pk = PackedK::new();
             for r0 in (0..nr).step_by(ROWS) {
@@ -296,6 +325,9 @@ macro_rules! gemm_passes {
                         // SAFETY: `b < bpr`, the length of every row.
                         let blocks: [&W; ROWS] = from_fn(|r| unsafe { blk(rows[r], b) });
                         prefetch_rows(&rows, b + 1, 1);
+                        if b + 1 == bpr {
+                            prefetch_next_rows(w, bpr, r0 + ROWS, ROWS, nr, 1);
+                        }
                         repack(&blocks, &mut pk);
                         let (ftg, _) = ft.as_chunks_mut::<GROUP>();
                         for (g, fg) in ftg.iter_mut().enumerate().take(groups) {

@@ -1,9 +1,11 @@
 //! What the two x86_64 GEMM paths share per weight format, written once in
-//! [`gemm_formats`] over the register width: the k-quant repacking steps that are the same
+//! [`gemm_repack`] over the register width: the k-quant repacking steps that are the same
 //! arithmetic at 256 and 512 bits (the nibble split of Q4_K/Q5_K, the transposed high bits
-//! of Q5_K, the 6-bit values, scales and `bsums` factors of Q6_K) and the five
-//! `unsafe fn gemm_*` entry points that the dispatch table holds, each one pass loop of
-//! [`super::gemm_common::gemm_passes`] with the path's repacking and micro-kernel.
+//! of Q5_K, the 6-bit values, scales and `bsums` factors of Q6_K); and in
+//! [`gemm_entry_points`] the five `unsafe fn gemm_*` entry points that the dispatch table
+//! holds, each one pass loop of [`super::gemm_common::gemm_passes`] with the path's
+//! repacking and micro-kernel. A path expands the entry points once per register group of
+//! tokens it offers (see [`super::avx512_gemm`]).
 //!
 //! The width enters as the names of the intrinsics (`_mm256_and_si256` or
 //! `_mm512_and_si512`, ...) and of the path's own transpose (8 or 16 rows × 4 dwords); the
@@ -21,18 +23,13 @@
 ///   the `bsums`) of `ROWS` Q6_K blocks, value `128h + 32q + 4m..` in `q[32h + 8q + m]`;
 /// - `q6_k_scales(blocks)`: their 16 scales sign-extended to i32 lanes, and
 ///   `q6_k_pairs(sc)`: per `bsums` pair `j`, the i16 factors `-32 * scale_2j`,
-///   `-32 * scale_2j+1`;
-/// - the entry points `gemm_q4_0`, `gemm_q8_0`, `gemm_q4_k`, `gemm_q5_k` and `gemm_q6_k`,
-///   with the micro-kernels given (`$m4_0` .. `$m6`, called as functions).
+///   `-32 * scale_2j+1`.
 ///
 /// The expanding module must import `core::arch::x86_64::*`, `crate::formats::*` and
-/// `super::gemm_common::piece`, expand `gemm_passes!` (for `gemm32`, `gemm_k`), and define
-/// `ROWS`, `GROUP`, `Packed32`, `PackedK`, `repack_q4_0`, `repack_q8_0`, `repack_q4_k`,
-/// `repack_q5_k` and `repack_q6_k`.
-macro_rules! gemm_formats {
+/// `super::gemm_common::piece`, and define `ROWS`.
+macro_rules! gemm_repack {
     (
         features: $feat:literal,
-        needs: $needs:literal,
         vector: $v:ty,
         transpose: $tr:ident,
         splat8: $splat8:ident,
@@ -45,13 +42,6 @@ macro_rules! gemm_formats {
         slli16: $slli16:ident,
         srai32: $srai32:ident,
         slli32: $slli32:ident,
-        micro: {
-            q4_0: $m4_0:expr,
-            q8_0: $m8_0:expr,
-            q4_k: $m4:expr,
-            q5_k: $m5:expr,
-            q6_k: $m6:expr $(,)?
-        } $(,)?
     ) => {
         #[target_feature(enable = $feat)]
         #[inline]
@@ -140,7 +130,30 @@ macro_rules! gemm_formats {
                 $or($and(a, low16), $slli32::<16>(b))
             })
         }
+    };
+}
+pub(super) use gemm_repack;
 
+/// Defines, in the expanding module, compiled with the target features `$feat`, the
+/// entry points `gemm_q4_0`, `gemm_q8_0`, `gemm_q4_k`, `gemm_q5_k` and `gemm_q6_k`, each
+/// the pass loop of [`super::gemm_common::gemm_passes`] with the path's repacking and the
+/// micro-kernels given (`$m4_0` .. `$m6`, called as functions).
+///
+/// The expanding module must expand `gemm_passes!` (for `gemm32`, `gemm_k`) and see
+/// `ROWS`, `GROUP`, `Packed32`, `PackedK`, `repack_q4_0`, `repack_q8_0`, `repack_q4_k`,
+/// `repack_q5_k` and `repack_q6_k`.
+macro_rules! gemm_entry_points {
+    (
+        features: $feat:literal,
+        needs: $needs:literal,
+        micro: {
+            q4_0: $m4_0:expr,
+            q8_0: $m8_0:expr,
+            q4_k: $m4:expr,
+            q5_k: $m5:expr,
+            q6_k: $m6:expr $(,)?
+        } $(,)?
+    ) => {
         /// # Safety
         #[doc = concat!("The CPU must support ", $needs, "; `bpr > 0`, `w.len() == nr * bpr`,")]
         /// `x.len() == nt * bpr` and `out.len() == nr * nt`.
@@ -224,4 +237,4 @@ macro_rules! gemm_formats {
         }
     };
 }
-pub(super) use gemm_formats;
+pub(super) use gemm_entry_points;
