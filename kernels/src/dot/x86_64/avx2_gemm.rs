@@ -452,8 +452,8 @@ gemm_repack! {
     slli32: _mm256_slli_epi32,
 }
 
-/// The pass loops and `gemm_*` entry points: register groups of [`GROUP`] tokens, passes
-/// of 128.
+/// The pass loops and `gemm_*` entry points: register groups of [`GROUP`](wide::GROUP)
+/// tokens, passes of 128.
 ///
 /// This path has no narrow kernels for decode (tiles of 1 or 2 tokens): built the same way
 /// as the AVX-512 ones (the micro-kernels are generic over the group size), they were
