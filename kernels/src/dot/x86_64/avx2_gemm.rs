@@ -65,8 +65,6 @@ use crate::formats::*;
 
 /// Weight rows per register tile: one per i32 lane of a ymm register.
 const ROWS: usize = 8;
-/// Row groups per pass of the Q4_0/Q8_0 kernels (they share the activation sums).
-const ROW_GROUPS: usize = 8;
 
 /// Four bytes (chunk `j` of a block's values) as an i32 broadcast to every lane.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -468,6 +466,8 @@ pub(crate) mod wide {
     pub(super) const GROUP: usize = 4;
     /// Groups per pass.
     const GROUPS: usize = PASS_TOKENS / GROUP;
+    /// Row groups per pass of the Q4_0/Q8_0 kernels (they share the activation sums).
+    const ROW_GROUPS: usize = 8;
 
     gemm_passes!("avx2,fma,f16c", __m256, _mm256_setzero_ps, _mm256_storeu_ps);
 

@@ -81,9 +81,6 @@ use crate::formats::*;
 
 /// Weight rows per register tile: one per i32 lane of a zmm register.
 const ROWS: usize = 16;
-/// Row groups of [`ROWS`] per pass of the Q4_0/Q8_0 kernels, which share the activation
-/// sums of a chunk among them (the k-quants' passes are one row group).
-const ROW_GROUPS: usize = 4;
 
 /// Four bytes (`chunk` `j` of a block's values) as an i32 broadcast to every lane.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -465,7 +462,12 @@ gemm_repack! {
 /// Defines module `$name`: the pass loops and `gemm_*` entry points for register groups of
 /// `$group` tokens and passes of `$pass`.
 macro_rules! entry_points_for_group {
-    ($(#[$doc:meta])* $name:ident, group: $group:literal, pass: $pass:literal) => {
+    (
+        $(#[$doc:meta])* $name:ident,
+        group: $group:literal,
+        pass: $pass:literal,
+        row_groups: $row_groups:literal $(,)?
+    ) => {
         $(#[$doc])*
         pub(crate) mod $name {
             use super::*;
@@ -476,6 +478,10 @@ macro_rules! entry_points_for_group {
             const GROUP: usize = $group;
             /// Groups per pass.
             const GROUPS: usize = PASS_TOKENS / GROUP;
+            /// Row groups of [`ROWS`] per pass of the Q4_0/Q8_0 kernels, which share the
+            /// activation sums of a chunk among them (the k-quants' passes are one row
+            /// group).
+            const ROW_GROUPS: usize = $row_groups;
 
             gemm_passes!(
                 "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
@@ -501,17 +507,17 @@ macro_rules! entry_points_for_group {
 
 entry_points_for_group!(
     /// Prefill tiles: 8 tokens per micro-kernel call, passes of 128.
-    wide, group: 8, pass: 128
+    wide, group: 8, pass: 128, row_groups: 4
 );
 entry_points_for_group!(
     /// One token (decode of one sequence).
-    one, group: 1, pass: 1
+    one, group: 1, pass: 1, row_groups: 1
 );
 entry_points_for_group!(
     /// Two tokens.
-    two, group: 2, pass: 2
+    two, group: 2, pass: 2, row_groups: 1
 );
 entry_points_for_group!(
     /// Three or four tokens.
-    four, group: 4, pass: 4
+    four, group: 4, pass: 4, row_groups: 1
 );
