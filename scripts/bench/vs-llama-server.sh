@@ -56,7 +56,7 @@ if [[ ! -x $llama_dir/build/bin/llama-server ]]; then
 fi
 
 cargo build --release -p spillway >&2
-spillway=$PWD/target/release/spillway
+spillway=${CARGO_TARGET_DIR:-$PWD/target}/release/spillway
 work=$(mktemp -d)
 pids=()
 cleanup() {
