@@ -324,9 +324,11 @@ macro_rules! gemm_passes {
                     for b in 0..bpr {
                         // SAFETY: `b < bpr`, the length of every row.
                         let blocks: [&W; ROWS] = from_fn(|r| unsafe { blk(rows[r], b) });
-                        prefetch_rows(&rows, b + 1, 1);
-                        if b + 1 == bpr {
+                        prefetch_rows(&rows, b + 2, 1);
+                        if b + 2 == bpr {
                             prefetch_next_rows(w, bpr, r0 + ROWS, ROWS, nr, 1);
+                        } else if b + 1 == bpr {
+                            prefetch_next_rows(w, bpr, r0 + ROWS, ROWS, nr, 2);
                         }
                         repack(&blocks, &mut pk);
                         let (ftg, _) = ft.as_chunks_mut::<GROUP>();
