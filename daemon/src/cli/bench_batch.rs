@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use spillway_kernels::dispatch::KernelPath;
 
-use crate::cli::bench::{random_ids, stats};
+use crate::cli::bench_input::{random_ids, stats};
 use crate::engine::{Engine, EngineConfig, GenerateRequest, SamplingParams, StepEvent};
 use crate::model::KvType;
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_batch;
+mod bench_input;
 mod bench_tools;
 mod board;
 mod config;
