@@ -239,8 +239,7 @@ const SCALAR: Table = Table {
 
 #[cfg(target_arch = "x86_64")]
 const AVX2: Table = {
-    use crate::dot::x86_64::avx2;
-    use crate::dot::x86_64::avx2_gemm::wide;
+    use crate::dot::x86_64::{avx2, avx2_gemm};
     Table {
         dot_f32: avx2::dot_f32,
         dot_f16: avx2::dot_f16,
@@ -252,11 +251,11 @@ const AVX2: Table = {
         dot_q6_k: avx2::dot_q6_k,
         quantize_q8_0: avx2::quantize_q8_0,
         quantize_q8_k: avx2::quantize_q8_k,
-        gemm_q8_0: Some(Gemm::wide(wide::gemm_q8_0)),
-        gemm_q4_0: Some(Gemm::wide(wide::gemm_q4_0)),
-        gemm_q4_k: Some(Gemm::wide(wide::gemm_q4_k)),
-        gemm_q5_k: Some(Gemm::wide(wide::gemm_q5_k)),
-        gemm_q6_k: Some(Gemm::wide(wide::gemm_q6_k)),
+        gemm_q8_0: Some(Gemm::wide(avx2_gemm::gemm_q8_0)),
+        gemm_q4_0: Some(Gemm::wide(avx2_gemm::gemm_q4_0)),
+        gemm_q4_k: Some(Gemm::wide(avx2_gemm::gemm_q4_k)),
+        gemm_q5_k: Some(Gemm::wide(avx2_gemm::gemm_q5_k)),
+        gemm_q6_k: Some(Gemm::wide(avx2_gemm::gemm_q6_k)),
         axpy_f16: ops::avx2::axpy_f16,
         axpy_q8_0: ops::avx2::axpy_q8_0,
         rmsnorm: ops::avx2::rmsnorm,

@@ -16,7 +16,7 @@
 //!
 //! # Tiles and register budget
 //!
-//! The micro-kernel covers 8 rows x [`GROUP`](wide::GROUP) = 4 tokens: four i16 accumulators, four
+//! The micro-kernel covers 8 rows x [`GROUP`] = 4 tokens: four i16 accumulators, four
 //! i32 (or, for Q8_0, four more i16) accumulators, the weight vector, the broadcast and
 //! the constants fit the 16 ymm registers. Each token's float accumulator (lane = row)
 //! lives in the pass's float tile and is updated once per block.
@@ -25,6 +25,12 @@
 //! are computed once and shared by all of them) by 128 tokens (each row group's repacked
 //! chunk is shared by 32 token groups). The caller, [`crate::matmul`](mod@crate::matmul), hands out tiles of
 //! exactly that size.
+//!
+//! This path decodes with the AVX2 dots, not with narrow (1- and 2-token) variants of
+//! these kernels as the `avx512` path does: built the same way (micro-kernels generic over
+//! the token group, entry points expanded once per group), they were measured slower than
+//! the dots for one Q4_0 sequence (3B, 2 threads, Xeon: tg 7.55 against 8.21 tokens/s;
+//! Q4_K_M 7.94 against 7.54; four streams 23.1 against 14.0).
 //!
 //! # Formats
 //!
@@ -65,6 +71,16 @@ use crate::formats::*;
 
 /// Weight rows per register tile: one per i32 lane of a ymm register.
 const ROWS: usize = 8;
+/// Row groups per pass of the Q4_0/Q8_0 kernels (they share the activation sums).
+const ROW_GROUPS: usize = 8;
+/// Tokens per pass.
+const PASS_TOKENS: usize = 128;
+/// Tokens per register group of the micro-kernel.
+const GROUP: usize = 4;
+/// Groups per pass.
+const GROUPS: usize = PASS_TOKENS / GROUP;
+
+gemm_passes!("avx2,fma,f16c", __m256, _mm256_setzero_ps, _mm256_storeu_ps);
 
 /// Four bytes (chunk `j` of a block's values) as an i32 broadcast to every lane.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -160,26 +176,26 @@ fn act_scales(_chunk: &[BlockQ8_0], blocks: &[&BlockQ8_0; BLOCKS32]) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-fn micro32<const SPLIT: bool, const G: usize>(
+fn micro32<const SPLIT: bool>(
     pw: &Packed32,
-    seed: &[[i32; BLOCKS32]; G],
-    dx: &[[f32; BLOCKS32]; G],
-    toks: &[&[BlockQ8_0]; G],
+    seed: &[[i32; BLOCKS32]; GROUP],
+    dx: &[[f32; BLOCKS32]; GROUP],
+    toks: &[&[BlockQ8_0]; GROUP],
     b0: usize,
     nb: usize,
-    ft: &mut [__m256; G],
+    ft: &mut [__m256; GROUP],
 ) {
     let ones16 = _mm256_set1_epi16(1);
     let sixteen16 = _mm256_set1_epi16(16);
     for i in 0..nb.min(BLOCKS32) {
         // SAFETY: `b0 + i < b0 + nb <= bpr == row.len()`.
-        let xb: [&BlockQ8_0; G] = from_fn(|t| unsafe { blk(toks[t], b0 + i) });
+        let xb: [&BlockQ8_0; GROUP] = from_fn(|t| unsafe { blk(toks[t], b0 + i) });
         let z = _mm256_setzero_si256();
-        let mut lo = [z; G];
-        let mut hi = [z; G];
+        let mut lo = [z; GROUP];
+        let mut hi = [z; GROUP];
         for j in 0..8 {
             let wl = pw.q[8 * i + j];
-            for t in 0..G {
+            for t in 0..GROUP {
                 let x = bcast4(&xb[t].qs, j);
                 lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(wl, x));
                 if SPLIT {
@@ -188,7 +204,7 @@ fn micro32<const SPLIT: bool, const G: usize>(
                 }
             }
         }
-        for t in 0..G {
+        for t in 0..GROUP {
             let mut acc = _mm256_add_epi32(
                 _mm256_set1_epi32(seed[t][i]),
                 _mm256_madd_epi16(lo[t], ones16),
@@ -363,25 +379,25 @@ fn repack_q6_k(blocks: &[&BlockQ6K; ROWS], pk: &mut PackedK) {
 /// `64 / SUB` four-byte chunks, summing `PART` chunks on i16 lanes before each widening.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn k_sums<const SUB: usize, const PART: usize, const G: usize>(
+fn k_sums<const SUB: usize, const PART: usize>(
     pk: &PackedK,
-    xb: &[&BlockQ8K; G],
-) -> [__m256i; G] {
+    xb: &[&BlockQ8K; GROUP],
+) -> [__m256i; GROUP] {
     let per = 64 / SUB;
     let z = _mm256_setzero_si256();
-    let mut sumi = [z; G];
+    let mut sumi = [z; GROUP];
     for s in 0..SUB {
         for p in 0..per / PART {
-            let mut acc = [z; G];
+            let mut acc = [z; GROUP];
             for j in 0..PART {
                 let c = per * s + PART * p + j;
                 let wc = pk.q[c];
-                for t in 0..G {
+                for t in 0..GROUP {
                     let prod = _mm256_maddubs_epi16(wc, bcast4(&xb[t].qs, c));
                     acc[t] = _mm256_add_epi16(acc[t], prod);
                 }
             }
-            for t in 0..G {
+            for t in 0..GROUP {
                 sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(acc[t], pk.sc[s]));
             }
         }
@@ -392,13 +408,13 @@ fn k_sums<const SUB: usize, const PART: usize, const G: usize>(
 /// `acc + sum_j pairs_j . (bsums[2j], bsums[2j + 1])` per token.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn bsums_term<const G: usize>(
+fn bsums_term(
     pk: &PackedK,
-    xb: &[&BlockQ8K; G],
-    mut acc: [__m256i; G],
-) -> [__m256i; G] {
+    xb: &[&BlockQ8K; GROUP],
+    mut acc: [__m256i; GROUP],
+) -> [__m256i; GROUP] {
     for j in 0..8 {
-        for t in 0..G {
+        for t in 0..GROUP {
             let m = _mm256_madd_epi16(pk.pairs[j], bcast_bsums(xb[t], j));
             acc[t] = _mm256_add_epi32(acc[t], m);
         }
@@ -409,14 +425,10 @@ fn bsums_term<const G: usize>(
 /// Q4_K/Q5_K micro-kernel (`PART`: chunks summed on i16 lanes).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn micro_k4<const PART: usize, const G: usize>(
-    pk: &PackedK,
-    xb: &[&BlockQ8K; G],
-    ft: &mut [__m256; G],
-) {
-    let sumi = k_sums::<8, PART, G>(pk, xb);
-    let summ = bsums_term(pk, xb, [_mm256_setzero_si256(); G]);
-    for t in 0..G {
+fn micro_k4<const PART: usize>(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m256; GROUP]) {
+    let sumi = k_sums::<8, PART>(pk, xb);
+    let summ = bsums_term(pk, xb, [_mm256_setzero_si256(); GROUP]);
+    for t in 0..GROUP {
         let dx = _mm256_set1_ps(xb[t].d);
         let f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_mul_ps(pk.d, dx), ft[t]);
         ft[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(summ[t]), _mm256_mul_ps(pk.dmin, dx), f);
@@ -426,9 +438,9 @@ fn micro_k4<const PART: usize, const G: usize>(
 /// Q6_K micro-kernel.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn micro_q6_k<const G: usize>(pk: &PackedK, xb: &[&BlockQ8K; G], ft: &mut [__m256; G]) {
-    let sumi = bsums_term(pk, xb, k_sums::<16, 2, G>(pk, xb));
-    for t in 0..G {
+fn micro_q6_k(pk: &PackedK, xb: &[&BlockQ8K; GROUP], ft: &mut [__m256; GROUP]) {
+    let sumi = bsums_term(pk, xb, k_sums::<16, 2>(pk, xb));
+    for t in 0..GROUP {
         let s = _mm256_mul_ps(pk.d, _mm256_set1_ps(xb[t].d));
         ft[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), s, ft[t]);
     }
@@ -450,38 +462,15 @@ gemm_repack! {
     slli32: _mm256_slli_epi32,
 }
 
-/// The pass loops and `gemm_*` entry points: register groups of [`GROUP`](wide::GROUP)
-/// tokens, passes of 128.
-///
-/// This path has no narrow kernels for decode (tiles of 1 or 2 tokens): built the same way
-/// as the AVX-512 ones (the micro-kernels are generic over the group size), they were
-/// measured slower than the AVX2 dots for one Q4_0 sequence (3B, 2 threads, Xeon: tg 7.55
-/// against 8.21 tokens/s; Q4_K_M 7.94 against 7.54), so decode rows stay on the dots.
-pub(crate) mod wide {
-    use super::*;
-
-    /// Tokens per pass (the float tile).
-    const PASS_TOKENS: usize = 128;
-    /// Tokens per register group of the micro-kernel.
-    pub(super) const GROUP: usize = 4;
-    /// Groups per pass.
-    const GROUPS: usize = PASS_TOKENS / GROUP;
-    /// Row groups per pass of the Q4_0/Q8_0 kernels (they share the activation sums).
-    const ROW_GROUPS: usize = 8;
-
-    gemm_passes!("avx2,fma,f16c", __m256, _mm256_setzero_ps, _mm256_storeu_ps);
-
-    gemm_entry_points! {
-        features: "avx2,fma,f16c",
-        needs: "AVX2, FMA and F16C",
-        micro: {
-            q4_0: micro32::<false, GROUP>,
-            // `w + 128 = 16 * hi + lo`, so
-            // `sum(w * x) = sum(lo * x) + 16 * sum(hi * x) - 128 * sum(x)`.
-            q8_0: micro32::<true, GROUP>,
-            q4_k: micro_k4::<8, GROUP>,
-            q5_k: micro_k4::<4, GROUP>,
-            q6_k: micro_q6_k::<GROUP>,
-        },
-    }
+gemm_entry_points! {
+    features: "avx2,fma,f16c",
+    needs: "AVX2, FMA and F16C",
+    micro: {
+        q4_0: micro32::<false>,
+        // `w + 128 = 16 * hi + lo`, so `sum(w * x) = sum(lo * x) + 16 * sum(hi * x) - 128 * sum(x)`.
+        q8_0: micro32::<true>,
+        q4_k: micro_k4::<8>,
+        q5_k: micro_k4::<4>,
+        q6_k: micro_q6_k,
+    },
 }
