@@ -570,61 +570,58 @@ impl Kernels {
 
     /// The same over Q8_0 rows of `bpr` blocks.
     pub fn gemm_q8_0(&self, w: &[BlockQ8_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-        match self.table.gemm_q8_0 {
-            Some(g) if gemm_shape(w.len(), x.len(), bpr, out.len()) => {
-                let f = g.for_tokens(x.len() / bpr);
-                // SAFETY: see the impl comment; `gemm_shape` checks the lengths.
-                unsafe { f(w, x, bpr, out) }
-            }
-            _ => gemm_by_dots(w, x, bpr, out, |a, b| self.dot_q8_0(a, b)),
-        }
+        self.gemm_with(self.table.gemm_q8_0, w, x, bpr, out, |a, b| {
+            self.dot_q8_0(a, b)
+        })
     }
 
     /// The same over Q4_0 weight rows.
     pub fn gemm_q4_0(&self, w: &[BlockQ4_0], x: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-        match self.table.gemm_q4_0 {
-            Some(g) if gemm_shape(w.len(), x.len(), bpr, out.len()) => {
-                let f = g.for_tokens(x.len() / bpr);
-                // SAFETY: see the impl comment; `gemm_shape` checks the lengths.
-                unsafe { f(w, x, bpr, out) }
-            }
-            _ => gemm_by_dots(w, x, bpr, out, |a, b| self.dot_q4_0(a, b)),
-        }
+        self.gemm_with(self.table.gemm_q4_0, w, x, bpr, out, |a, b| {
+            self.dot_q4_0(a, b)
+        })
     }
 
     /// The same over Q4_K weight rows.
     pub fn gemm_q4_k(&self, w: &[BlockQ4K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-        match self.table.gemm_q4_k {
-            Some(g) if gemm_shape(w.len(), x.len(), bpr, out.len()) => {
-                let f = g.for_tokens(x.len() / bpr);
-                // SAFETY: see the impl comment; `gemm_shape` checks the lengths.
-                unsafe { f(w, x, bpr, out) }
-            }
-            _ => gemm_by_dots(w, x, bpr, out, |a, b| self.dot_q4_k(a, b)),
-        }
+        self.gemm_with(self.table.gemm_q4_k, w, x, bpr, out, |a, b| {
+            self.dot_q4_k(a, b)
+        })
     }
 
     /// The same over Q5_K weight rows.
     pub fn gemm_q5_k(&self, w: &[BlockQ5K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-        match self.table.gemm_q5_k {
-            Some(g) if gemm_shape(w.len(), x.len(), bpr, out.len()) => {
-                let f = g.for_tokens(x.len() / bpr);
-                // SAFETY: see the impl comment; `gemm_shape` checks the lengths.
-                unsafe { f(w, x, bpr, out) }
-            }
-            _ => gemm_by_dots(w, x, bpr, out, |a, b| self.dot_q5_k(a, b)),
-        }
+        self.gemm_with(self.table.gemm_q5_k, w, x, bpr, out, |a, b| {
+            self.dot_q5_k(a, b)
+        })
     }
 
     /// The same over Q6_K weight rows.
     pub fn gemm_q6_k(&self, w: &[BlockQ6K], x: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-        match self.table.gemm_q6_k {
+        self.gemm_with(self.table.gemm_q6_k, w, x, bpr, out, |a, b| {
+            self.dot_q6_k(a, b)
+        })
+    }
+
+    /// `out[r * nt + t] = dot(w row r, x row t)` through this path's matrix–matrix kernel
+    /// `gemm` (the one for the tile's token count), or through `dot` if it has none.
+    fn gemm_with<W, A>(
+        &self,
+        gemm: Option<Gemm<W, A>>,
+        w: &[W],
+        x: &[A],
+        bpr: usize,
+        out: &mut [f32],
+        dot: impl Fn(&[W], &[A]) -> f32,
+    ) {
+        match gemm {
             Some(g) if gemm_shape(w.len(), x.len(), bpr, out.len()) => {
                 let f = g.for_tokens(x.len() / bpr);
-                // SAFETY: see the impl comment; `gemm_shape` checks the lengths.
+                // SAFETY: see the impl comment (`gemm` is one of `self.table`'s kernels);
+                // `gemm_shape` checks the lengths.
                 unsafe { f(w, x, bpr, out) }
             }
-            _ => gemm_by_dots(w, x, bpr, out, |a, b| self.dot_q6_k(a, b)),
+            _ => gemm_by_dots(w, x, bpr, out, dot),
         }
     }
 
