@@ -133,7 +133,7 @@ fn product<W: Sync, A: Sync>(
     assert!(tiled <= tokens, "{tiled} tiled rows of {tokens}");
     let chunk = if tiled == 0 && tokens == 1 {
         matvec_chunk_rows(rows, pool.threads())
-    } else if tiled <= NARROW_TILE_TOKENS {
+    } else if (1..=NARROW_TILE_TOKENS).contains(&tiled) {
         // A decode product through the matrix–matrix kernels: as many rows per chunk as a
         // matrix–vector product (whole tiles of rows), so a kernel call starts cold, its
         // first rows' blocks all missing at once, as rarely as the balance allows.
