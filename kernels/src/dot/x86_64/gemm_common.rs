@@ -106,8 +106,8 @@ pub(super) fn prefetch_rows<T, const N: usize>(rows: &[&[T]; N], b: usize, block
     }
 }
 
-/// Prefetches the first `blocks` blocks of rows `r0..r0 + n` of `w` (those below `nr`), one
-/// prefetch per cache line: called during a pass's last step on the rows of the next pass,
+/// Prefetches blocks `b..b + blocks` of rows `r0..r0 + n` of `w` (those below `nr`), one
+/// prefetch per cache line: called during a pass's last steps on the rows of the next pass,
 /// whose first blocks would otherwise all miss at once when it starts (measured: a tenth of
 /// a decode product's time on rows of 3072 values).
 #[target_feature(enable = "sse")]
@@ -118,11 +118,12 @@ pub(super) fn prefetch_next_rows<T>(
     r0: usize,
     n: usize,
     nr: usize,
+    b: usize,
     blocks: usize,
 ) {
     for r in r0..(r0 + n).min(nr) {
         if let Some(row) = w.get(r * bpr..(r + 1) * bpr) {
-            prefetch_rows(&[row], 0, blocks);
+            prefetch_rows(&[row], b, blocks);
         }
     }
 }
@@ -272,7 +273,7 @@ macro_rules! gemm_passes {
                         let nb = (bpr - b0).min(BLOCKS32);
                         if b0 + BLOCKS32 >= bpr {
                             let next = r0 + ROWS * ROW_GROUPS;
-                            prefetch_next_rows(w, bpr, next, ROWS * ROW_GROUPS, nr, BLOCKS32);
+                            prefetch_next_rows(w, bpr, next, ROWS * ROW_GROUPS, nr, 0, BLOCKS32);
                         }
                         prepare_acts::<SHIFT>(&toks, groups, b0, nb, &mut acts);
                         for (rg, ftr) in rows.iter().zip(ft.iter_mut()).take(row_groups) {
@@ -324,11 +325,12 @@ macro_rules! gemm_passes {
                     for b in 0..bpr {
                         // SAFETY: `b < bpr`, the length of every row.
                         let blocks: [&W; ROWS] = from_fn(|r| unsafe { blk(rows[r], b) });
-                        prefetch_rows(&rows, b + 2, 1);
-                        if b + 2 == bpr {
-                            prefetch_next_rows(w, bpr, r0 + ROWS, ROWS, nr, 1);
-                        } else if b + 1 == bpr {
-                            prefetch_next_rows(w, bpr, r0 + ROWS, ROWS, nr, 2);
+                        // Two super-blocks ahead, into the next pass's rows at the end.
+                        match (b + 2).checked_sub(bpr) {
+                            None => prefetch_rows(&rows, b + 2, 1),
+                            Some(next_b) => {
+                                prefetch_next_rows(w, bpr, r0 + ROWS, ROWS, nr, next_b, 1)
+                            }
                         }
                         repack(&blocks, &mut pk);
                         let (ftg, _) = ft.as_chunks_mut::<GROUP>();
